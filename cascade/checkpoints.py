@@ -1,0 +1,172 @@
+"""The native checkpoint format: safetensors weights with the model spec in the metadata."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import Tensor, nn
+
+from cascade.denoiser import ADMDenoiser, Denoiser, SR3Denoiser
+from cascade.presets import ModelSpec, get_preset
+
+log = logging.getLogger(__name__)
+
+SPEC_KEY = "cascade.spec"
+FORMAT_KEY = "cascade.format"
+FORMAT_VERSION = "1"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used, with the reason."""
+
+
+@dataclass
+class Model:
+    """A network ready to sample: its spec, weights and the denoiser wrapper for its family."""
+
+    spec: ModelSpec
+    network: nn.Module
+    source: str  # a file path, or "preset NAME (random weights)"
+    random_weights: bool = False
+
+    @property
+    def denoiser(self) -> Denoiser:
+        if self.spec.family == "sr3":
+            return SR3Denoiser(self.network)
+        return ADMDenoiser(self.network)
+
+    @property
+    def id(self) -> str:
+        return self.source
+
+
+def check_state_dict(network: nn.Module, state_dict: Mapping[str, Tensor]) -> None:
+    """Raise CheckpointError naming the first missing or unexpected key, or shape mismatch."""
+    expected = network.state_dict()
+    for key, value in expected.items():
+        if key not in state_dict:
+            raise CheckpointError(f"missing key {key!r} (shape {tuple(value.shape)})")
+        if tuple(state_dict[key].shape) != tuple(value.shape):
+            raise CheckpointError(
+                f"shape mismatch for {key!r}: checkpoint {tuple(state_dict[key].shape)}, "
+                f"model {tuple(value.shape)}"
+            )
+    for key in state_dict:
+        if key not in expected:
+            raise CheckpointError(f"unexpected key {key!r}")
+
+
+def save_model(
+    path: str | Path,
+    spec: ModelSpec,
+    state_dict: Mapping[str, Tensor],
+    dtype: torch.dtype | None = None,
+    metadata: Mapping[str, str] | None = None,
+) -> Path:
+    """Write weights (optionally cast, e.g. to float16) and the spec to one safetensors file."""
+    path = Path(path)
+    check_state_dict(spec_network_meta(spec), state_dict)
+    tensors = {}
+    for key, value in state_dict.items():
+        value = value.detach()
+        if dtype is not None and value.is_floating_point():
+            value = value.to(dtype)
+        # Views into shared storages (guided-diffusion's fp16 saves) must not drag the storage.
+        tensors[key] = value.contiguous().clone().cpu()
+    meta = {SPEC_KEY: spec.to_json(), FORMAT_KEY: FORMAT_VERSION, **(metadata or {})}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(path), metadata=meta)
+    return path
+
+
+def read_spec(path: str | Path) -> tuple[ModelSpec, dict[str, str]]:
+    """The spec and metadata of a native checkpoint, without reading the weights."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at {path}")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+    except Exception as error:  # safetensors raises its own error types for corrupt headers
+        raise CheckpointError(f"{path} is not a safetensors file ({error})") from error
+    if SPEC_KEY not in metadata:
+        raise CheckpointError(
+            f"{path} has no model spec in its metadata: not a cascade checkpoint "
+            "(convert released weights with `cascade convert`)"
+        )
+    try:
+        spec = ModelSpec.from_json(metadata[SPEC_KEY])
+    except (TypeError, ValueError, KeyError) as error:
+        raise CheckpointError(f"{path} has an unreadable model spec ({error})") from error
+    return spec, metadata
+
+
+def load_model(
+    path: str | Path, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
+) -> Model:
+    """Rebuild the network a native checkpoint describes and load its weights, no flags."""
+    spec, _ = read_spec(path)
+    tensors: dict[str, Tensor] = {}
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            for key in handle.keys():
+                tensors[key] = handle.get_tensor(key)
+    except Exception as error:
+        raise CheckpointError(f"{path}: cannot read weights ({error})") from error
+    network = spec.build()
+    check_state_dict(network, tensors)
+    network.load_state_dict({k: v.to(torch.float32) for k, v in tensors.items()})
+    network.to(device=device, dtype=dtype).eval().requires_grad_(False)
+    log.info("loaded %s from %s", spec.description or spec.family, path)
+    return Model(spec, network, str(path))
+
+
+def model_from_preset(
+    name: str, device: torch.device | str = "cpu", seed: int = 0, dtype: torch.dtype = torch.float32
+) -> Model:
+    """A preset with random weights (seeded), for tests and demos; clearly marked as such."""
+    spec = get_preset(name)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        network = spec.build()
+    network.to(device=device, dtype=dtype).eval().requires_grad_(False)
+    log.warning("preset %s has RANDOM weights: outputs are not meaningful images", name)
+    return Model(spec, network, f"preset {name} (random weights)", random_weights=True)
+
+
+def load(
+    source: str | Path, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
+) -> Model:
+    """A checkpoint path, or `preset:NAME` for random weights."""
+    text = str(source)
+    if text.startswith("preset:"):
+        return model_from_preset(text.removeprefix("preset:"), device, dtype=dtype)
+    return load_model(text, device, dtype)
+
+
+def spec_summary(spec: ModelSpec) -> str:
+    """One line describing a spec (for CLIs and logs)."""
+    params = sum(p.numel() for p in spec_network_meta(spec).parameters())
+    return json.dumps(
+        {
+            "family": spec.family,
+            "task": spec.task,
+            "size": spec.image_size,
+            "scale": spec.scale,
+            "params": params,
+            "description": spec.description,
+        }
+    )
+
+
+def spec_network_meta(spec: ModelSpec) -> nn.Module:
+    """The network on the meta device: shapes without memory."""
+    with torch.device("meta"):
+        return spec.build()

@@ -1,0 +1,111 @@
+"""The denoiser contract every network family is wrapped to, and the wrappers.
+
+A denoiser is called as `model(x, t, schedule, cond) -> Prediction` with `t` the int64 index
+of each item's step in `schedule` (respaced or not). The wrapper turns that index into what its
+network was trained on (SR3: the continuous noise level sqrt(alpha_bar); ADM: the original
+integer timestep), so samplers never know which family they drive.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from cascade.schedule import Schedule
+
+Cond = Mapping[str, Tensor]
+"""Conditioning by name: `class_ids` (int64 [B]), `low_res` ([B,3,h,w] in [-1,1]),
+`aug_level` (float [B], the CDM noise level already applied to `low_res`)."""
+
+
+@dataclass
+class Prediction:
+    """What a denoiser predicts for x_t: the noise, and a learned log-variance if it has one."""
+
+    eps: Tensor
+    log_variance: Tensor | None = None
+
+
+class Denoiser(Protocol):
+    def __call__(self, x: Tensor, t: Tensor, schedule: Schedule, cond: Cond) -> Prediction: ...
+
+
+def _gather(values: Tensor, t: Tensor, like: Tensor) -> Tensor:
+    """float64 schedule values at t, cast to the sample dtype and broadcast (as both references)."""
+    return values.to(like.device)[t].to(like.dtype).view(-1, *([1] * (like.ndim - 1)))
+
+
+class SR3Denoiser:
+    """SR3 family: input cat([condition, y_t]) and the noise level sqrt(alpha_bar_t)."""
+
+    def __init__(self, network: nn.Module):
+        self.network = network
+
+    def __call__(self, x: Tensor, t: Tensor, schedule: Schedule, cond: Cond) -> Prediction:
+        condition = cond["low_res"]
+        if condition.shape[-2:] != x.shape[-2:]:
+            condition = F.interpolate(
+                condition, size=x.shape[-2:], mode="bicubic", align_corners=False
+            ).clamp(-1, 1)
+        noise_level = schedule.sqrt_alphas_cumprod_prev[1:].to(torch.float32).to(x.device)[t]
+        aug_level = cond.get("aug_level")
+        if not getattr(self.network.config, "condition_augmentation", False):
+            aug_level = None
+        eps = self.network(
+            torch.cat([condition.to(x.dtype), x], dim=1),
+            noise_level.view(-1, 1),
+            aug_level,
+        )
+        return Prediction(eps=eps)
+
+
+class ADMDenoiser:
+    """ADM family: the original integer timestep, class labels, learned-range variance."""
+
+    def __init__(self, network: nn.Module):
+        self.network = network
+
+    def __call__(self, x: Tensor, t: Tensor, schedule: Schedule, cond: Cond) -> Prediction:
+        config = self.network.config
+        kwargs: dict[str, Tensor] = {}
+        if config.num_classes is not None:
+            kwargs["y"] = cond["class_ids"]
+        if config.super_resolution:
+            kwargs["low_res"] = cond["low_res"].to(x.dtype)
+        timesteps = schedule.timesteps.to(x.device)[t]
+        out = self.network(x, timesteps, **kwargs)
+        channels = x.shape[1]
+        if out.shape[1] == channels:
+            return Prediction(eps=out)
+        eps, v = out[:, :channels], out[:, channels:]
+        # Learned range (Nichol & Dhariwal 2021): interpolate log beta and log beta-tilde
+        # of the (respaced) schedule.
+        frac = (v + 1) / 2
+        min_log = _gather(schedule.posterior_log_variance_clipped, t, x)
+        max_log = _gather(torch.log(schedule.betas), t, x)
+        return Prediction(eps=eps, log_variance=frac * max_log + (1 - frac) * min_log)
+
+
+class ClassifierFreeGuidance:
+    """Classifier-free guidance (Ho & Salimans 2022): eps_u + w * (eps_c - eps_u), one batch."""
+
+    def __init__(self, denoiser: Denoiser, scale: float, null_class: int):
+        self.denoiser = denoiser
+        self.scale = scale
+        self.null_class = null_class
+
+    def __call__(self, x: Tensor, t: Tensor, schedule: Schedule, cond: Cond) -> Prediction:
+        if self.scale == 1.0:
+            return self.denoiser(x, t, schedule, cond)
+        class_ids = cond["class_ids"]
+        doubled = {key: torch.cat([value, value]) for key, value in cond.items()}
+        doubled["class_ids"] = torch.cat([class_ids, torch.full_like(class_ids, self.null_class)])
+        both = self.denoiser(torch.cat([x, x]), torch.cat([t, t]), schedule, doubled)
+        eps_c, eps_u = both.eps.chunk(2)
+        log_variance = None if both.log_variance is None else both.log_variance.chunk(2)[0]
+        return Prediction(eps=eps_u + self.scale * (eps_c - eps_u), log_variance=log_variance)

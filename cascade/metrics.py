@@ -1,0 +1,93 @@
+"""Evaluation metrics: PSNR/SSIM (RGB and BT.601 Y) via scikit-image, SR3 consistency."""
+
+from __future__ import annotations
+
+import numpy as np
+from skimage.color import rgb2ycbcr
+from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+from torch import Tensor
+
+from cascade.degradations import bicubic_degrade
+
+# Wang et al. 2004 SSIM setting (11x11 Gaussian window, sigma 1.5, population covariance),
+# the one SR3 evaluates with; skimage's defaults differ (7x7 uniform, sample covariance).
+SSIM_KWARGS = {"gaussian_weights": True, "sigma": 1.5, "use_sample_covariance": False}
+
+
+def _chw(x: Tensor) -> Tensor:
+    """Single image as CHW; accepts CHW or a batch of one."""
+    if x.dim() == 4 and x.shape[0] == 1:
+        x = x[0]
+    if x.dim() != 3:
+        raise ValueError(f"expected one CHW image, got shape {tuple(x.shape)}")
+    return x
+
+
+def to_uint8(x: Tensor) -> np.ndarray:
+    """SR3 `tensor2img` quantisation: clamp [-1,1], map to [0,255], round, HWC uint8."""
+    img = _chw(x).detach().cpu().double().clamp(-1.0, 1.0)
+    img = ((img + 1.0) / 2.0 * 255.0).round()
+    return img.permute(1, 2, 0).numpy().astype(np.uint8)
+
+
+def _y_channel(img: np.ndarray) -> np.ndarray:
+    """ITU-R BT.601 luma in 16..235 (MATLAB rgb2ycbcr), float64, not re-quantised."""
+    if img.shape[-1] != 3:
+        raise ValueError(f"Y metrics need RGB, got {img.shape[-1]} channels")
+    # skimage maps uint8 to [0,1] first, giving Y = 16 + 65.481 R + 128.553 G + 24.966 B.
+    return rgb2ycbcr(img)[..., 0]
+
+
+def _psnr(a: np.ndarray, b: np.ndarray) -> float:
+    """skimage PSNR with data_range 255; identical images give inf (skimage would warn on 0/0)."""
+    if np.array_equal(a, b):
+        return float("inf")
+    return float(peak_signal_noise_ratio(a, b, data_range=255))
+
+
+def psnr(output: Tensor, target: Tensor) -> float:
+    """PSNR in dB on uint8-quantised RGB (SR3 evaluation); inf for identical images."""
+    return _psnr(to_uint8(target), to_uint8(output))
+
+
+def ssim(output: Tensor, target: Tensor) -> float:
+    """SSIM (Wang et al. 2004, Gaussian window) on uint8-quantised RGB, averaged over channels."""
+    return float(
+        structural_similarity(
+            to_uint8(target), to_uint8(output), channel_axis=-1, data_range=255, **SSIM_KWARGS
+        )
+    )
+
+
+def psnr_y(output: Tensor, target: Tensor) -> float:
+    """PSNR in dB on the BT.601 Y channel of the uint8-quantised images."""
+    return _psnr(_y_channel(to_uint8(target)), _y_channel(to_uint8(output)))
+
+
+def ssim_y(output: Tensor, target: Tensor) -> float:
+    """SSIM (Wang et al. 2004, Gaussian window) on the BT.601 Y channel."""
+    y_t, y_o = _y_channel(to_uint8(target)), _y_channel(to_uint8(output))
+    return float(structural_similarity(y_t, y_o, data_range=255, **SSIM_KWARGS))
+
+
+def consistency(output: Tensor, low_res: Tensor) -> float:
+    """SR3 consistency: MSE in [0,1] scale between bicubic-downsampled output and low-res input."""
+    out, low = _chw(output).detach().float().cpu(), _chw(low_res).detach().float().cpu()
+    (h, w), (lh, lw) = out.shape[-2:], low.shape[-2:]
+    if h % lh or w % lw or h // lh != w // lw:
+        raise ValueError(f"output {h}x{w} is not an integer upscale of {lh}x{lw}")
+    # Float output (not quantised), so a bicubic-consistent output scores exactly ~0.
+    down = bicubic_degrade(out.clamp(-1.0, 1.0)[None], h // lh)[0]
+    diff = (down - low.clamp(-1.0, 1.0)) / 2.0  # difference in [0,1] units
+    return float(diff.double().pow(2).mean())
+
+
+def image_metrics(output: Tensor, target: Tensor, low_res: Tensor) -> dict[str, float]:
+    """All evaluation metrics for one CHW image: psnr, ssim, psnr_y, ssim_y, consistency."""
+    return {
+        "psnr": psnr(output, target),
+        "ssim": ssim(output, target),
+        "psnr_y": psnr_y(output, target),
+        "ssim_y": ssim_y(output, target),
+        "consistency": consistency(output, low_res),
+    }

@@ -1,0 +1,292 @@
+"""The cascade: a 64x64 class-conditional base, then 64->256 and 256->1024 upscalers.
+
+Stages hand float tensors in [-1, 1] to each other, never 8-bit images. A `Stage` is one model
+plus its sampler settings; `Cascade` is a plain loop over stages.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from cascade.checkpoints import Model, load
+from cascade.color import color_fix
+from cascade.degradations import noise_augment
+from cascade.denoiser import ClassifierFreeGuidance, Denoiser
+from cascade.samplers import Callback, SamplerSettings, generators, randn_like, sample
+from cascade.tiling import TiledDenoiser
+
+log = logging.getLogger(__name__)
+
+StageName = Literal["base64", "sr256", "sr1024"]
+STAGES: tuple[StageName, ...] = ("base64", "sr256", "sr1024")
+STAGE_OUTPUT: dict[str, int] = {"base64": 64, "sr256": 256, "sr1024": 1024}
+STAGE_INPUT: dict[str, int | None] = {"base64": None, "sr256": 64, "sr1024": 256}
+ColorFix = Literal["none", "adain", "wavelet"]
+Precision = Literal["float32", "bfloat16", "float16"]
+StageCallback = Callable[[str, int, int, Tensor], None]
+
+DEFAULT_WEIGHTS: dict[str, str] = {name: f"preset:{name}-tiny" for name in STAGES}
+
+
+class StageError(ValueError):
+    """A request a stage cannot serve (bad size, guidance without a null class, ...)."""
+
+
+def stage_seed(seed: int, stage: str) -> int:
+    """The seed a stage uses for an item: stable, distinct per stage, within int64."""
+    return (int(seed) + 1_000_003 * STAGES.index(stage)) % (2**63)  # type: ignore[arg-type]
+
+
+@dataclass
+class Stage:
+    """One step of the cascade: a model, its default sampler and augmentation level."""
+
+    name: str
+    model: Model
+    sampler: SamplerSettings = field(default_factory=SamplerSettings)
+    aug_level: float = 0.0  # CDM level given to SR models trained with augmentation
+    precision: Precision = "float32"  # autocast dtype on CUDA; CPU always runs float32
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.network.parameters()).device
+
+    @property
+    def output_size(self) -> int:
+        return self.model.spec.image_size
+
+    @property
+    def scale(self) -> int:
+        return self.model.spec.scale
+
+    def describe(self) -> dict[str, object]:
+        """What a job record says about the model behind this stage."""
+        return {
+            "stage": self.name,
+            "model": self.model.id,
+            "random_weights": self.model.random_weights,
+            "family": self.model.spec.family,
+            "size": self.output_size,
+            "scale": self.scale,
+            "sampler": self.sampler.name,
+            "steps": self.sampler.steps,
+        }
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.device.type != "cuda" or self.precision == "float32":
+            return contextlib.nullcontext()
+        return torch.autocast("cuda", dtype=getattr(torch, self.precision))
+
+    def _denoiser(self, guidance: float) -> Denoiser:
+        denoiser = self.model.denoiser
+        if guidance == 1.0:
+            return denoiser
+        null_class = self.model.spec.null_class
+        if null_class is None:
+            raise StageError(
+                f"guidance {guidance} needs a model trained with a null class; "
+                f"{self.model.id} has none (ADM's released base: use guidance 1)"
+            )
+        return ClassifierFreeGuidance(denoiser, guidance, null_class)
+
+    def run(
+        self,
+        *,
+        seeds: Sequence[int],
+        class_ids: Sequence[int] | None = None,
+        low_res: Tensor | None = None,
+        sampler: SamplerSettings | None = None,
+        guidance: float = 1.0,
+        aug_level: float | None = None,
+        color: ColorFix = "none",
+        callback: Callback | None = None,
+    ) -> Tensor:
+        """Sample this stage for a batch; item i uses seeds[i] alone (batch-independent)."""
+        spec, device = self.model.spec, self.device
+        settings = sampler or self.sampler
+        batch = len(seeds)
+        gens = generators(seeds, device)
+        cond: dict[str, Tensor] = {}
+        if spec.class_conditional:
+            if class_ids is None:
+                raise StageError(f"{self.model.id} is class-conditional: give class ids")
+            cond["class_ids"] = self._class_tensor(class_ids, batch)
+        if spec.task == "generate":
+            height = width = spec.image_size
+            denoiser = self._denoiser(guidance)
+        else:
+            if low_res is None:
+                raise StageError(f"stage {self.name} upscales: give a low-resolution image")
+            if low_res.shape[0] != batch:
+                raise StageError(f"{low_res.shape[0]} images for {batch} seeds")
+            low_res, crop = self._pad_input(low_res.to(device, torch.float32))
+            height, width = (side * spec.scale for side in low_res.shape[-2:])
+            denoiser = self.model.denoiser
+            if max(height, width) > spec.image_size:
+                denoiser = TiledDenoiser(denoiser, tile=spec.image_size, scale=spec.scale)
+        x = randn_like(torch.empty(batch, 3, height, width, device=device), gens)
+        if spec.task == "upscale":
+            level = self.aug_level if aug_level is None else aug_level
+            if not spec.condition_augmentation:
+                level = 0.0  # weights trained without augmentation run clean (ADM, SR3)
+            levels = torch.full((batch,), float(level), device=device)
+            cond["low_res"] = noise_augment(low_res, levels, gens) if level > 0 else low_res
+            cond["aug_level"] = levels
+        schedule = spec.schedule.build()
+        with self._autocast():
+            x = sample(
+                denoiser, x, schedule, settings, cond=cond, generator=gens, callback=callback
+            )
+        x = x.float().clamp(-1, 1)
+        if spec.task == "upscale":
+            x = x[..., : crop[0] * spec.scale, : crop[1] * spec.scale]
+            x = color_fix(x, low_res[..., : crop[0], : crop[1]], color)
+        return x
+
+    def _class_tensor(self, class_ids: Sequence[int], batch: int) -> Tensor:
+        if len(class_ids) != batch:
+            raise StageError(f"{len(class_ids)} class ids for {batch} seeds")
+        limit = self.model.network.config.num_classes - (self.model.spec.null_class is not None)
+        for class_id in class_ids:
+            if not 0 <= int(class_id) < limit:
+                raise StageError(f"class id {class_id} out of range 0..{limit - 1}")
+        return torch.tensor([int(c) for c in class_ids], dtype=torch.long, device=self.device)
+
+    def _pad_input(self, low_res: Tensor) -> tuple[Tensor, tuple[int, int]]:
+        """Reflect-pad the input so the output fits the network's size multiple (cropped after)."""
+        multiple = getattr(self.model.network.config, "size_multiple", None)
+        if multiple is None:  # ADM: one halving per level but the last
+            multiple = 2 ** (len(self.model.network.config.channel_mult) - 1)
+        step = max(1, math.ceil(multiple / self.scale))
+        height, width = low_res.shape[-2:]
+        pad_h, pad_w = (-height) % step, (-width) % step
+        if pad_h or pad_w:
+            mode = "reflect" if pad_h < height and pad_w < width else "replicate"
+            low_res = F.pad(low_res, (0, pad_w, 0, pad_h), mode=mode)
+        return low_res, (height, width)
+
+
+@dataclass
+class CascadeResult:
+    """Each stage's output (float, [-1, 1], CPU) in order, and the seeds that made them."""
+
+    images: dict[str, Tensor]
+    seeds: list[int]
+
+    @property
+    def final(self) -> Tensor:
+        return list(self.images.values())[-1]
+
+
+class Cascade:
+    """The stages in order; `generate` and `upscale` run the ones a request needs."""
+
+    def __init__(self, stages: Sequence[Stage]):
+        self.stages = {stage.name: stage for stage in stages}
+
+    @classmethod
+    def load(
+        cls,
+        weights: Mapping[str, str] | None = None,
+        device: torch.device | str = "cpu",
+        samplers: Mapping[str, SamplerSettings] | None = None,
+    ) -> Cascade:
+        """Stages from checkpoint paths or `preset:NAME` sources (default: tiny presets)."""
+        sources = {**DEFAULT_WEIGHTS, **(weights or {})}
+        stages = [
+            Stage(name, load(sources[name], device), (samplers or {}).get(name, SamplerSettings()))
+            for name in STAGES
+        ]
+        return cls(stages)
+
+    def plan_generation(self, size: int) -> list[Stage]:
+        """The stages a generation at `size` runs through."""
+        if size not in STAGE_OUTPUT.values():
+            raise StageError(f"size must be one of {sorted(STAGE_OUTPUT.values())}, got {size}")
+        names = [name for name in STAGES if STAGE_OUTPUT[name] <= size]
+        return [self.stages[name] for name in names]
+
+    def plan_upscale(self, height: int, width: int, scale: int) -> list[Stage]:
+        """Stages for an upscale: 4x enters at the stage whose native input is nearest the
+        input's longer side (64 -> sr256, 256 -> sr1024); 16x runs sr256 then sr1024.
+        Larger inputs are tiled; smaller ones run at their own size."""
+        if scale == 16:
+            return [self.stages["sr256"], self.stages["sr1024"]]
+        if scale != 4:
+            raise StageError(f"scale must be 4 or 16, got {scale}")
+        side = max(height, width)
+        name = min(("sr256", "sr1024"), key=lambda n: abs(math.log(side / STAGE_INPUT[n])))
+        return [self.stages[name]]
+
+    def generate(
+        self,
+        class_ids: Sequence[int],
+        size: int,
+        seeds: Sequence[int],
+        *,
+        samplers: Mapping[str, SamplerSettings] | None = None,
+        guidance: float = 1.0,
+        callback: StageCallback | None = None,
+    ) -> CascadeResult:
+        """Class-conditional generation at 64, 256 or 1024 pixels."""
+        images: dict[str, Tensor] = {}
+        x: Tensor | None = None
+        for stage in self.plan_generation(size):
+            x = self._run(stage, seeds, class_ids, x, samplers, guidance, "none", callback)
+            images[stage.name] = x.cpu()
+        return CascadeResult(images, list(seeds))
+
+    def upscale(
+        self,
+        image: Tensor,
+        seeds: Sequence[int],
+        *,
+        scale: int = 4,
+        class_ids: Sequence[int] | None = None,
+        samplers: Mapping[str, SamplerSettings] | None = None,
+        color: ColorFix = "none",
+        callback: StageCallback | None = None,
+    ) -> CascadeResult:
+        """Upscale images ([B,3,H,W] in [-1,1]) by 4 or 16."""
+        images: dict[str, Tensor] = {}
+        x = image
+        for stage in self.plan_upscale(*image.shape[-2:], scale):
+            x = self._run(stage, seeds, class_ids, x, samplers, 1.0, color, callback)
+            images[stage.name] = x.cpu()
+        return CascadeResult(images, list(seeds))
+
+    @staticmethod
+    def _run(
+        stage: Stage,
+        seeds: Sequence[int],
+        class_ids: Sequence[int] | None,
+        x: Tensor | None,
+        samplers: Mapping[str, SamplerSettings] | None,
+        guidance: float,
+        color: ColorFix,
+        callback: StageCallback | None,
+    ) -> Tensor:
+        def report(step: int, total: int, x0: Tensor) -> None:
+            if callback is not None:
+                callback(stage.name, step, total, x0)
+
+        if not stage.model.spec.class_conditional:
+            class_ids = None
+        return stage.run(
+            seeds=[stage_seed(seed, stage.name) for seed in seeds],
+            class_ids=class_ids,
+            low_res=x,
+            sampler=(samplers or {}).get(stage.name),
+            guidance=guidance if stage.model.spec.task == "generate" else 1.0,
+            color=color,
+            callback=report,
+        )

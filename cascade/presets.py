@@ -1,0 +1,260 @@
+"""Named model presets: the released checkpoints, the cascade's native stages, tiny test models.
+
+A `ModelSpec` is everything needed to rebuild a model with no flags: the network family and its
+architecture, the training noise schedule, and what the model does. Every checkpoint carries one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from torch import nn
+
+from cascade.adm import ADMConfig, ADMUNet
+from cascade.schedule import ScheduleConfig
+from cascade.sr3 import SR3Config, SR3UNet
+
+Family = Literal["sr3", "adm"]
+Task = Literal["generate", "upscale"]
+
+NULL_CLASS = 1000  # ImageNet has 1000 classes; native bases learn one more "no class" label
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A model's architecture, training schedule and task; enough to rebuild it."""
+
+    family: Family
+    network: SR3Config | ADMConfig
+    schedule: ScheduleConfig
+    task: Task
+    image_size: int  # native output size in pixels
+    scale: int = 1  # output size / input size of an upscaler
+    null_class: int | None = None  # label of the unconditional branch (classifier-free guidance)
+    description: str = ""
+
+    @property
+    def input_size(self) -> int | None:
+        return self.image_size // self.scale if self.task == "upscale" else None
+
+    @property
+    def class_conditional(self) -> bool:
+        return getattr(self.network, "num_classes", None) is not None
+
+    @property
+    def condition_augmentation(self) -> bool:
+        return bool(getattr(self.network, "condition_augmentation", False))
+
+    def build(self) -> nn.Module:
+        if self.family == "sr3":
+            return SR3UNet(self.network)  # type: ignore[arg-type]
+        return ADMUNet(self.network)  # type: ignore[arg-type]
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelSpec:
+        data = dict(data)
+        config_type = SR3Config if data["family"] == "sr3" else ADMConfig
+        network = dict(data.pop("network"))
+        for key, value in network.items():
+            if isinstance(value, list):
+                network[key] = tuple(value)
+        return cls(
+            network=config_type(**network),
+            schedule=ScheduleConfig(**data.pop("schedule")),
+            **data,
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> ModelSpec:
+        return cls.from_dict(json.loads(text))
+
+
+SR3_SCHEDULE = ScheduleConfig("sr3", "linear", 2000, 1e-6, 1e-2)  # every released SR3 config
+ADM_COSINE = ScheduleConfig("adm", "cosine", 1000)
+ADM_LINEAR = ScheduleConfig("adm", "linear", 1000)
+
+
+def _adm_flags(**flags: Any) -> ADMConfig:
+    return ADMConfig.from_flags(**flags)
+
+
+def _base(
+    model_channels: int,
+    mult: tuple[int, ...],
+    blocks: int,
+    attention: tuple[int, ...],
+    head_channels: int,
+    description: str,
+) -> ModelSpec:
+    """A native class-conditional 64x64 base: ADM UNet with a null class for guidance."""
+    network = ADMConfig(
+        image_size=64,
+        model_channels=model_channels,
+        out_channels=3,
+        num_res_blocks=blocks,
+        attention_resolutions=attention,
+        channel_mult=mult,
+        num_classes=NULL_CLASS + 1,
+        num_head_channels=head_channels,
+        attention_order="new",
+        dropout=0.1,
+    )
+    return ModelSpec(
+        "adm", network, ADM_COSINE, "generate", 64, null_class=NULL_CLASS, description=description
+    )
+
+
+def _sr(
+    size: int,
+    inner: int,
+    groups: int,
+    mults: tuple[int, ...],
+    blocks: int,
+    attn_res: tuple[int, ...],
+    description: str,
+) -> ModelSpec:
+    """A native 4x SR3 upscaler with conditioning augmentation (CDM)."""
+    network = SR3Config(
+        inner_channels=inner,
+        norm_groups=groups,
+        channel_mults=mults,
+        attn_res=attn_res,
+        res_blocks=blocks,
+        image_size=size,
+        condition_augmentation=True,
+    )
+    return ModelSpec(
+        "sr3", network, SR3_SCHEDULE, "upscale", size, scale=4, description=description
+    )
+
+
+PRESETS: dict[str, ModelSpec] = {
+    # Released checkpoints (flags from the SR3 configs and the guided-diffusion README).
+    "sr3-16-128": ModelSpec(
+        "sr3",
+        SR3Config(
+            inner_channels=64,
+            norm_groups=32,
+            channel_mults=(1, 2, 4, 8, 8),
+            attn_res=(16,),
+            res_blocks=2,
+            dropout=0.2,
+            image_size=128,
+        ),
+        SR3_SCHEDULE,
+        "upscale",
+        128,
+        scale=8,
+        description="SR3 16->128 faces (Janspiry I640000_E37, sr_sr3_16_128.json)",
+    ),
+    "sr3-64-512": ModelSpec(
+        "sr3",
+        SR3Config(
+            inner_channels=64,
+            norm_groups=16,
+            channel_mults=(1, 2, 4, 8, 16),
+            attn_res=(),
+            res_blocks=1,
+            image_size=512,
+        ),
+        SR3_SCHEDULE,
+        "upscale",
+        512,
+        scale=8,
+        description="SR3 64->512 faces (Janspiry I830000_E32, sr_sr3_64_512.json)",
+    ),
+    "adm-64": ModelSpec(
+        "adm",
+        _adm_flags(
+            attention_resolutions="32,16,8",
+            class_cond=True,
+            dropout=0.1,
+            image_size=64,
+            learn_sigma=True,
+            num_channels=192,
+            num_head_channels=64,
+            num_res_blocks=3,
+            resblock_updown=True,
+            use_new_attention_order=True,
+            use_scale_shift_norm=True,
+        ),
+        ADM_COSINE,
+        "generate",
+        64,
+        description="ADM 64x64 class-conditional ImageNet (guided-diffusion 64x64_diffusion.pt)",
+    ),
+    "adm-64-256": ModelSpec(
+        "adm",
+        _adm_flags(
+            attention_resolutions="32,16,8",
+            class_cond=True,
+            large_size=256,
+            small_size=64,
+            learn_sigma=True,
+            num_channels=192,
+            num_heads=4,
+            num_res_blocks=2,
+            resblock_updown=True,
+            use_scale_shift_norm=True,
+        ),
+        ADM_LINEAR,
+        "upscale",
+        256,
+        scale=4,
+        description="ADM 64->256 upsampler (guided-diffusion 64_256_upsampler.pt)",
+    ),
+    # Native stages at the sizes the papers used (SR3 Table A.1; ADM's 64x64 base).
+    "base64": _base(
+        192,
+        (1, 2, 3, 4),
+        3,
+        (2, 4, 8),
+        64,
+        "native 64x64 class-conditional base, ADM-64 sized, null class for CFG",
+    ),
+    "sr256": _sr(
+        256,
+        128,
+        32,
+        (1, 2, 4, 4, 8, 8),
+        3,
+        (16,),
+        "native 64->256 SR3 (SR3 paper sizes) with conditioning augmentation",
+    ),
+    "sr1024": _sr(
+        1024,
+        16,
+        16,
+        (1, 2, 4, 8, 16, 32, 32, 32),
+        2,
+        (),
+        "native 256->1024 SR3 (SR3 paper sizes) with conditioning augmentation",
+    ),
+    # Small: the demo weights (trainable in minutes, a few MB in fp16).
+    "base64-small": _base(
+        64, (1, 2, 2, 2), 2, (4, 8), 32, "small 64x64 class-conditional base for demo weights"
+    ),
+    "sr256-small": _sr(256, 32, 16, (1, 2, 4, 4), 2, (), "small 64->256 SR3 for demo weights"),
+    "sr1024-small": _sr(
+        1024, 16, 8, (1, 2, 4, 4, 4), 1, (), "small 256->1024 SR3 for demo weights"
+    ),
+    # Tiny: random-weight stand-ins for tests and CPU demos (milliseconds per step).
+    # ADM's GroupNorm has 32 groups, so 32 channels is the narrowest ADM network.
+    "base64-tiny": _base(32, (1, 1, 2), 1, (4,), 32, "tiny base for tests"),
+    "sr256-tiny": _sr(256, 8, 4, (1, 2, 2), 1, (), "tiny 64->256 upscaler for tests"),
+    "sr1024-tiny": _sr(1024, 4, 2, (1, 2, 2), 1, (), "tiny 256->1024 upscaler for tests"),
+}
+
+
+def get_preset(name: str) -> ModelSpec:
+    """The named preset, or a ValueError listing the names."""
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}") from None

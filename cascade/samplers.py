@@ -1,0 +1,279 @@
+"""Samplers: pure functions `(model, x, schedule, *, cond, generator, callback) -> x`.
+
+Each runs every step of `schedule` (respace the schedule for fewer steps). `generator` is a
+`torch.Generator`, one generator per batch item (so an item's result does not depend on the
+batch it ran in), or any callable `noise(like) -> Tensor`. `callback(step, total, x0)` runs
+after every step with the current prediction of x_0; it stops sampling by raising (the
+service raises `SamplingCanceled`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from cascade.denoiser import Cond, Denoiser, Prediction
+from cascade.schedule import Schedule
+
+NoiseSource = torch.Generator | Sequence[torch.Generator] | Callable[[Tensor], Tensor]
+Callback = Callable[[int, int, Tensor], None]
+SamplerName = Literal["ancestral", "ddpm", "ddim", "dpmpp_2m"]
+
+
+class SamplingCanceled(Exception):
+    """Raised by a callback to stop a sampler between two steps."""
+
+
+def randn_like(x: Tensor, generator: NoiseSource) -> Tensor:
+    """Standard normal noise shaped like x, drawn per item when given one generator per item."""
+    if isinstance(generator, torch.Generator):
+        return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    if isinstance(generator, Sequence):
+        if len(generator) != x.shape[0]:
+            raise ValueError(f"{len(generator)} generators for a batch of {x.shape[0]}")
+        return torch.stack(
+            [
+                torch.randn(x.shape[1:], generator=g, device=x.device, dtype=x.dtype)
+                for g in generator
+            ]
+        )
+    return generator(x)
+
+
+def generators(seeds: Sequence[int], device: torch.device | str = "cpu") -> list[torch.Generator]:
+    """One generator per batch item from explicit seeds."""
+    return [torch.Generator(device=device).manual_seed(int(seed)) for seed in seeds]
+
+
+class _Tables:
+    """Schedule coefficients in float64, cast once to the sample dtype on the sample's device."""
+
+    def __init__(self, schedule: Schedule, like: Tensor):
+        acp = schedule.alphas_cumprod
+        acp_prev = schedule.alphas_cumprod_prev
+        values = {
+            "acp": acp,
+            "acp_prev": acp_prev,
+            "sqrt_recip_acp": torch.sqrt(1.0 / acp),
+            "sqrt_recipm1_acp": torch.sqrt(1.0 / acp - 1),
+            "coef1": schedule.posterior_mean_coef1,
+            "coef2": schedule.posterior_mean_coef2,
+            "posterior_log_variance": schedule.posterior_log_variance_clipped,
+            "betas": schedule.betas,
+            "sqrt_alphas": torch.sqrt(schedule.alphas),
+            "sqrt_one_minus_acp": torch.sqrt(1.0 - acp),
+            "sqrt_acp": torch.sqrt(acp),
+            "sqrt_acp_prev": torch.sqrt(acp_prev),
+        }
+        shape = (-1,) + (1,) * (like.ndim - 1)
+        self._values = {k: v.to(like.dtype).to(like.device) for k, v in values.items()}
+        self._shape = shape
+
+    def __getattr__(self, name: str) -> Callable[[Tensor], Tensor]:
+        values = self._values[name]
+        return lambda t: values[t].view(self._shape)
+
+
+def predict_x0(pred: Prediction, x: Tensor, t: Tensor, tables: _Tables, clip: bool) -> Tensor:
+    """x_0 from the predicted noise; clipped to [-1, 1] when asked (both references do)."""
+    x0 = tables.sqrt_recip_acp(t) * x - tables.sqrt_recipm1_acp(t) * pred.eps
+    return x0.clamp(-1, 1) if clip else x0
+
+
+def ancestral_step(
+    pred: Prediction, x: Tensor, t: Tensor, tables: _Tables, noise: Tensor | None, clip: bool = True
+) -> tuple[Tensor, Tensor]:
+    """One ancestral step: posterior mean of x_0 and the learned or posterior variance."""
+    x0 = predict_x0(pred, x, t, tables, clip)
+    mean = tables.coef1(t) * x0 + tables.coef2(t) * x
+    log_variance = pred.log_variance
+    if log_variance is None:
+        log_variance = tables.posterior_log_variance(t)
+    if noise is None:
+        return mean, x0
+    nonzero = (t != 0).to(x.dtype).view(tables._shape)
+    return mean + nonzero * torch.exp(0.5 * log_variance) * noise, x0
+
+
+def ddim_step(
+    pred: Prediction,
+    x: Tensor,
+    t: Tensor,
+    tables: _Tables,
+    noise: Tensor | None,
+    eta: float,
+    clip: bool = True,
+) -> tuple[Tensor, Tensor]:
+    """One DDIM step (Song et al. 2021) with eps rebuilt from the clipped x_0 (as ADM)."""
+    x0 = predict_x0(pred, x, t, tables, clip)
+    eps = (tables.sqrt_recip_acp(t) * x - x0) / tables.sqrt_recipm1_acp(t)
+    acp, acp_prev = tables.acp(t), tables.acp_prev(t)
+    sigma = eta * torch.sqrt((1 - acp_prev) / (1 - acp)) * torch.sqrt(1 - acp / acp_prev)
+    x_prev = x0 * tables.sqrt_acp_prev(t) + torch.sqrt(1 - acp_prev - sigma**2) * eps
+    if noise is not None and eta > 0:
+        nonzero = (t != 0).to(x.dtype).view(tables._shape)
+        x_prev = x_prev + nonzero * sigma * noise
+    return x_prev, x0
+
+
+def _steps(x: Tensor, schedule: Schedule):
+    """Yield (count done after this step, index tensor) from the noisiest step down to 0."""
+    total = len(schedule)
+    for i in reversed(range(total)):
+        yield total - i, i, torch.full((x.shape[0],), i, device=x.device, dtype=torch.long)
+
+
+@torch.inference_mode()
+def sample_ancestral(
+    model: Denoiser,
+    x: Tensor,
+    schedule: Schedule,
+    *,
+    cond: Cond,
+    generator: NoiseSource,
+    callback: Callback | None = None,
+) -> Tensor:
+    """Ancestral sampling, the reference loops of SR3 and ADM (Ho et al. 2020, Algorithm 2 with
+    clipped x_0, posterior or learned variance)."""
+    tables, total = _Tables(schedule, x), len(schedule)
+    for done, i, t in _steps(x, schedule):
+        pred = model(x, t, schedule, cond)
+        noise = randn_like(x, generator) if i > 0 else None
+        x, x0 = ancestral_step(pred, x, t, tables, noise)
+        if callback is not None:
+            callback(done, total, x0)
+    return x
+
+
+@torch.inference_mode()
+def sample_ddpm(
+    model: Denoiser,
+    x: Tensor,
+    schedule: Schedule,
+    *,
+    cond: Cond,
+    generator: NoiseSource,
+    callback: Callback | None = None,
+) -> Tensor:
+    """SR3's Algorithm 2 as printed (Saharia et al. 2021): unclipped, variance 1 - alpha_t."""
+    tables, total = _Tables(schedule, x), len(schedule)
+    for done, i, t in _steps(x, schedule):
+        eps = model(x, t, schedule, cond).eps
+        beta = tables.betas(t)
+        x = (x - beta / tables.sqrt_one_minus_acp(t) * eps) / tables.sqrt_alphas(t)
+        if i > 0:
+            x = x + torch.sqrt(beta) * randn_like(x, generator)
+        if callback is not None:
+            callback(done, total, predict_x0(Prediction(eps), x, t, tables, clip=False))
+    return x
+
+
+@torch.inference_mode()
+def sample_ddim(
+    model: Denoiser,
+    x: Tensor,
+    schedule: Schedule,
+    *,
+    cond: Cond,
+    generator: NoiseSource,
+    callback: Callback | None = None,
+    eta: float = 0.0,
+) -> Tensor:
+    """DDIM sampling (Song et al. 2021); eta = 0 is deterministic, eta = 1 is ancestral-like."""
+    tables, total = _Tables(schedule, x), len(schedule)
+    for done, i, t in _steps(x, schedule):
+        pred = model(x, t, schedule, cond)
+        noise = randn_like(x, generator) if (i > 0 and eta > 0) else None
+        x, x0 = ddim_step(pred, x, t, tables, noise, eta)
+        if callback is not None:
+            callback(done, total, x0)
+    return x
+
+
+@torch.inference_mode()
+def sample_dpmpp_2m(
+    model: Denoiser,
+    x: Tensor,
+    schedule: Schedule,
+    *,
+    cond: Cond,
+    generator: NoiseSource,
+    callback: Callback | None = None,
+) -> Tensor:
+    """DPM-Solver++(2M) (Lu et al. 2022, Algorithm 2) on the clipped data prediction."""
+    tables, total = _Tables(schedule, x), len(schedule)
+    acp = schedule.alphas_cumprod
+    # log-SNR half: lambda = log(alpha / sigma); computed in float64 as Python floats so the
+    # loop never reads back from the device.
+    lambdas = [0.5 * (math.log(a) - math.log1p(-a)) for a in acp.tolist()]
+    alphas = [math.sqrt(a) for a in acp.tolist()]
+    sigmas = [math.sqrt(1 - a) for a in acp.tolist()]
+    previous_x0: Tensor | None = None
+    previous_h = 0.0
+    for done, i, t in _steps(x, schedule):
+        x0 = predict_x0(model(x, t, schedule, cond), x, t, tables, clip=True)
+        if i == 0:
+            # The step to alpha_bar = 1 has infinite log-SNR: first order lands exactly on x_0.
+            x = x0
+        else:
+            h = lambdas[i - 1] - lambdas[i]
+            if previous_x0 is None:
+                d = x0
+            else:
+                r = previous_h / h
+                d = (1 + 1 / (2 * r)) * x0 - (1 / (2 * r)) * previous_x0
+            x = (sigmas[i - 1] / sigmas[i]) * x - alphas[i - 1] * math.expm1(-h) * d
+            previous_x0, previous_h = x0, h
+        if callback is not None:
+            callback(done, total, x0)
+    return x
+
+
+@dataclass(frozen=True)
+class SamplerSettings:
+    """Which sampler, how many steps (respacing the trained schedule), and DDIM's eta."""
+
+    name: SamplerName = "dpmpp_2m"
+    steps: int = 20
+    eta: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.name not in SAMPLERS:
+            raise ValueError(f"unknown sampler {self.name!r}; choose one of {sorted(SAMPLERS)}")
+        if self.steps < 1:
+            raise ValueError(f"steps must be >= 1, got {self.steps}")
+
+
+SAMPLERS: dict[str, Callable[..., Tensor]] = {
+    "ancestral": sample_ancestral,
+    "ddpm": sample_ddpm,
+    "ddim": sample_ddim,
+    "dpmpp_2m": sample_dpmpp_2m,
+}
+
+
+def sample(
+    model: Denoiser,
+    x: Tensor,
+    schedule: Schedule,
+    settings: SamplerSettings,
+    *,
+    cond: Cond,
+    generator: NoiseSource,
+    callback: Callback | None = None,
+) -> Tensor:
+    """Run the named sampler over `schedule` respaced to `settings.steps`."""
+    if settings.steps > len(schedule):
+        raise ValueError(
+            f"steps must be <= {len(schedule)} (the trained schedule), got {settings.steps}"
+        )
+    spaced = schedule if settings.steps == len(schedule) else schedule.respace(settings.steps)
+    extra = {"eta": settings.eta} if settings.name == "ddim" else {}
+    return SAMPLERS[settings.name](
+        model, x, spaced, cond=cond, generator=generator, callback=callback, **extra
+    )

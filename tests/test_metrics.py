@@ -1,0 +1,101 @@
+"""Tests for PSNR/SSIM (RGB and Y), SR3 consistency and uint8 quantisation."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from cascade.degradations import bicubic_degrade
+from cascade.metrics import (
+    consistency,
+    image_metrics,
+    psnr,
+    psnr_y,
+    ssim,
+    ssim_y,
+    to_uint8,
+)
+
+
+def _from_uint8(values: torch.Tensor) -> torch.Tensor:
+    """uint8-valued CHW tensor to the [-1, 1] float convention."""
+    return values.float() / 255.0 * 2.0 - 1.0
+
+
+def _image(seed: int = 0, size: int = 32) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    base = torch.rand(1, 3, 8, 8, generator=g) * 2 - 1
+    return F.interpolate(base, size=(size, size), mode="bilinear", align_corners=False)[0]
+
+
+def test_to_uint8_matches_tensor2img() -> None:
+    x = torch.tensor([-1.5, -1.0, 0.0, 1.0, 2.0]).view(1, 1, 5).expand(3, 1, 5)
+    out = to_uint8(x)
+    assert out.dtype == np.uint8 and out.shape == (1, 5, 3)
+    # 0.0 -> 127.5 rounds half to even, as numpy's round in SR3's tensor2img does.
+    assert out[0, :, 0].tolist() == [0, 0, 128, 255, 255]
+
+
+def test_identity_is_perfect() -> None:
+    x = _image()
+    assert psnr(x, x) == math.inf and psnr_y(x, x) == math.inf
+    assert ssim(x, x) == pytest.approx(1.0, abs=1e-12)
+    assert ssim_y(x, x) == pytest.approx(1.0, abs=1e-12)
+
+
+@pytest.mark.parametrize("d", [1, 3, 10])
+def test_constant_offset_psnr_is_analytic(d: int) -> None:
+    g = torch.Generator().manual_seed(d)
+    values = torch.randint(0, 200, (3, 24, 24), generator=g)
+    target, output = _from_uint8(values), _from_uint8(values + d)
+    assert psnr(output, target) == pytest.approx(20 * math.log10(255 / d), abs=1e-9)
+    # Y is affine in RGB, so an equal offset on R, G, B shifts Y by d * 219/255 exactly.
+    dy = d * (65.481 + 128.553 + 24.966) / 255
+    assert psnr_y(output, target) == pytest.approx(20 * math.log10(255 / dy), abs=1e-9)
+    assert ssim(output, target) < 1.0
+
+
+def test_ssim_orders_by_distortion() -> None:
+    target = _image(1)
+    g = torch.Generator().manual_seed(2)
+    noise = torch.randn(target.shape, generator=g)
+    mild, strong = target + 0.02 * noise, target + 0.2 * noise
+    assert 1.0 > ssim(mild, target) > ssim(strong, target)
+    assert 1.0 > ssim_y(mild, target) > ssim_y(strong, target)
+    assert psnr(mild, target) > psnr(strong, target)
+
+
+def test_y_of_white_is_235() -> None:
+    from cascade.metrics import _y_channel
+
+    white = to_uint8(torch.ones(3, 4, 4))
+    assert np.allclose(_y_channel(white), 235.0)
+    black = to_uint8(-torch.ones(3, 4, 4))
+    assert np.allclose(_y_channel(black), 16.0)
+
+
+def test_consistency() -> None:
+    output = _image(3, size=64)
+    low = bicubic_degrade(output[None], 4)[0]
+    assert consistency(output, low) < 1e-12
+    # A shift of 0.1 in [-1, 1] is 0.05 in [0, 1]: MSE 0.0025.
+    assert consistency(output, low + 0.1 * (low < 0.9)) > 0
+    flat = torch.zeros(3, 64, 64)
+    assert consistency(flat, torch.full((3, 16, 16), 0.1)) == pytest.approx(0.0025, rel=1e-5)
+    with pytest.raises(ValueError):
+        consistency(torch.zeros(3, 64, 64), torch.zeros(3, 24, 24))
+
+
+def test_image_metrics_keys_and_batch_of_one() -> None:
+    target = _image(4, size=64)
+    output = target + 0.05
+    low = bicubic_degrade(target[None], 4)[0]
+    metrics = image_metrics(output, target, low)
+    assert set(metrics) == {"psnr", "ssim", "psnr_y", "ssim_y", "consistency"}
+    assert all(isinstance(v, float) for v in metrics.values())
+    assert image_metrics(output[None], target[None], low[None]) == metrics
+    assert 0 < metrics["consistency"] < 1e-3
