@@ -11,6 +11,7 @@ import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 import torch
@@ -35,6 +36,15 @@ Precision = Literal["float32", "bfloat16", "float16"]
 StageCallback = Callable[[str, int, int, Tensor], None]
 
 DEFAULT_WEIGHTS: dict[str, str] = {name: f"preset:{name}-tiny" for name in STAGES}
+DEMO_WEIGHTS = Path(__file__).resolve().parents[1] / "weights" / "demo"
+
+
+def default_weights(directory: Path = DEMO_WEIGHTS) -> dict[str, str]:
+    """The demo weights where they exist (weights/demo/STAGE.safetensors), else tiny presets."""
+    return {
+        name: str(path) if (path := directory / f"{name}.safetensors").is_file() else fallback
+        for name, fallback in DEFAULT_WEIGHTS.items()
+    }
 
 
 class StageError(ValueError):

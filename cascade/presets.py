@@ -242,13 +242,14 @@ PRESETS: dict[str, ModelSpec] = {
     ),
     "sr256-small": _sr(256, 32, 16, (1, 2, 4, 4), 2, (), "small 64->256 SR3 for demo weights"),
     "sr1024-small": _sr(
-        1024, 16, 8, (1, 2, 4, 4, 4), 1, (), "small 256->1024 SR3 for demo weights"
+        1024, 16, 8, (1, 2, 4, 4, 4, 4), 1, (), "small 256->1024 SR3 for demo weights"
     ),
     # Tiny: random-weight stand-ins for tests and CPU demos (milliseconds per step).
     # ADM's GroupNorm has 32 groups, so 32 channels is the narrowest ADM network.
     "base64-tiny": _base(32, (1, 1, 2), 1, (4,), 32, "tiny base for tests"),
-    "sr256-tiny": _sr(256, 8, 4, (1, 2, 2), 1, (), "tiny 64->256 upscaler for tests"),
-    "sr1024-tiny": _sr(1024, 4, 2, (1, 2, 2), 1, (), "tiny 256->1024 upscaler for tests"),
+    # SR3 always attends in the middle block: enough levels keep it at 32x32 (1024 tokens).
+    "sr256-tiny": _sr(256, 8, 4, (1, 2, 2, 2), 1, (), "tiny 64->256 upscaler for tests"),
+    "sr1024-tiny": _sr(1024, 4, 2, (1, 2, 2, 2, 2, 2), 1, (), "tiny 256->1024 upscaler for tests"),
 }
 
 
