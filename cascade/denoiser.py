@@ -40,11 +40,34 @@ def _gather(values: Tensor, t: Tensor, like: Tensor) -> Tensor:
     return values.to(like.device)[t].to(like.dtype).view(-1, *([1] * (like.ndim - 1)))
 
 
+class _DeviceTables:
+    """Per-schedule lookup tables moved to the device once, not at every step: a host-to-device
+    copy inside the loop would make the host wait for the GPU at each step."""
+
+    def __init__(self) -> None:
+        # The schedule itself is kept (not its id): an id can be reused once it is collected.
+        self._schedule: Schedule | None = None
+        self._key: tuple[torch.device, torch.dtype] | None = None
+        self._tables: dict[str, Tensor] = {}
+
+    def get(self, schedule: Schedule, like: Tensor, build) -> dict[str, Tensor]:
+        key = (like.device, like.dtype)
+        if schedule is not self._schedule or key != self._key:
+            self._tables = {k: v.to(like.device) for k, v in build(schedule, like).items()}
+            self._schedule, self._key = schedule, key
+        return self._tables
+
+
 class SR3Denoiser:
     """SR3 family: input cat([condition, y_t]) and the noise level sqrt(alpha_bar_t)."""
 
     def __init__(self, network: nn.Module):
         self.network = network
+        self._tables = _DeviceTables()
+
+    @staticmethod
+    def _build(schedule: Schedule, like: Tensor) -> dict[str, Tensor]:
+        return {"noise_level": schedule.sqrt_alphas_cumprod_prev[1:].to(torch.float32)}
 
     def __call__(self, x: Tensor, t: Tensor, schedule: Schedule, cond: Cond) -> Prediction:
         condition = cond["low_res"]
@@ -52,7 +75,7 @@ class SR3Denoiser:
             condition = F.interpolate(
                 condition, size=x.shape[-2:], mode="bicubic", align_corners=False
             ).clamp(-1, 1)
-        noise_level = schedule.sqrt_alphas_cumprod_prev[1:].to(torch.float32).to(x.device)[t]
+        noise_level = self._tables.get(schedule, x, self._build)["noise_level"][t]
         aug_level = cond.get("aug_level")
         if not getattr(self.network.config, "condition_augmentation", False):
             aug_level = None
@@ -69,25 +92,35 @@ class ADMDenoiser:
 
     def __init__(self, network: nn.Module):
         self.network = network
+        self._tables = _DeviceTables()
+
+    @staticmethod
+    def _build(schedule: Schedule, like: Tensor) -> dict[str, Tensor]:
+        return {
+            "timesteps": schedule.timesteps,
+            # Learned range (Nichol & Dhariwal 2021) interpolates log beta-tilde and log beta
+            # of the (respaced) schedule; cast from float64 like the reference.
+            "min_log": schedule.posterior_log_variance_clipped.to(like.dtype),
+            "max_log": torch.log(schedule.betas).to(like.dtype),
+        }
 
     def __call__(self, x: Tensor, t: Tensor, schedule: Schedule, cond: Cond) -> Prediction:
         config = self.network.config
+        tables = self._tables.get(schedule, x, self._build)
         kwargs: dict[str, Tensor] = {}
         if config.num_classes is not None:
             kwargs["y"] = cond["class_ids"]
         if config.super_resolution:
             kwargs["low_res"] = cond["low_res"].to(x.dtype)
-        timesteps = schedule.timesteps.to(x.device)[t]
+        timesteps = tables["timesteps"][t]
         out = self.network(x, timesteps, **kwargs)
         channels = x.shape[1]
         if out.shape[1] == channels:
             return Prediction(eps=out)
         eps, v = out[:, :channels], out[:, channels:]
-        # Learned range (Nichol & Dhariwal 2021): interpolate log beta and log beta-tilde
-        # of the (respaced) schedule.
         frac = (v + 1) / 2
-        min_log = _gather(schedule.posterior_log_variance_clipped, t, x)
-        max_log = _gather(torch.log(schedule.betas), t, x)
+        shape = (-1,) + (1,) * (x.ndim - 1)
+        min_log, max_log = tables["min_log"][t].view(shape), tables["max_log"][t].view(shape)
         return Prediction(eps=eps, log_variance=frac * max_log + (1 - frac) * min_log)
 
 
