@@ -1,0 +1,1 @@
+"""The HTTP API: routes, schemas, settings and dependencies. Never imports torch."""

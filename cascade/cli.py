@@ -131,6 +131,13 @@ def _classes(args: argparse.Namespace) -> None:
         print(index, name)
 
 
+def _demo_data(args: argparse.Namespace) -> None:
+    from cascade.demo import export_demo_data
+
+    for name, folder in export_demo_data(args.out).items():
+        print(f"{name}: {folder}")
+
+
 def _delegate(module: str, function: str):
     """Subcommands implemented elsewhere (service, training); imported only when used."""
 
@@ -176,6 +183,10 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("checkpoint")
     info.set_defaults(run=_info)
 
+    demo = commands.add_parser("demo-data", help="export the scikit-image demo photos")
+    demo.add_argument("--out", default="data/demo")
+    demo.set_defaults(run=_demo_data)
+
     serve = commands.add_parser("serve", help="run API, embedded Redis and a worker")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
@@ -207,11 +218,18 @@ def _train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, help="image folder (base64: one folder/class)")
     parser.add_argument("--preset", help="model preset (default: the stage's -small preset)")
     parser.add_argument("--out", default="runs/train", help="output folder")
-    parser.add_argument("--steps", type=int, default=1000)
+    parser.add_argument(
+        "--steps", type=int, default=1000, help="total steps; a resume continues up to this number"
+    )
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--warmup", type=int, default=100)
-    parser.add_argument("--loss", choices=["l1", "l2"], default="l1")
+    parser.add_argument(
+        "--loss",
+        choices=["l1", "l2"],
+        default="l1",
+        help="upscalers only; the base always trains with MSE",
+    )
     parser.add_argument("--degradation", choices=["bicubic", "realistic"], default="bicubic")
     parser.add_argument("--ema", type=float, default=0.999)
     parser.add_argument("--label-dropout", type=float, default=0.1)
@@ -230,6 +248,12 @@ def _train_arguments(parser: argparse.ArgumentParser) -> None:
         default=0,
         help="leave out the last N images (sorted by name) for evaluation",
     )
+    parser.add_argument(
+        "--crop", type=int, help="training crop size (default: the preset's native output size)"
+    )
+    parser.add_argument(
+        "--max-minutes", type=float, help="stop (and save) after this much training time"
+    )
 
 
 def _eval_arguments(parser: argparse.ArgumentParser) -> None:
@@ -241,6 +265,16 @@ def _eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--limit", type=int, help="evaluate at most N images")
     parser.add_argument("--out", default="runs/eval")
+    parser.add_argument(
+        "--crop", type=int, help="evaluate center crops of this size (default: stage output size)"
+    )
+    parser.add_argument(
+        "--hold-out",
+        type=int,
+        default=0,
+        help="evaluate only the last N images (sorted by path), those "
+        "`cascade train --hold-out N` left out",
+    )
     parser.add_argument("--device", default="cpu")
 
 

@@ -238,7 +238,7 @@ PRESETS: dict[str, ModelSpec] = {
     ),
     # Small: the demo weights (trainable in minutes, a few MB in fp16).
     "base64-small": _base(
-        64, (1, 2, 2, 2), 2, (4, 8), 32, "small 64x64 class-conditional base for demo weights"
+        64, (1, 2, 2), 2, (4,), 32, "small 64x64 class-conditional base for demo weights"
     ),
     "sr256-small": _sr(256, 32, 16, (1, 2, 4, 4), 2, (), "small 64->256 SR3 for demo weights"),
     "sr1024-small": _sr(

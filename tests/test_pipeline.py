@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from cascade.checkpoints import load
 from cascade.denoiser import Prediction
-from cascade.pipeline import Cascade, Stage, StageError, stage_seed
+from cascade.pipeline import DEFAULT_WEIGHTS, Cascade, Stage, StageError, stage_seed
 from cascade.samplers import SamplerSettings, generators, randn_like, sample
 from cascade.schedule import ScheduleConfig
 from cascade.tiling import TiledDenoiser
@@ -18,7 +18,7 @@ FAST = {name: SamplerSettings("ddim", 2) for name in ("base64", "sr256", "sr1024
 
 @pytest.fixture(scope="module")
 def cascade():
-    return Cascade.load()
+    return Cascade.load(DEFAULT_WEIGHTS)  # the tiny random presets
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,41 @@
+"""Dependencies routes declare with `Annotated`: settings, Redis, job records, the store."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+from redis import Redis
+
+from api.settings import Settings, get_settings
+from workers.connection import connect
+from workers.record import Jobs
+from workers.store import Store, open_store
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+
+
+def get_redis(request: Request, settings: SettingsDep) -> Redis:
+    """One client (and connection pool) per app, made on first use."""
+    state = request.app.state
+    if getattr(state, "redis", None) is None:
+        state.redis = connect(settings)
+    return state.redis
+
+
+RedisDep = Annotated[Redis, Depends(get_redis)]
+
+
+def get_jobs(connection: RedisDep, settings: SettingsDep) -> Jobs:
+    return Jobs(connection, settings.result_ttl)
+
+
+def get_store(request: Request, settings: SettingsDep) -> Store:
+    state = request.app.state
+    if getattr(state, "store", None) is None:
+        state.store = open_store(settings)
+    return state.store
+
+
+JobsDep = Annotated[Jobs, Depends(get_jobs)]
+StoreDep = Annotated[Store, Depends(get_store)]

@@ -1,0 +1,72 @@
+"""Errors as JSON: `{"error": "<what was wrong>", "detail": ...}` for every failure."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from redis.exceptions import RedisError
+from starlette.exceptions import HTTPException
+
+log = logging.getLogger(__name__)
+
+
+def error_response(status_code: int, message: str, detail: object = None) -> JSONResponse:
+    return JSONResponse({"error": message, "detail": detail}, status_code=status_code)
+
+
+def _location(loc: tuple) -> str:
+    parts = [str(part) for part in loc if part not in ("body", "query", "path", "form")]
+    return ".".join(parts)
+
+
+def describe_validation(errors: list[dict]) -> tuple[str, list[dict]]:
+    """One sentence naming every bad field, and the errors without unserialisable inputs."""
+    sentences, details = [], []
+    for error in errors:
+        where = _location(tuple(error.get("loc", ())))
+        message = str(error.get("msg", "invalid")).removeprefix("Value error, ")
+        if error.get("type") == "extra_forbidden":
+            message = f"unknown field {where!r}"
+        elif error.get("type") == "json_invalid":
+            message = "the body is not valid JSON"
+        elif where:
+            message = f"{where}: {message}"
+        sentences.append(message)
+        value = error.get("input")
+        details.append(
+            {
+                "loc": [str(part) for part in error.get("loc", ())],
+                "type": error.get("type"),
+                "msg": message,
+                "input": value if isinstance(value, str | int | float | bool | None) else None,
+            }
+        )
+    return "invalid request: " + "; ".join(sentences), details
+
+
+def install(app: FastAPI) -> None:
+    """Route every error through one JSON shape."""
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        message, details = describe_validation(list(exc.errors()))
+        return error_response(422, message, details)
+
+    @app.exception_handler(HTTPException)
+    async def _http(request: Request, exc: HTTPException) -> JSONResponse:
+        message = exc.detail if isinstance(exc.detail, str) else "request failed"
+        detail = None if isinstance(exc.detail, str) else exc.detail
+        return error_response(exc.status_code, message, detail)
+
+    @app.exception_handler(RedisError)
+    async def _redis(request: Request, exc: RedisError) -> JSONResponse:
+        log.error("redis unavailable for %s %s: %s", request.method, request.url.path, exc)
+        return error_response(503, "the job queue (Redis) is unavailable; try again shortly")
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error in %s %s", request.method, request.url.path)
+        return error_response(500, "internal error; the service logged the details")

@@ -1,0 +1,39 @@
+"""The FastAPI application: assembled here, nothing else (routes live in `api.routes`)."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI
+
+from api import errors
+from api.limits import UploadLimit
+from api.routes import generations, jobs, service, upscales
+from api.settings import Settings, get_settings
+
+DESCRIPTION = """Generate and upscale images with a cascade of diffusion models
+(64x64 class-conditional base, then 4x upscalers to 256 and 1024).
+
+Submit a job, poll it, fetch its PNGs. Each stage runs on its own queue; a stage's image is
+available as soon as the stage finishes."""
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """The API; `settings` replaces `get_settings()` (tests, embedding)."""
+    if not logging.getLogger().handlers:  # uvicorn configures only its own loggers
+        logging.basicConfig(
+            level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        )
+    app = FastAPI(title="cascade", version="0.1.0", description=DESCRIPTION)
+    if settings is not None:
+        app.dependency_overrides[get_settings] = lambda: settings
+
+    def current_settings() -> Settings:
+        return app.dependency_overrides.get(get_settings, get_settings)()
+
+    app.add_middleware(UploadLimit, settings=current_settings)
+    errors.install(app)
+    for module in (generations, upscales, jobs, service):
+        app.include_router(module.router)
+    logging.getLogger(__name__).info("cascade API ready (store %s)", current_settings().store)
+    return app

@@ -1,0 +1,70 @@
+"""Prometheus metrics read from Redis at scrape time: the workers that produce them are other
+processes, so they record into Redis (`workers.stats`) and this collector reports it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+from redis import Redis
+from rq import Worker
+
+from workers.plan import STAGES
+from workers.queues import stage_queue
+from workers.stats import read_stage
+
+
+class StageCollector(Collector):
+    """Queue depth, workers, duration histogram and outcome counters, per stage."""
+
+    def __init__(self, connection: Redis):
+        self.connection = connection
+
+    def collect(self) -> Iterator[Metric]:
+        depth = GaugeMetricFamily(
+            "cascade_queue_depth", "Stage jobs waiting in the queue", labels=["stage"]
+        )
+        workers = GaugeMetricFamily(
+            "cascade_workers", "Workers listening on the stage's queue", labels=["stage"]
+        )
+        durations = HistogramMetricFamily(
+            "cascade_stage_duration_seconds",
+            "Wall time of successful stage runs",
+            labels=["stage"],
+        )
+        failures = CounterMetricFamily(
+            "cascade_stage_failures",
+            "Stage runs that failed (after their last retry)",
+            labels=["stage"],
+        )
+        retries = CounterMetricFamily(
+            "cascade_stage_retries", "Stage runs that crashed and were retried", labels=["stage"]
+        )
+        canceled = CounterMetricFamily(
+            "cascade_stage_canceled", "Stage runs stopped by a cancel", labels=["stage"]
+        )
+        runs = CounterMetricFamily(
+            "cascade_stage_runs", "Stage runs that succeeded", labels=["stage"]
+        )
+        for stage in STAGES:
+            queue = stage_queue(self.connection, stage)
+            depth.add_metric([stage], queue.count)
+            workers.add_metric([stage], len(Worker.all(queue=queue)))
+            stats = read_stage(self.connection, stage)
+            buckets = [(_bound(bound), count) for bound, count in stats.buckets]
+            durations.add_metric([stage], buckets, stats.total_seconds)
+            runs.add_metric([stage], stats.outcomes["succeeded"])
+            failures.add_metric([stage], stats.outcomes["failed"])
+            retries.add_metric([stage], stats.outcomes["retried"])
+            canceled.add_metric([stage], stats.outcomes["canceled"])
+        yield from (depth, workers, durations, runs, failures, retries, canceled)
+
+
+def _bound(bound: float) -> str:
+    return "+Inf" if bound == float("inf") else str(bound)

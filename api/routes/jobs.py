@@ -1,0 +1,112 @@
+"""A job: its status, its images, and cancelling it."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import APIRouter, BackgroundTasks, HTTPException, Response
+from fastapi.responses import JSONResponse
+
+from api.deps import JobsDep, RedisDep, SettingsDep, StoreDep
+from api.schemas import ErrorBody, JobView
+from workers.queues import cancel_stage
+from workers.record import JobRecord, Jobs
+from workers.store import RESULT, object_name, stage_preview
+from workers.view import describe
+from workers.webhooks import send_webhook
+
+log = logging.getLogger(__name__)
+router = APIRouter(tags=["jobs"])
+PNG = {200: {"content": {"image/png": {}}}, 404: {"model": ErrorBody}, 409: {"model": ErrorBody}}
+
+
+def find(jobs: Jobs, job_id: str) -> JobRecord:
+    record = jobs.get(job_id)
+    if record is None:
+        raise HTTPException(404, f"no job {job_id!r} (unknown, or expired from the job list)")
+    return record
+
+
+def not_ready(record: JobRecord, what: str) -> HTTPException:
+    """409 saying why `what` cannot be had yet (or ever)."""
+    view = describe(record)
+    if record.status == "failed":
+        return HTTPException(409, f"job {record.id} failed: {view['error']}")
+    if record.status == "canceled":
+        return HTTPException(409, f"job {record.id} was canceled before {what} was made")
+    stage = f" (stage {view['stage']}, {view['progress']:.0%} done)" if view["stage"] else ""
+    return HTTPException(409, f"{what} is not ready: job {record.id} is {record.status}{stage}")
+
+
+@router.get("/v1/jobs/{job_id}", response_model=JobView, responses={404: {"model": ErrorBody}})
+def get_job(job_id: str, jobs: JobsDep) -> dict[str, object]:
+    """Status, current stage, per-stage progress and timings, progress (0..1) and ETA."""
+    return describe(find(jobs, job_id))
+
+
+@router.get("/v1/jobs/{job_id}/result", response_class=Response, responses=PNG)
+def get_result(job_id: str, jobs: JobsDep, store: StoreDep) -> Response:
+    """The final image as PNG, once the job has succeeded."""
+    record = find(jobs, job_id)
+    if record.status != "succeeded":
+        raise not_ready(record, "the result")
+    data = store.get(object_name(job_id, RESULT))
+    if data is None:
+        raise HTTPException(404, f"the result of job {job_id} is no longer in the store")
+    return Response(data, media_type="image/png")
+
+
+@router.get("/v1/jobs/{job_id}/stages/{stage}", response_class=Response, responses=PNG)
+def get_stage_image(job_id: str, stage: str, jobs: JobsDep, store: StoreDep) -> Response:
+    """One stage's output as PNG, available as soon as that stage has finished."""
+    record = find(jobs, job_id)
+    names = [planned.name for planned in record.plan]
+    if stage not in names:
+        raise HTTPException(404, f"job {job_id} has no stage {stage!r}; its stages are {names}")
+    if record.stage(stage, "status") != "succeeded":
+        if record.status in ("failed", "canceled"):
+            raise not_ready(record, f"stage {stage}'s image")
+        status = record.stage(stage, "status")
+        raise HTTPException(
+            409, f"stage {stage} of job {job_id} is {status}; its image is not ready"
+        )
+    data = store.get(object_name(job_id, stage_preview(stage)))
+    if data is None:
+        raise HTTPException(404, f"stage {stage}'s image of job {job_id} is no longer in the store")
+    return Response(data, media_type="image/png")
+
+
+@router.delete(
+    "/v1/jobs/{job_id}",
+    status_code=202,
+    response_model=JobView,
+    responses={404: {"model": ErrorBody}, 409: {"model": ErrorBody}},
+)
+def cancel_job(
+    job_id: str,
+    jobs: JobsDep,
+    connection: RedisDep,
+    settings: SettingsDep,
+    background: BackgroundTasks,
+) -> JSONResponse | dict[str, object]:
+    """Cancel: a running stage stops within one sampler step, later stages never start."""
+    record = find(jobs, job_id)
+    if record.status == "canceled":
+        return JSONResponse(describe(record), status_code=200)
+    if not jobs.finish(job_id, "canceled"):
+        record = find(jobs, job_id)
+        if record.status == "canceled":
+            return JSONResponse(describe(record), status_code=200)
+        raise HTTPException(409, f"job {job_id} has already {record.status}; nothing to cancel")
+    for planned in record.plan:
+        status = record.stage(planned.name, "status")
+        if status in ("queued", "pending"):
+            cancel_stage(connection, job_id, planned.name)
+            jobs.stage_ended(job_id, planned.name, "canceled")
+    jobs.drop_tensors(job_id, ["input", *(planned.name for planned in record.plan)])
+    log.info("job %s canceled by request", job_id)
+    record = find(jobs, job_id)
+    view = describe(record)
+    if record.webhook_url:
+        background.add_task(send_webhook, record.webhook_url, view, settings.webhook_timeout)
+    return view

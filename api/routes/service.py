@@ -1,0 +1,49 @@
+"""The service itself: classes, health, readiness and metrics."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from rq import Worker
+
+from api.deps import RedisDep
+from api.metrics import StageCollector
+from api.schemas import ClassInfo, ErrorBody
+from cascade.classes import class_names
+from workers.plan import STAGES
+from workers.queues import stage_queue
+
+router = APIRouter(tags=["service"])
+
+
+@router.get("/v1/classes", response_model=list[ClassInfo])
+def list_classes() -> list[dict[str, object]]:
+    """The 1000 ImageNet classes a generation can ask for, by id and name."""
+    return [{"id": index, "name": name} for index, name in enumerate(class_names())]
+
+
+@router.get("/healthz")
+def healthz() -> dict[str, str]:
+    """The API process is up (says nothing about Redis or workers: see /readyz)."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz", responses={503: {"model": ErrorBody}})
+def readyz(connection: RedisDep) -> JSONResponse:
+    """Ready when Redis answers and every stage queue has at least one worker listening."""
+    connection.ping()
+    workers = {name: len(Worker.all(queue=stage_queue(connection, name))) for name in STAGES}
+    missing = [name for name, count in workers.items() if count == 0]
+    if missing:
+        message = f"no worker is serving stage(s) {', '.join(missing)}"
+        return JSONResponse({"error": message, "detail": {"workers": workers}}, status_code=503)
+    return JSONResponse({"status": "ready", "workers": workers})
+
+
+@router.get("/metrics", response_class=Response)
+def metrics(connection: RedisDep) -> Response:
+    """Prometheus text: queue depth, stage durations, failures, workers per stage."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(StageCollector(connection))
+    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,42 @@
+"""POST /v1/upscales: upscale an uploaded image by 4 or 16, or to a target size."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Form, HTTPException, Response
+
+from api.deps import JobsDep, RedisDep, SettingsDep
+from api.schemas import ErrorBody, JobAccepted, UpscaleForm
+from api.submit import accept, upscale_job
+from api.uploads import UploadError, decode, probe, tensor_bytes
+
+router = APIRouter(tags=["jobs"])
+
+
+@router.post(
+    "/v1/upscales",
+    status_code=202,
+    response_model=JobAccepted,
+    responses={code: {"model": ErrorBody} for code in (413, 415, 422, 503)},
+)
+def create_upscale(
+    form: Annotated[UpscaleForm, Form(media_type="multipart/form-data")],
+    response: Response,
+    settings: SettingsDep,
+    connection: RedisDep,
+    jobs: JobsDep,
+) -> JobAccepted:
+    """Queue an upscale of `file` (PNG, JPEG or WebP); poll `links.self` for progress."""
+    data = form.file.file.read(settings.max_upload_bytes + 1)
+    if len(data) > settings.max_upload_bytes:
+        raise HTTPException(413, f"file is larger than {settings.max_upload_bytes} bytes")
+    try:
+        probe(data, settings.max_input_pixels)  # limits from the header, before decoding
+        pixels = decode(data)
+    except UploadError as error:
+        raise HTTPException(error.status_code, str(error)) from None
+    job = upscale_job(form, pixels, settings)
+    accepted = accept(connection, settings, jobs, job, tensor_bytes(pixels))
+    response.headers["Location"] = accepted.links.self
+    return accepted

@@ -1,0 +1,144 @@
+"""Request and response bodies. Validation lives here, at the boundary: `Field` limits and
+`Literal` choices, unknown fields rejected."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from fastapi import UploadFile
+from pydantic import AfterValidator, AnyHttpUrl, BaseModel, ConfigDict, Field, model_validator
+
+from api.settings import SamplerName
+
+ColorFix = Literal["none", "adain", "wavelet"]
+MAX_SEED = 2**63 - 1  # stage seeds are taken modulo 2**63 (cascade.pipeline.stage_seed)
+
+Seed = Annotated[int, Field(ge=0, le=MAX_SEED, description="reproduces the image when reused")]
+Steps = Annotated[int, Field(ge=1, le=1000, description="sampler steps for every stage")]
+ClassId = Annotated[int, Field(ge=0, le=999, description="ImageNet class index")]
+
+
+def _scale(value: int) -> int:
+    if value not in (4, 16):
+        raise ValueError(f"scale must be 4 or 16, got {value}")
+    return value
+
+
+class GenerationRequest(BaseModel):
+    """Generate one image of an ImageNet class at 64, 256 or 1024 pixels."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    class_id: ClassId | None = None
+    class_name: str | None = Field(
+        None, min_length=1, max_length=200, examples=["golden retriever"]
+    )
+    size: Literal[64, 256, 1024] = 256
+    seed: Seed | None = None
+    steps: Steps | None = None
+    sampler: SamplerName | None = None
+    guidance: float = Field(1.0, ge=0, le=50, description="classifier-free guidance (1 = none)")
+    webhook_url: AnyHttpUrl | None = Field(None, strict=False)
+
+    @model_validator(mode="after")
+    def _one_class(self) -> GenerationRequest:
+        if (self.class_id is None) == (self.class_name is None):
+            raise ValueError("give exactly one of class_id (0..999) or class_name")
+        return self
+
+
+class UpscaleForm(BaseModel):
+    """Upscale an uploaded PNG, JPEG or WebP by 4 or 16 (or to a target size)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    file: UploadFile
+    scale: Annotated[int, AfterValidator(_scale)] | None = None
+    target_size: int | None = Field(None, ge=1, le=65536, description="output's longer side")
+    seed: Seed | None = None
+    steps: Steps | None = None
+    sampler: SamplerName | None = None
+    color_fix: ColorFix = "wavelet"
+    class_id: ClassId | None = Field(None, description="for class-conditional upscalers only")
+    webhook_url: AnyHttpUrl | None = None
+
+    @model_validator(mode="after")
+    def _one_size(self) -> UpscaleForm:
+        if self.scale is not None and self.target_size is not None:
+            raise ValueError("give scale or target_size, not both")
+        return self
+
+
+class Links(BaseModel):
+    self: str
+    result: str
+    stages: dict[str, str]
+    cancel: str
+
+
+class JobAccepted(BaseModel):
+    """A queued job: poll `links.self`, fetch `links.result` when it has succeeded."""
+
+    id: str
+    status: str
+    seed: int
+    stages: list[str]
+    links: Links
+    random_weights: bool | None = Field(
+        None, description="whether a planned stage's workers run random weights (None: unknown)"
+    )
+    warning: str | None = None
+
+
+class StageView(BaseModel):
+    name: str
+    status: Literal["pending", "queued", "running", "succeeded", "failed", "canceled"]
+    step: int
+    steps: int
+    sampler: str
+    height: int
+    width: int
+    started_at: str | None
+    ended_at: str | None
+    seconds: float | None
+    attempts: int
+    model: str | None
+    worker: str | None
+    random_weights: bool | None
+    error: str | None
+    preview: str | None
+
+
+class JobView(BaseModel):
+    """A job: the union of its stage jobs."""
+
+    id: str
+    kind: Literal["generation", "upscale"]
+    status: Literal["queued", "running", "succeeded", "failed", "canceled"]
+    stage: str | None
+    progress: float = Field(description="0..1, each stage weighted by output pixels x steps")
+    eta_seconds: float | None
+    error: str | None
+    seed: int
+    request: dict[str, object]
+    output: dict[str, int]
+    created_at: str | None
+    started_at: str | None
+    ended_at: str | None
+    random_weights: bool
+    warning: str | None
+    stages: list[StageView]
+    result: str | None
+    links: Links
+
+
+class ClassInfo(BaseModel):
+    id: int
+    name: str
+
+
+class ErrorBody(BaseModel):
+    """Every 4xx/5xx answer: a sentence saying what was wrong, and details where useful."""
+
+    error: str
+    detail: object | None = None

@@ -1,0 +1,153 @@
+"""Requests become jobs: plan the stages, write the record, queue the first stage."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import uuid
+
+import numpy as np
+from fastapi import HTTPException
+from redis import Redis
+
+from api.schemas import GenerationRequest, JobAccepted, Links, UpscaleForm
+from api.settings import Settings
+from cascade.classes import class_names, resolve_class
+from workers.catalog import announced
+from workers.plan import (
+    PlannedStage,
+    generation_stages,
+    sizes,
+    upscale_factor,
+    upscale_stages,
+    upscaled_size,
+)
+from workers.queues import enqueue_stage
+from workers.record import Jobs, NewJob
+from workers.view import RANDOM_WEIGHTS_WARNING, links
+
+log = logging.getLogger(__name__)
+
+
+def plan_stages(
+    settings: Settings,
+    stages: list[str],
+    start: tuple[int, int] | None,
+    sampler: str | None,
+    steps: int | None,
+) -> list[PlannedStage]:
+    """Each stage's sampler and steps (the request's, else the stage's default) and output size."""
+    if steps is not None and steps > settings.max_steps:
+        raise HTTPException(422, f"steps must be between 1 and {settings.max_steps}, got {steps}")
+    height, width = start if start else (None, None)
+    return [
+        PlannedStage(
+            name, sampler or settings.sampler_for(name), steps or settings.steps_for(name), h, w
+        )
+        for name, (h, w) in zip(stages, sizes(stages, height, width), strict=True)
+    ]
+
+
+def generation_job(body: GenerationRequest, settings: Settings) -> NewJob:
+    """A generation's job: the class resolved, a seed drawn if none was given."""
+    if body.class_name is not None:
+        try:
+            class_id = resolve_class(body.class_name)
+        except ValueError:
+            raise HTTPException(
+                422, f"unknown class name {body.class_name!r}: see GET /v1/classes"
+            ) from None
+    else:
+        class_id = body.class_id
+    seed = body.seed if body.seed is not None else new_seed()
+    plan = plan_stages(settings, generation_stages(body.size), None, body.sampler, body.steps)
+    request = body.model_dump(mode="json", exclude_none=True)
+    request.update(class_id=class_id, class_name=class_names()[class_id], seed=seed)
+    return NewJob(
+        id=new_job_id(),
+        kind="generation",
+        request=request,
+        seed=seed,
+        plan=plan,
+        output=(body.size, body.size),
+        webhook_url=str(body.webhook_url) if body.webhook_url else None,
+    )
+
+
+def upscale_job(form: UpscaleForm, pixels: np.ndarray, settings: Settings) -> NewJob:
+    """An upscale's job, planned from the decoded image's size; refuses outputs over the limit."""
+    height, width = pixels.shape[-2:]
+    try:
+        scale = upscale_factor(height, width, form.scale, form.target_size)
+    except ValueError as error:
+        raise HTTPException(422, str(error)) from None
+    if height * scale * width * scale > settings.max_output_pixels:
+        raise HTTPException(
+            413,
+            f"a {scale}x upscale of {width}x{height} would be {width * scale}x{height * scale} "
+            f"pixels; the limit is {settings.max_output_pixels} pixels",
+        )
+    seed = form.seed if form.seed is not None else new_seed()
+    stages = upscale_stages(height, width, scale)
+    plan = plan_stages(settings, stages, (height, width), form.sampler, form.steps)
+    request = form.model_dump(mode="json", exclude={"file"}, exclude_none=True)
+    request.update(
+        seed=seed,
+        scale=scale,
+        filename=form.file.filename,
+        input={"height": height, "width": width},
+    )
+    return NewJob(
+        id=new_job_id(),
+        kind="upscale",
+        request=request,
+        seed=seed,
+        plan=plan,
+        output=upscaled_size(height, width, scale, form.target_size),
+        webhook_url=str(form.webhook_url) if form.webhook_url else None,
+    )
+
+
+def accept(
+    connection: Redis,
+    settings: Settings,
+    jobs: Jobs,
+    job: NewJob,
+    input_tensor: bytes | None = None,
+) -> JobAccepted:
+    """Store the job (and an upload's tensor), queue its first stage, say what will run."""
+    if input_tensor is not None:
+        jobs.put_tensor(job.id, "input", input_tensor, settings.tensor_ttl)
+    jobs.create(job)
+    enqueue_stage(connection, settings, job.id, job.plan[0].name)
+    names = [stage.name for stage in job.plan]
+    models = announced(connection)
+    random_stages = [name for name in names if models.get(name, {}).get("random_weights")]
+    known = all(name in models for name in names)
+    log.info(
+        "job %s accepted: %s %s, seed %s%s",
+        job.id,
+        job.kind,
+        "+".join(names),
+        job.seed,
+        f" [RANDOM weights: {', '.join(random_stages)}]" if random_stages else "",
+    )
+    return JobAccepted(
+        id=job.id,
+        status="queued",
+        seed=job.seed,
+        stages=names,
+        links=Links(**links(job.id, names)),
+        random_weights=True if random_stages else (False if known else None),
+        warning=RANDOM_WEIGHTS_WARNING.format(stages=", ".join(random_stages))
+        if random_stages
+        else None,
+    )
+
+
+def new_seed() -> int:
+    return secrets.randbelow(2**31)
+
+
+def new_job_id() -> str:
+    return uuid.uuid4().hex

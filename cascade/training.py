@@ -1,0 +1,488 @@
+"""Training: the SR3 recipe for the upscalers, DDPM eps-MSE with label dropout for the base.
+
+Upscalers (SR3, Saharia et al. 2021, section 2.2 of shared/parity/sr3/ANATOMY.md): eps-prediction
+L1 (or L2) at a continuous noise level sqrt(gamma) drawn between two consecutive schedule levels
+(WaveGrad), conditioned on the bicubic-upsampled low-res image, with CDM conditioning
+augmentation. The base: eps-prediction MSE at integer timesteps (Ho et al. 2020) with labels
+dropped to the null class (classifier-free guidance, Ho & Salimans 2022). Both: Adam with linear
+warm-up, gradient clipping, EMA weights, seeded, resumable to the exact same next step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import dataclasses
+import json
+import logging
+import math
+import os
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from cascade.checkpoints import Model, save_model
+from cascade.datasets import (
+    ImageBank,
+    check_same_images,
+    drop_labels,
+    load_class_folder,
+    load_image_folder,
+    sr_condition,
+)
+from cascade.degradations import DEGRADATIONS, upsample_condition
+from cascade.images import save_png
+from cascade.pipeline import Precision, Stage, StageName
+from cascade.presets import ModelSpec, get_preset
+from cascade.samplers import SamplerSettings
+from cascade.schedule import Schedule
+
+log = logging.getLogger(__name__)
+
+LossName = Literal["l1", "l2"]
+STATE_FORMAT = 1
+GRAD_CLIP_NORM = 1.0
+SAMPLE_SETTINGS = SamplerSettings("dpmpp_2m", 20)  # sample grids: a few steps, not 2000
+GRID_IMAGES = 4  # SR grid rows
+GRID_CLASSES = 8  # base grid columns
+
+
+def sr3_loss(
+    network: nn.Module,
+    hr: Tensor,
+    condition: Tensor,
+    sqrt_gamma: Tensor,
+    noise: Tensor,
+    reduction: Literal["mean", "sum"] = "mean",
+    loss: LossName = "l1",
+    aug_level: Tensor | None = None,
+) -> Tensor:
+    """SR3 `p_losses`: |eps - UNet(cat([cond, y]), sqrt(g))|_p, y = sqrt(g) x + sqrt(1-g) eps."""
+    level = sqrt_gamma.reshape(-1, 1)
+    x_noisy = level.view(-1, 1, 1, 1) * hr + (1 - level**2).sqrt().view(-1, 1, 1, 1) * noise
+    extra = {}
+    if getattr(network.config, "condition_augmentation", False):
+        extra["aug_level"] = aug_level
+    elif aug_level is not None and bool((aug_level != 0).any()):
+        raise ValueError("aug_level given for a network trained without conditioning augmentation")
+    eps = network(torch.cat([condition, x_noisy], dim=1), level, **extra).float()
+    error = (eps - noise).abs() if loss == "l1" else (eps - noise).square()
+    if reduction == "sum":
+        return error.sum()
+    if reduction == "mean":
+        return error.mean()
+    raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
+
+
+def continuous_noise_level(schedule: Schedule, t: Tensor, generator: torch.Generator) -> Tensor:
+    """WaveGrad/SR3 noise level: sqrt(gamma) ~ U(s[t-1], s[t]) per item, s the SR3 table."""
+    levels = schedule.sqrt_alphas_cumprod_prev.to(t.device)  # float64 [T+1], s[0] = 1
+    if bool((t < 1).any()) or bool((t >= len(levels)).any()):
+        raise ValueError(f"t must lie in 1..{len(levels) - 1}")
+    # SR3 draws one t per batch; one per item covers more levels per step at the same cost.
+    u = torch.rand(t.shape, generator=generator, device=t.device, dtype=torch.float64)
+    high, low = levels[t - 1], levels[t]
+    return (high + (low - high) * u).to(torch.float32).view(-1, 1)
+
+
+def adm_loss(
+    network: nn.Module,
+    x0: Tensor,
+    class_ids: Tensor | None,
+    t: Tensor,
+    noise: Tensor,
+    schedule: Schedule,
+) -> Tensor:
+    """DDPM simple loss (Ho et al. 2020): MSE between eps and its prediction from x_t at t."""
+    alpha_bar = schedule.alphas_cumprod.to(x0.device)[t].view(-1, 1, 1, 1)
+    x_t = alpha_bar.sqrt().float() * x0 + (1 - alpha_bar).sqrt().float() * noise
+    out = network(x_t, t, y=class_ids)
+    # A learned-range model's variance channels get no gradient here (no hybrid VLB term).
+    return F.mse_loss(out[:, : x0.shape[1]].float(), noise)
+
+
+@dataclass
+class SRBatch:
+    """Everything random in one upscaler step, so a step is a pure function of its batch."""
+
+    hr: Tensor
+    condition: Tensor
+    aug_level: Tensor
+    sqrt_gamma: Tensor
+    noise: Tensor
+
+
+@dataclass
+class BaseBatch:
+    """Everything random in one base step."""
+
+    x0: Tensor
+    class_ids: Tensor | None
+    t: Tensor
+    noise: Tensor
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """What defines a run; saved in the training state so a resume continues it exactly."""
+
+    stage: StageName
+    preset: str
+    data: str = ""
+    batch_size: int = 16
+    lr: float = 1e-4
+    warmup: int = 100  # steps of linear learning-rate warm-up from 0
+    loss: LossName = "l1"  # upscalers only; the base trains with MSE (ADM)
+    degradation: str = "bicubic"
+    ema: float = 0.999
+    label_dropout: float = 0.1
+    max_aug_level: float = 0.2
+    crop: int | None = None  # None: the preset's native size
+    hold_out: int = 0
+    precision: Precision = "float32"
+    seed: int = 0
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        checks = {
+            "batch size must be >= 1": self.batch_size >= 1,
+            "lr must be > 0": self.lr > 0,
+            "warmup must be >= 0": self.warmup >= 0,
+            "ema decay must lie in [0, 1)": 0 <= self.ema < 1,
+            "label dropout must lie in [0, 1]": 0 <= self.label_dropout <= 1,
+            "max aug level must lie in [0, 1]": 0 <= self.max_aug_level <= 1,
+            f"loss must be l1 or l2, got {self.loss!r}": self.loss in ("l1", "l2"),
+            f"degradation must be one of {sorted(DEGRADATIONS)}": self.degradation in DEGRADATIONS,
+        }
+        for message, ok in checks.items():
+            if not ok:
+                raise ValueError(message)
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> TrainConfig:
+        return cls(**json.loads(text))
+
+
+def stage_spec(stage: str, preset: str) -> ModelSpec:
+    """The preset's spec, checked to do the stage's job (generate, or upscale by 4)."""
+    spec = get_preset(preset)
+    task = "generate" if stage == "base64" else "upscale"
+    if spec.task != task or (task == "upscale" and spec.scale != 4):
+        raise ValueError(f"preset {preset!r} ({spec.task}, x{spec.scale}) cannot train {stage}")
+    return spec
+
+
+def check_crop(spec: ModelSpec, crop: int) -> None:
+    """The crop must divide by the scale and by the network's downsampling factor."""
+    config = spec.network
+    multiple = getattr(config, "size_multiple", None) or 2 ** (len(config.channel_mult) - 1)
+    multiple = math.lcm(multiple, spec.scale)
+    if crop < multiple or crop % multiple:
+        raise ValueError(
+            f"crop must be a positive multiple of {multiple} for this preset, got {crop}"
+        )
+
+
+def device_name(device: torch.device) -> str:
+    """Hardware description for checkpoint metadata."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return f"{line.split(':', 1)[1].strip()} ({torch.get_num_threads()} threads)"
+    return f"{platform.machine()} CPU ({torch.get_num_threads()} threads)"
+
+
+class Trainer:
+    """One run: network, EMA copy, Adam, grad scaler, the RNG streams and in-memory data."""
+
+    def __init__(self, config: TrainConfig, data: ImageBank) -> None:
+        self.config = config
+        self.spec = spec = stage_spec(config.stage, config.preset)
+        self.crop = config.crop or spec.image_size
+        check_crop(spec, self.crop)
+        if spec.task == "generate" and data.labels is None:
+            raise ValueError("base training needs class labels (one folder per class)")
+        self.data = data
+        self.device = torch.device(config.device)
+        if self.device.type != "cuda" and config.precision != "float32":
+            log.warning("%s autocast is CUDA-only here: training in float32", config.precision)
+        # Weight init and dropout draw from the global generator: seed it for a repeatable run.
+        torch.manual_seed(config.seed)
+        self.network = spec.build().to(self.device).train()
+        self.ema = copy.deepcopy(self.network).eval().requires_grad_(False)
+        self.optimizer = torch.optim.Adam(self.network.parameters(), lr=config.lr)
+        fp16 = config.precision == "float16" and self.device.type == "cuda"
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=fp16)  # fp16 overflows
+        # Data (crops, flips, degradations, aug levels, dropped labels) and diffusion noise
+        # come from two streams, both saved, so a resumed run draws what the original would.
+        self.data_generator = torch.Generator().manual_seed(config.seed)
+        self.noise_generator = torch.Generator(self.device).manual_seed(config.seed + 1)
+        self.schedule = spec.schedule.build()
+        self.step = 0
+        self.wall_time = 0.0
+        self.last_loss = math.nan
+
+    def draw_batch(self) -> SRBatch | BaseBatch:
+        """The next random batch: crops from the data stream, t and noise from the noise one."""
+        config, device, gen = self.config, self.device, self.noise_generator
+        hr, labels = self.data.random_crops(config.batch_size, self.crop, self.data_generator)
+        noise = torch.randn(hr.shape, generator=gen, device=device)
+        steps = len(self.schedule)
+        if self.spec.task == "upscale":
+            condition, level = sr_condition(
+                hr, self.spec.scale, config.degradation, config.max_aug_level, self.data_generator
+            )
+            t = torch.randint(1, steps + 1, (hr.shape[0],), generator=gen, device=device)
+            sqrt_gamma = continuous_noise_level(self.schedule, t, gen)
+            return SRBatch(hr.to(device), condition.to(device), level.to(device), sqrt_gamma, noise)
+        if self.spec.class_conditional and self.spec.null_class is not None:
+            labels = drop_labels(
+                labels, config.label_dropout, self.spec.null_class, self.data_generator
+            )
+        class_ids = labels.to(device) if self.spec.class_conditional else None
+        t = torch.randint(0, steps, (hr.shape[0],), generator=gen, device=device)
+        return BaseBatch(hr.to(device), class_ids, t, noise)
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.device.type != "cuda" or self.config.precision == "float32":
+            return contextlib.nullcontext()
+        return torch.autocast("cuda", dtype=getattr(torch, self.config.precision))
+
+    def loss(self, batch: SRBatch | BaseBatch) -> Tensor:
+        """The training loss of the current network on one batch (mean over elements)."""
+        with self._autocast():
+            if isinstance(batch, SRBatch):
+                return sr3_loss(
+                    self.network,
+                    batch.hr,
+                    batch.condition,
+                    batch.sqrt_gamma,
+                    batch.noise,
+                    loss=self.config.loss,
+                    aug_level=batch.aug_level,
+                )
+            return adm_loss(
+                self.network, batch.x0, batch.class_ids, batch.t, batch.noise, self.schedule
+            )
+
+    def train_step(self, batch: SRBatch | BaseBatch) -> float:
+        """One Adam step (warmed-up lr, clipped gradients) and an EMA update; returns the loss."""
+        started = time.perf_counter()
+        lr = self.config.lr * min(1.0, (self.step + 1) / max(1, self.config.warmup))
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = self.loss(batch)
+        value = float(loss.item())
+        if not math.isfinite(value):
+            raise FloatingPointError(f"loss is {value} at step {self.step + 1}: lower --lr?")
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.optimizer)  # clip the true gradients, not the scaled ones
+        nn.utils.clip_grad_norm_(self.network.parameters(), GRAD_CLIP_NORM)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self._update_ema()
+        self.step += 1
+        self.last_loss = value
+        self.wall_time += time.perf_counter() - started
+        return value
+
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        # Warm-up of the decay (TF ExponentialMovingAverage's num_updates rule): early EMA
+        # weights follow the model instead of averaging in the random initialisation.
+        decay = min(self.config.ema, (1 + self.step) / (10 + self.step))
+        for average, param in zip(self.ema.parameters(), self.network.parameters(), strict=True):
+            average.lerp_(param, 1 - decay)
+        for average, buffer in zip(self.ema.buffers(), self.network.buffers(), strict=True):
+            average.copy_(buffer)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything a resume needs to take the exact next step."""
+        rng = {
+            "torch": torch.get_rng_state(),
+            "data": self.data_generator.get_state(),
+            "noise": self.noise_generator.get_state(),
+        }
+        if self.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(self.device)
+        return {
+            "format": STATE_FORMAT,
+            "config": self.config.to_json(),
+            "step": self.step,
+            "wall_time": self.wall_time,
+            "loss": self.last_loss,
+            "network": self.network.state_dict(),
+            "ema": self.ema.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "rng": rng,
+            "images": self.data.names,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a `state_dict` (weights, optimizer, scaler, counters, RNG streams)."""
+        self.network.load_state_dict(state["network"])
+        self.ema.load_state_dict(state["ema"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if state["scaler"] and self.scaler.is_enabled():
+            self.scaler.load_state_dict(state["scaler"])
+        self.step, self.wall_time, self.last_loss = state["step"], state["wall_time"], state["loss"]
+        rng = state["rng"]
+        torch.set_rng_state(rng["torch"])
+        self.data_generator.set_state(rng["data"])
+        try:
+            self.noise_generator.set_state(rng["noise"])
+            if self.device.type == "cuda" and "cuda" in rng:
+                torch.cuda.set_rng_state(rng["cuda"], self.device)
+        except RuntimeError:  # CPU and CUDA generator states are not interchangeable
+            log.warning("resuming on another device type: noise stream reseeded, not continued")
+            self.noise_generator.manual_seed(self.config.seed + 1 + self.step)
+        check_same_images(state["images"], self.data)
+
+    def metadata(self) -> dict[str, str]:
+        """What the model checkpoint records about its training."""
+        meta = {
+            "training.stage": self.config.stage,
+            "training.preset": self.config.preset,
+            "training.step": str(self.step),
+            "training.wall_time_s": f"{self.wall_time:.1f}",
+            "training.data": self.config.data,
+            "training.device": device_name(self.device),
+            "training.loss": f"{self.last_loss:.6g}",
+            "training.config": self.config.to_json(),
+        }
+        if self.data.classes:
+            meta["cascade.classes"] = json.dumps(self.data.classes, sort_keys=True)
+        return meta
+
+    def save(self, out: str | Path) -> Path:
+        """Write OUT/train_state.pt and OUT/model.safetensors (EMA weights, float32)."""
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        partial = out / "train_state.pt.partial"
+        torch.save(self.state_dict(), partial)
+        os.replace(partial, out / "train_state.pt")  # an interrupted save never eats the last one
+        ema = {key: value.float() for key, value in self.ema.state_dict().items()}
+        return save_model(out / "model.safetensors", self.spec, ema, metadata=self.metadata())
+
+    def sample_grid(self, path: str | Path) -> Path:
+        """A PNG of EMA samples. SR rows: bicubic input | model | ground truth; base: classes."""
+        model = Model(self.spec, self.ema, f"EMA weights at training step {self.step}")
+        stage = Stage(self.config.stage, model, SAMPLE_SETTINGS, precision=self.config.precision)
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):  # sampling never shifts the training RNG
+            if self.spec.task == "upscale":
+                count = min(GRID_IMAGES, len(self.data))
+                hr = torch.cat([self.data.center_crop(i, self.crop) for i in range(count)])
+                fixed = torch.Generator().manual_seed(0)
+                low_res = DEGRADATIONS[self.config.degradation](hr, self.spec.scale, fixed)
+                output = stage.run(seeds=list(range(count)), low_res=low_res.to(self.device))
+                bicubic = upsample_condition(low_res, (self.crop, self.crop))
+                rows = torch.cat([bicubic, output.cpu(), hr], dim=-1)
+            else:
+                class_ids = sorted(set(self.data.labels or []))[:GRID_CLASSES]
+                output = stage.run(seeds=list(range(len(class_ids))), class_ids=class_ids)
+                rows = torch.cat(list(output.cpu()), dim=-1)[None]
+        return save_png(torch.cat(list(rows), dim=-2), path)
+
+
+def load_state(path: str | Path) -> dict[str, Any]:
+    """A training state file, checked for its format."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"no training state at {path}")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+        raise ValueError(f"{path} is not a cascade training state (format {STATE_FORMAT})")
+    return state
+
+
+def load_data(config: TrainConfig) -> ImageBank:
+    """The run's images: class folders for the base, an image folder for the upscalers."""
+    size = config.crop or stage_spec(config.stage, config.preset).image_size
+    if config.stage == "base64":
+        return load_class_folder(config.data, size, config.hold_out)
+    return load_image_folder(config.data, size, config.hold_out)
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """The run's settings from `cascade train` arguments."""
+    return TrainConfig(
+        stage=args.stage,
+        preset=args.preset or f"{args.stage}-small",
+        data=str(args.data),
+        batch_size=args.batch_size,
+        lr=args.lr,
+        warmup=args.warmup,
+        loss=args.loss,
+        degradation=args.degradation,
+        ema=args.ema,
+        label_dropout=args.label_dropout,
+        max_aug_level=args.max_aug_level,
+        crop=getattr(args, "crop", None),
+        hold_out=args.hold_out,
+        precision=args.precision,
+        seed=args.seed,
+        device=args.device,
+    )
+
+
+def main(args: argparse.Namespace) -> None:
+    """`cascade train`: train a stage from an image folder, resumable, with sample grids."""
+    from tqdm import tqdm
+
+    out = Path(args.out)
+    state = None
+    if args.resume:
+        state = load_state(args.resume)
+        saved = TrainConfig.from_json(state["config"])
+        if saved.stage != args.stage:
+            raise ValueError(f"{args.resume} trains {saved.stage}, not {args.stage}")
+        config = dataclasses.replace(saved, data=str(args.data), device=args.device)
+        log.info("resuming at step %d with the saved settings %s", state["step"], saved.to_json())
+    else:
+        config = config_from_args(args)
+    data = load_data(config)
+    if data.held_out:
+        print(f"held out {len(data.held_out)} image(s) for evaluation:")
+        for path in data.held_out:
+            print(f"  {path}")
+    trainer = Trainer(config, data)
+    if state is not None:
+        trainer.load_state_dict(state)
+    samples = out / "samples"
+    last_sample = -1
+    with tqdm(total=args.steps, initial=trainer.step, unit="step", desc=config.stage) as bar:
+        minutes = getattr(args, "max_minutes", None)
+        deadline = time.monotonic() + 60 * minutes if minutes else None
+        while trainer.step < args.steps:
+            if deadline is not None and time.monotonic() > deadline:
+                log.info("time budget of %s min reached at step %d", minutes, trainer.step)
+                break
+            loss = trainer.train_step(trainer.draw_batch())
+            bar.set_postfix(loss=f"{loss:.4f}")
+            bar.update(1)
+            if args.save_every and trainer.step % args.save_every == 0:
+                trainer.save(out)
+            if args.sample_every and trainer.step % args.sample_every == 0:
+                trainer.sample_grid(samples / f"step_{trainer.step}.png")
+                last_sample = trainer.step
+    path = trainer.save(out)
+    if last_sample != trainer.step:
+        trainer.sample_grid(samples / f"step_{trainer.step}.png")
+    print(
+        f"step {trainer.step}, loss {trainer.last_loss:.4f}: wrote {path}, {out / 'train_state.pt'}"
+    )

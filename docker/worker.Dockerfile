@@ -1,0 +1,40 @@
+# A stage worker: CUDA, torch and the project. One image serves any stage; the command picks
+# which (`cascade worker --stages sr256`). Weights are mounted at run time, not baked in.
+# Build from the repository root: docker build -f docker/worker.Dockerfile -t cascade-worker .
+#
+# torch's CUDA wheels bundle the CUDA runtime, cuDNN and cuBLAS, so the slim `base` image is
+# enough; the host provides the driver (NVIDIA Container Toolkit).
+ARG CUDA_IMAGE=nvidia/cuda:12.4.1-base-ubuntu22.04
+FROM ${CUDA_IMAGE}
+
+ENV DEBIAN_FRONTEND=noninteractive \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends python3.11 python3.11-venv \
+    && rm -rf /var/lib/apt/lists/* \
+    && python3.11 -m venv /opt/venv \
+    && useradd --create-home --uid 1000 cascade \
+    && mkdir -p /data/results \
+    && chown cascade /data/results
+ENV PATH=/opt/venv/bin:$PATH
+
+# torch first, from the index matching the CUDA version (its own layer: it is most of the image).
+ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cu124
+RUN pip install "torch>=2.3,<2.15" --index-url ${TORCH_INDEX_URL}
+
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY cascade/ cascade/
+COPY api/ api/
+COPY workers/ workers/
+RUN pip install ".[s3]"
+
+USER cascade
+ENV CASCADE_DEVICE=cuda \
+    CASCADE_STORE=/data/results
+ENTRYPOINT ["cascade"]
+CMD ["worker"]

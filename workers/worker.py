@@ -1,0 +1,113 @@
+"""`cascade worker --stages sr256,sr1024`: serve stage queues with models loaded once.
+
+Jobs run in the worker's own process (RQ's SimpleWorker), never in a forked child: a fork after
+torch has started its thread pools or touched CUDA is unsafe (CUDA cannot be re-initialised in a
+forked child), and forking per job would also reload or copy the model every time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import threading
+
+import torch
+from redis.exceptions import RedisError
+from rq import SimpleWorker
+from rq.job import Job
+from rq.queue import Queue
+from rq.serializers import JSONSerializer
+
+from api.settings import Settings, get_settings
+from workers.connection import connect
+from workers.plan import STAGES
+from workers.queues import stage_queue
+from workers.runtime import Runtime, install
+
+log = logging.getLogger(__name__)
+
+
+class StageWorker(SimpleWorker):
+    """SimpleWorker plus a heartbeat thread while a job runs.
+
+    SimpleWorker marks a job alive for the job's whole timeout + 60 s and never again, so a
+    killed worker's stage would wait that long before anyone retried it. Here a running stage
+    is re-marked alive every `job_monitoring_interval` seconds for `heartbeat_ttl` seconds, and
+    another worker's maintenance pass retries it soon after its worker dies.
+    """
+
+    def __init__(self, *args: object, heartbeat_ttl: int = 60, **kwargs: object):
+        super().__init__(*args, **kwargs)
+        self.heartbeat_ttl = heartbeat_ttl
+
+    def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
+        return self.heartbeat_ttl
+
+    def execute_job(self, job: Job, queue: Queue) -> None:
+        stop = threading.Event()
+        beat = threading.Thread(target=self._beat, args=(job, stop), daemon=True)
+        beat.start()
+        try:
+            super().execute_job(job, queue)
+        finally:
+            stop.set()
+            beat.join()
+
+    def _beat(self, job: Job, stop: threading.Event) -> None:
+        while not stop.wait(self.job_monitoring_interval):
+            execution = self.execution
+            if execution is None or stop.is_set():
+                continue
+            try:
+                self.maintain_heartbeats(job, execution)
+            except Exception as error:  # a missed beat is retried next interval
+                log.warning("heartbeat for job %s failed: %s", job.id, error)
+
+
+def parse_stages(text: str) -> list[str]:
+    stages = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in stages if name not in STAGES]
+    if not stages or unknown:
+        raise ValueError(f"--stages takes a comma-separated subset of {list(STAGES)}, got {text!r}")
+    return stages
+
+
+def build_worker(settings: Settings, stages: list[str], connection: object) -> StageWorker:
+    # Later stages first: finishing jobs already in flight beats starting new ones.
+    ordered = sorted(stages, key=STAGES.index, reverse=True)
+    return StageWorker(
+        [stage_queue(connection, name) for name in ordered],
+        connection=connection,
+        serializer=JSONSerializer,
+        heartbeat_ttl=settings.heartbeat_ttl,
+        job_monitoring_interval=settings.heartbeat_interval,
+        maintenance_interval=settings.maintenance_interval,
+        worker_ttl=settings.worker_ttl,
+    )
+
+
+def main(args: argparse.Namespace) -> None:
+    """Load the served stages' models, then take jobs until stopped (or idle, with --burst)."""
+    settings = get_settings()
+    stages = parse_stages(args.stages)
+    if settings.torch_threads:
+        torch.set_num_threads(settings.torch_threads)  # workers sharing CPUs contend otherwise
+    connection = connect(settings)
+    try:
+        connection.ping()
+    except RedisError as error:
+        raise SystemExit(f"cannot reach Redis at {settings.redis_url}: {error}") from None
+    runtime = Runtime(settings, connection)
+    install(runtime)
+    for name in stages:
+        runtime.stage(name)
+    random = [name for name in stages if runtime.stages[name].model.random_weights]
+    worker = build_worker(settings, stages, connection)
+    log.info(
+        "worker %s serving %s on %s%s",
+        worker.name,
+        ", ".join(stages),
+        runtime.device,
+        f"; RANDOM weights in {', '.join(random)}" if random else "",
+    )
+    worker.work(burst=args.burst, logging_level="INFO")
