@@ -38,6 +38,9 @@ class GenerationRequest(BaseModel):
     steps: Steps | None = None
     sampler: SamplerName | None = None
     guidance: float = Field(1.0, ge=0, le=50, description="classifier-free guidance (1 = none)")
+    color_fix: ColorFix = Field(
+        "wavelet", description="colour correction of each upscaling stage against its input"
+    )
     webhook_url: AnyHttpUrl | None = Field(None, strict=False)
 
     @model_validator(mode="after")

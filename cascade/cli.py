@@ -12,7 +12,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from cascade.pipeline import STAGES
+from cascade.stages import STAGES
 
 
 def _add_stage_weights(parser: argparse.ArgumentParser) -> None:
@@ -80,6 +80,7 @@ def _sample(args: argparse.Namespace) -> None:
             seeds,
             samplers=settings,
             guidance=args.guidance,
+            color=args.color_fix,
             callback=progress,
         )
     for bar in bars.values():
@@ -260,6 +261,12 @@ def _eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stage", required=True, choices=["sr256", "sr1024"])
     parser.add_argument("--data", required=True, help="folder of ground-truth images")
     parser.add_argument("--checkpoint", help="model to evaluate (default: the stage's default)")
+    parser.add_argument(
+        "--color-fix",
+        default="none",
+        choices=["none", "adain", "wavelet"],
+        help="colour-correct the model's output against its input before scoring",
+    )
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--sampler", default="dpmpp_2m")
     parser.add_argument("--seed", type=int, default=0)

@@ -21,12 +21,14 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from cascade.checkpoints import load
+from cascade.color import color_fix
 from cascade.datasets import center_crop, find_images, read_image, to_float
 from cascade.degradations import bicubic_degrade, upsample_condition
 from cascade.images import save_png
 from cascade.metrics import image_metrics
-from cascade.pipeline import STAGE_OUTPUT, Stage, default_weights
+from cascade.pipeline import ColorFix, Stage, default_weights
 from cascade.samplers import SamplerSettings
+from cascade.stages import STAGE_OUTPUT
 
 log = logging.getLogger(__name__)
 
@@ -57,12 +59,19 @@ class ImageResult:
 
 
 def evaluate_image(
-    stage: Upscaler, target: Tensor, name: str, seed: int, sampler: SamplerSettings
+    stage: Upscaler,
+    target: Tensor,
+    name: str,
+    seed: int,
+    sampler: SamplerSettings,
+    color: ColorFix = "none",
 ) -> ImageResult:
-    """Score the model and bicubic on one ground-truth image (CHW or 1CHW in [-1, 1])."""
+    """Score the model (colour-corrected against its input when asked) and bicubic on one
+    ground-truth image (CHW or 1CHW in [-1, 1])."""
     target = (target[None] if target.dim() == 3 else target).float().cpu()
     low_res = bicubic_degrade(target, stage.scale)
     output = stage.run(seeds=[seed], low_res=low_res, sampler=sampler).float().cpu()
+    output = color_fix(output, low_res, color).clamp(-1, 1)
     if output.shape != target.shape:
         raise ValueError(
             f"{name}: model output {tuple(output.shape)}, target {tuple(target.shape)}"
@@ -184,17 +193,19 @@ def main(args: argparse.Namespace) -> None:
             f"need readable images of at least {size}x{size})"
         )
     sampler = SamplerSettings(args.sampler, args.steps)
+    color = getattr(args, "color_fix", "none")
     stage = Stage(args.stage, model, sampler)
     results = []
     for index, (image, name) in enumerate(
         tqdm(list(zip(images, names, strict=True)), desc="eval", unit="image")
     ):
-        results.append(evaluate_image(stage, image, name, args.seed + index, sampler))
+        results.append(evaluate_image(stage, image, name, args.seed + index, sampler, color))
     report = {
         "stage": args.stage,
         "checkpoint": model.id,
         "sampler": sampler.name,
         "steps": sampler.steps,
+        "color_fix": color,
         "seed": args.seed,
         "size": size,
         **summarize(results),

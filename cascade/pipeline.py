@@ -23,14 +23,17 @@ from cascade.color import color_fix
 from cascade.degradations import noise_augment
 from cascade.denoiser import ClassifierFreeGuidance, Denoiser
 from cascade.samplers import Callback, SamplerSettings, generators, randn_like, sample
+from cascade.stages import (
+    STAGES,
+    generation_stages,
+    stage_seed,
+    upscale_stages,
+)
 from cascade.tiling import TiledDenoiser
 
 log = logging.getLogger(__name__)
 
 StageName = Literal["base64", "sr256", "sr1024"]
-STAGES: tuple[StageName, ...] = ("base64", "sr256", "sr1024")
-STAGE_OUTPUT: dict[str, int] = {"base64": 64, "sr256": 256, "sr1024": 1024}
-STAGE_INPUT: dict[str, int | None] = {"base64": None, "sr256": 64, "sr1024": 256}
 ColorFix = Literal["none", "adain", "wavelet"]
 Precision = Literal["float32", "bfloat16", "float16"]
 StageCallback = Callable[[str, int, int, Tensor], None]
@@ -49,11 +52,6 @@ def default_weights(directory: Path = DEMO_WEIGHTS) -> dict[str, str]:
 
 class StageError(ValueError):
     """A request a stage cannot serve (bad size, guidance without a null class, ...)."""
-
-
-def stage_seed(seed: int, stage: str) -> int:
-    """The seed a stage uses for an item: stable, distinct per stage, within int64."""
-    return (int(seed) + 1_000_003 * STAGES.index(stage)) % (2**63)  # type: ignore[arg-type]
 
 
 @dataclass
@@ -240,23 +238,19 @@ class Cascade:
         return cls(loaded)
 
     def plan_generation(self, size: int) -> list[Stage]:
-        """The stages a generation at `size` runs through."""
-        if size not in STAGE_OUTPUT.values():
-            raise StageError(f"size must be one of {sorted(STAGE_OUTPUT.values())}, got {size}")
-        names = [name for name in STAGES if STAGE_OUTPUT[name] <= size]
-        return [self.stages[name] for name in names]
+        """The stages a generation at `size` runs through (`cascade.stages` rules)."""
+        try:
+            return [self.stages[name] for name in generation_stages(size)]
+        except ValueError as error:
+            raise StageError(str(error)) from None
 
     def plan_upscale(self, height: int, width: int, scale: int) -> list[Stage]:
-        """Stages for an upscale: 4x enters at the stage whose native input is nearest the
-        input's longer side (64 -> sr256, 256 -> sr1024); 16x runs sr256 then sr1024.
-        Larger inputs are tiled; smaller ones run at their own size."""
-        if scale == 16:
-            return [self.stages["sr256"], self.stages["sr1024"]]
-        if scale != 4:
-            raise StageError(f"scale must be 4 or 16, got {scale}")
-        side = max(height, width)
-        name = min(("sr256", "sr1024"), key=lambda n: abs(math.log(side / STAGE_INPUT[n])))
-        return [self.stages[name]]
+        """Stages for an upscale by 4 or 16 (`cascade.stages.upscale_stages`). Larger inputs
+        than a stage's native size are tiled; smaller ones run at their own size."""
+        try:
+            return [self.stages[name] for name in upscale_stages(height, width, scale)]
+        except ValueError as error:
+            raise StageError(str(error)) from None
 
     def generate(
         self,
@@ -266,13 +260,15 @@ class Cascade:
         *,
         samplers: Mapping[str, SamplerSettings] | None = None,
         guidance: float = 1.0,
+        color: ColorFix = "none",
         callback: StageCallback | None = None,
     ) -> CascadeResult:
-        """Class-conditional generation at 64, 256 or 1024 pixels."""
+        """Class-conditional generation at 64, 256 or 1024 pixels; `color` corrects each
+        upscaling stage against the previous stage's output."""
         images: dict[str, Tensor] = {}
         x: Tensor | None = None
         for stage in self.plan_generation(size):
-            x = self._run(stage, seeds, class_ids, x, samplers, guidance, "none", callback)
+            x = self._run(stage, seeds, class_ids, x, samplers, guidance, color, callback)
             images[stage.name] = x.cpu()
         return CascadeResult(images, list(seeds))
 

@@ -241,6 +241,9 @@ class Trainer:
         noise = torch.randn(hr.shape, generator=gen, device=device)
         steps = len(self.schedule)
         if self.spec.task == "upscale":
+            if config.degradation == "bicubic":
+                # Resampling on the accelerator: the host would otherwise bound the step rate.
+                hr = hr.to(device, non_blocking=True)
             condition, level = sr_condition(
                 hr, self.spec.scale, config.degradation, config.max_aug_level, self.data_generator
             )

@@ -13,7 +13,8 @@ from PIL import Image
 
 from api.uploads import decode, tensor_bytes
 from cascade.images import bytes_to_tensor, load_image
-from cascade.pipeline import STAGE_INPUT, STAGE_OUTPUT, STAGES, Cascade
+from cascade.pipeline import Cascade
+from cascade.stages import STAGE_INPUT, STAGE_OUTPUT, STAGES
 from workers import plan
 from workers.plan import PlannedStage
 from workers.record import JobRecord

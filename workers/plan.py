@@ -1,38 +1,33 @@
 """Which stages a request runs, at what size and cost: the cascade's plan without torch.
 
-The rules mirror `Cascade.plan_generation` and `Cascade.plan_upscale` in `cascade.pipeline`
-(tests check that they agree), so the API can plan a job without importing torch.
+The stage rules live in the torch-free `cascade.stages`, which `cascade.pipeline` uses too, so
+the API can plan a job without importing torch.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
 
-STAGES: tuple[str, ...] = ("base64", "sr256", "sr1024")
-STAGE_OUTPUT: dict[str, int] = {"base64": 64, "sr256": 256, "sr1024": 1024}
-STAGE_INPUT: dict[str, int] = {"sr256": 64, "sr1024": 256}
+from cascade.stages import (
+    SCALES,
+    SIZES,
+    STAGE_INPUT,
+    STAGE_OUTPUT,
+    STAGES,
+    generation_stages,
+    upscale_stages,
+)
+
+__all__ = [
+    "SCALES",
+    "SIZES",
+    "STAGES",
+    "STAGE_INPUT",
+    "STAGE_OUTPUT",
+    "generation_stages",
+    "upscale_stages",
+]
 UPSCALE_FACTOR = 4  # every upscaling stage multiplies each side by 4
-SIZES: tuple[int, ...] = tuple(STAGE_OUTPUT.values())
-SCALES: tuple[int, ...] = (4, 16)
-
-
-def generation_stages(size: int) -> list[str]:
-    """Stages a generation at `size` pixels runs through, in order."""
-    if size not in SIZES:
-        raise ValueError(f"size must be one of {list(SIZES)}, got {size}")
-    return [name for name in STAGES if STAGE_OUTPUT[name] <= size]
-
-
-def upscale_stages(height: int, width: int, scale: int) -> list[str]:
-    """Stages an upscale runs: 4x enters at the stage whose native input is nearest the longer
-    side; 16x runs sr256 then sr1024."""
-    if scale == 16:
-        return ["sr256", "sr1024"]
-    if scale != 4:
-        raise ValueError(f"scale must be one of {list(SCALES)}, got {scale}")
-    side = max(height, width)
-    return [min(STAGE_INPUT, key=lambda name: abs(math.log(side / STAGE_INPUT[name])))]
 
 
 def upscale_factor(height: int, width: int, scale: int | None, target: int | None) -> int:

@@ -119,7 +119,7 @@ def sample(runtime: Runtime, record: JobRecord, model: Stage) -> Tensor:
         low_res=low_res,
         sampler=SamplerSettings(planned.sampler, planned.steps),
         guidance=float(request.get("guidance", 1.0)) if spec.task == "generate" else 1.0,
-        color=request.get("color_fix", "none") if record.kind == "upscale" else "none",
+        color=request.get("color_fix", "none"),
         callback=check,
     )
     return image.cpu()

@@ -5,6 +5,9 @@
 set -euo pipefail
 out=${1:?output folder}
 minutes=${2:-6.5}
+mkdir -p "$out"
+# Three trainings share the host: without a cap each would start one thread per core.
+export OMP_NUM_THREADS=4
 data=$(mktemp -d)
 cascade demo-data --out "$data"
 common=(--device cuda --precision bfloat16 --steps 1000000 --max-minutes "$minutes"
