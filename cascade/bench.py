@@ -83,7 +83,9 @@ def forward_flops(model: Model, size: int) -> float:
     return float(counter.get_total_flops())
 
 
-def _forward_case(preset: str, size: int, device: torch.device, repeats: int, batch: int) -> dict:
+def _forward_case(
+    preset: str, size: int, device: torch.device, repeats: int, batch: int, precision: str
+) -> dict:
     """One preset at one size: plain eager float32, then the fast path, same weights."""
     model = load(f"preset:{preset}", device)
     args = _inputs(model, size, batch, device)
@@ -93,14 +95,22 @@ def _forward_case(preset: str, size: int, device: torch.device, repeats: int, ba
         with torch.no_grad():
             return network(*args)
 
-    eager_s = _time(eager, device, repeats)
-    stage = Stage(preset, model).optimize()
+    # Plain float32 means no TF32 either (cuDNN enables it for convolutions by default).
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        eager_s = _time(eager, device, repeats)
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+    stage = Stage(preset, model, precision=precision).optimize()
     fast_args = tuple(
         a.contiguous(memory_format=torch.channels_last)
-        if isinstance(a, Tensor) and a.ndim == 4 and device.type == "cuda"
+        if isinstance(a, Tensor) and a.ndim == 4 and stage._reduced_precision()
         else a
         for a in args
     )
+    if stage._reduced_precision():
+        network.to(memory_format=torch.channels_last)
 
     def fast() -> Tensor:
         with torch.inference_mode(), stage._autocast():
@@ -126,12 +136,19 @@ def _forward_case(preset: str, size: int, device: torch.device, repeats: int, ba
 
 
 def forward_latency(
-    cases: Sequence[tuple[str, int]], device: str = "cpu", repeats: int = 5, batch: int = 1
+    cases: Sequence[tuple[str, int]],
+    device: str = "cpu",
+    repeats: int = 5,
+    batch: int = 1,
+    precision: str = "float32",
 ) -> dict[str, dict[str, float]]:
-    """Per preset and size: plain eager float32 vs the fast path, same network, one run."""
+    """Per preset and size: plain eager float32 (no_grad, TF32 off) vs the fast path
+    (inference_mode, TF32; bf16 autocast and NHWC when `precision` asks), one run."""
     results: dict[str, dict[str, float]] = {}
     for preset, size in cases:
-        results[preset] = _forward_case(preset, size, torch.device(device), repeats, batch)
+        results[preset] = _forward_case(
+            preset, size, torch.device(device), repeats, batch, precision
+        )
         log.info("forward %s @%d: %s", preset, size, json.dumps(results[preset]))
         if device == "cuda":
             torch.cuda.empty_cache()
