@@ -47,12 +47,15 @@ class Settings(BaseSettings):
     weights_sr1024: str | None = None
 
     # Sampler defaults per stage, used when a request names none.
-    sampler_base64: SamplerName = "dpmpp_2m"
-    sampler_sr256: SamplerName = "dpmpp_2m"
-    sampler_sr1024: SamplerName = "dpmpp_2m"
+    # Ancestral by default: the small demo models' x0 guesses at the noisiest steps are poor,
+    # and fresh noise at every step washes those errors out where DDIM/DPM-Solver keep them
+    # (BENCHMARKS.md). Well-trained weights do well with dpmpp_2m at 20 steps.
+    sampler_base64: SamplerName = "ancestral"
+    sampler_sr256: SamplerName = "ancestral"
+    sampler_sr1024: SamplerName = "ancestral"
     steps_base64: int = Field(50, ge=1, le=1000)
-    steps_sr256: int = Field(20, ge=1, le=1000)
-    steps_sr1024: int = Field(10, ge=1, le=1000)
+    steps_sr256: int = Field(50, ge=1, le=1000)
+    steps_sr1024: int = Field(20, ge=1, le=1000)
 
     # Stage jobs: RQ's timeout per stage (seconds) and how often a crashed stage is retried.
     timeout_base64: int = Field(600, gt=0)
@@ -65,6 +68,11 @@ class Settings(BaseSettings):
     heartbeat_ttl: int = Field(60, ge=2)
     maintenance_interval: int = Field(30, ge=1)  # how often idle workers look for abandoned jobs
     worker_ttl: int = Field(420, ge=16)  # RQ's worker key TTL; idle workers poll every ttl-15 s
+    # Cross-request batching: a worker taking a stage job also takes up to max_batch - 1 jobs
+    # already waiting in that queue with the same settings, and samples them in one call (each
+    # keeps its own seed, so its image is unchanged). 1 disables it. A batch runs under its
+    # first job's timeout, so max_batch x one job's time must fit CASCADE_TIMEOUT_<STAGE>.
+    max_batch: int = Field(4, ge=1, le=64)
 
     # Lifetimes in Redis. Stored PNGs and job.json files in the store are never expired here.
     result_ttl: int = Field(7 * 86400, gt=0)  # job records
@@ -72,7 +80,7 @@ class Settings(BaseSettings):
 
     # Worker hardware.
     device: str = "auto"  # auto: cuda when available, else cpu
-    precision: Precision = "auto"  # auto: bfloat16 autocast on CUDA, float32 on CPU
+    precision: Precision = "auto"  # auto: float32 (TF32 on CUDA); bfloat16 is opt-in
     compile: bool = False  # torch.compile each stage's network (slow first job, faster after)
     torch_threads: int | None = Field(None, ge=1)  # CPU threads per worker (None: torch's default)
 

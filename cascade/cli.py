@@ -207,10 +207,25 @@ def build_parser() -> argparse.ArgumentParser:
     _eval_arguments(evaluate)
 
     bench = commands.add_parser("bench", help="run the benchmark suite")
-    bench.add_argument("--json", default="bench.json")
+    bench.add_argument("--json", default="bench.json", help="results (plot and markdown beside)")
     bench.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     bench.add_argument("--quick", action="store_true", help="fewer repeats and sizes")
-    bench.set_defaults(run=_delegate("cascade.bench", "main"))
+    sections = "forward,samplers,service,throughput,tiling"
+    bench.add_argument("--only", metavar="SECTIONS", help=f"run only these of {sections}")
+    bench.add_argument("--skip", metavar="SECTIONS", help="run all but these")
+    bench.add_argument("--data", help="held-out photos for the sampler figures")
+    bench.add_argument("--report", help="markdown report (default: BENCHMARKS.md in the repo)")
+    bench.add_argument(
+        "--merge",
+        action="append",
+        default=[],
+        metavar="JSON",
+        help="add a run from another machine (e.g. a GPU) to the report",
+    )
+    bench.add_argument(
+        "--report-only", action="store_true", help="measure nothing: report --json as it is"
+    )
+    bench.set_defaults(run=_delegate("workers.bench", "main"))
     return parser
 
 

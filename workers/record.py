@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -172,13 +173,21 @@ class Jobs:
             },
         )
 
-    def progress(self, job_id: str, stage: str, step: int, total: int) -> bool:
-        """Record a finished sampler step; False when the job has ended (canceled)."""
+    def progress(self, job_ids: Sequence[str], stage: str, step: int, total: int) -> list[str]:
+        """Record a finished sampler step of the jobs sampled together (one round trip); the
+        ids of those that have ended meanwhile (canceled)."""
+        fields = {f"{stage}.step": step, f"{stage}.total": total, f"{stage}.batch": len(job_ids)}
         with self.connection.pipeline() as pipeline:
-            pipeline.hset(job_key(job_id), mapping={f"{stage}.step": step, f"{stage}.total": total})
-            pipeline.hget(job_key(job_id), "status")
-            _, status = pipeline.execute()
-        return status is not None and _text(status) not in TERMINAL
+            for job_id in job_ids:
+                pipeline.hset(job_key(job_id), mapping=fields)
+                pipeline.hget(job_key(job_id), "status")
+            replies = pipeline.execute()
+        statuses = replies[1::2]
+        return [
+            job_id
+            for job_id, status in zip(job_ids, statuses, strict=True)
+            if status is None or _text(status) in TERMINAL
+        ]
 
     def stage_ended(self, job_id: str, stage: str, status: str, error: str | None = None) -> None:
         """A stage's outcome: succeeded, failed, canceled, or queued again for a retry."""

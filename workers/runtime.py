@@ -7,6 +7,7 @@ entry point loads the stages it serves before taking any job) and kept for the p
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -19,6 +20,9 @@ from workers.connection import connect
 from workers.plan import STAGES
 from workers.record import Jobs
 from workers.store import Store, open_store
+
+if TYPE_CHECKING:
+    from workers.batching import Batch
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +50,7 @@ class Runtime:
         self.device = resolve_device(settings.device)
         self.weights = stage_weights(settings)
         self.stages: dict[str, Stage] = {}
+        self.batch: Batch | None = None  # the jobs the worker claimed to run together, if any
 
     def stage(self, name: str) -> Stage:
         """The stage's model, loaded on first use and kept."""

@@ -2,7 +2,8 @@
 
 Every step is idempotent so a retried stage (after a crash or a killed worker) resumes the job:
 the input is the previous stage's stored float tensor, and a stage that already finished only
-hands on again. Seeds are per stage (`stage_seed`), so a rerun gives the same image.
+hands on again. Seeds are per stage (`stage_seed`), so a rerun gives the same image, and so
+does a run batched with other jobs (`workers.batching`).
 """
 
 from __future__ import annotations
@@ -22,8 +23,9 @@ from torch import Tensor
 
 from api.settings import get_settings
 from cascade.images import bytes_to_tensor, tensor_to_bytes, to_png
-from cascade.pipeline import Stage, StageError, stage_seed
-from cascade.samplers import SamplerSettings, SamplingCanceled
+from cascade.pipeline import Stage
+from cascade.samplers import SamplingCanceled
+from workers.batching import Member, sample_each
 from workers.queues import enqueue_stage
 from workers.record import JobRecord, Jobs
 from workers.runtime import Runtime, current
@@ -40,89 +42,121 @@ class InputMissing(RuntimeError):
 
 
 def run_stage(job_id: str, stage: str) -> None:
-    """RQ job with JSON arguments: run `stage` of job `job_id`."""
+    """RQ job with JSON arguments: run `stage` of job `job_id`.
+
+    When the worker claimed compatible jobs beside this one (`workers.batching`), the lead's run
+    samples them all in one call, and each other member's run only reports its own outcome."""
     runtime = current()
-    jobs = runtime.jobs
+    batch = runtime.batch
+    if batch is not None and job_id == batch.lead:
+        batch.outcomes.update(run_jobs(runtime, batch.job_ids, stage))
+    if batch is not None and job_id in batch.outcomes:
+        error = batch.outcomes.pop(job_id)
+    else:  # alone, or a member its lead's run did not reach
+        error = run_jobs(runtime, [job_id], stage)[job_id]
+    if error is not None:
+        raise error  # RQ's failure callback (`on_stage_failure`) retries the stage
+
+
+def run_jobs(runtime: Runtime, job_ids: list[str], stage: str) -> dict[str, Exception | None]:
+    """Run `stage` of each job, sampling those that need it in one batch; each job's outcome:
+    None, or the exception RQ should see for it (so one job's error never ends another)."""
+    model = runtime.stage(stage)
+    rq_job = get_current_job()
+    worker = (rq_job.worker_name if rq_job else None) or "unknown"
+    outcomes: dict[str, Exception | None] = {}
+    members = []
+    for job_id in job_ids:
+        try:
+            member = start(runtime, job_id, model, worker)
+        except JobTimeoutException:
+            raise
+        except Exception as error:
+            outcomes[job_id] = error
+            continue
+        if member is None:
+            outcomes[job_id] = None
+        else:
+            members.append(member)
+    started = time.monotonic()
+    results = sample_each(runtime, model, members) if members else {}
+    for member in members:
+        try:
+            outcomes[member.id] = finish(runtime, member, model, results[member.id], started)
+        except JobTimeoutException:
+            raise
+        except Exception as error:
+            outcomes[member.id] = error
+    return outcomes
+
+
+def start(runtime: Runtime, job_id: str, model: Stage, worker: str) -> Member | None:
+    """Mark the job's stage running and load its input; None when there is nothing to sample
+    (no record, a retry of a finished stage, a canceled job, a missing input)."""
+    jobs, stage = runtime.jobs, model.name
     record = jobs.get(job_id)
     if record is None:
         log.warning("job %s: no record (expired or deleted); stage %s skipped", job_id, stage)
-        return
+        return None
     if record.stage(stage, "status") == "succeeded":
         log.info("job %s: stage %s already finished (a retry); handing on", job_id, stage)
         hand_on(runtime, job_id, stage)
-        return
-    model = runtime.stage(stage)
-    description = model.describe()
-    rq_job = get_current_job()
-    worker = (rq_job.worker_name if rq_job else None) or "unknown"
-    if not jobs.stage_started(job_id, stage, description, worker):
+        return None
+    if not jobs.stage_started(job_id, stage, model.describe(), worker):
         log.info("job %s has %s; stage %s not run", job_id, record.status, stage)
         jobs.stage_ended(job_id, stage, "canceled")
-        return
-    tag = " [RANDOM weights]" if description["random_weights"] else ""
-    log.info("job %s: stage %s started (%s)%s", job_id, stage, model.model.id, tag)
-    started = time.monotonic()
+        return None
+    log.info("job %s: stage %s started (%s)%s", job_id, stage, model.model.id, _tag(model))
     try:
-        image = sample(runtime, record, model)
-    except SamplingCanceled:
+        return Member(record, load_input(runtime, record, stage))
+    except InputMissing as error:
+        fail(runtime.connection, jobs, job_id, stage, str(error))
+        return None
+
+
+def load_input(runtime: Runtime, record: JobRecord, stage: str) -> Tensor | None:
+    """The stage's input: the previous stage's float output, an upscale's upload, or None."""
+    names = [planned.name for planned in record.plan]
+    index = names.index(stage)
+    if record.kind != "upscale" and index == 0:
+        return None
+    source = names[index - 1] if index > 0 else "input"
+    data = runtime.jobs.get_tensor(record.id, source)
+    if data is None:
+        raise InputMissing(
+            f"the input of stage {stage} ({source} output) expired before the stage ran; "
+            "submit the job again"
+        )
+    return bytes_to_tensor(data)
+
+
+def finish(
+    runtime: Runtime, member: Member, model: Stage, result: Tensor | Exception, started: float
+) -> Exception | None:
+    """Store the sampled image and hand on, or end the stage as the error says: an error no
+    retry can mend fails the job, any other is returned for RQ to retry."""
+    jobs, stage, job_id = runtime.jobs, model.name, member.id
+    if isinstance(result, SamplingCanceled):
         jobs.stage_ended(job_id, stage, "canceled")
         record_stage(runtime.connection, stage, time.monotonic() - started, "canceled")
-        log.info("job %s: stage %s canceled%s", job_id, stage, tag)
-        return
-    except (StageError, InputMissing, ValueError) as error:  # this request can never succeed
-        fail(runtime.connection, jobs, job_id, stage, str(error))
-        return
-    sampling = time.monotonic() - started
-    save_outputs(runtime, record, stage, image)
+        log.info("job %s: stage %s canceled%s", job_id, stage, _tag(model))
+        return None
+    if isinstance(result, ValueError):  # a StageError: this request can never succeed
+        fail(runtime.connection, jobs, job_id, stage, str(result))
+        return None
+    if isinstance(result, Exception):
+        return result
+    save_outputs(runtime, member.record, stage, result)
     seconds = time.monotonic() - started
     record_stage(runtime.connection, stage, seconds, "succeeded")
     jobs.stage_ended(job_id, stage, "succeeded")
-    log.info(
-        "job %s: stage %s finished in %.2f s (sampling %.2f s)%s",
-        job_id,
-        stage,
-        seconds,
-        sampling,
-        tag,
-    )
+    log.info("job %s: stage %s finished in %.2f s%s", job_id, stage, seconds, _tag(model))
     hand_on(runtime, job_id, stage)
+    return None
 
 
-def sample(runtime: Runtime, record: JobRecord, model: Stage) -> Tensor:
-    """Run the stage's model on its input, checking for a cancel after every sampler step."""
-    plan = record.plan
-    names = [planned.name for planned in plan]
-    index = names.index(model.name)
-    planned = plan[index]
-    request = record.request
-    low_res = None
-    if record.kind == "upscale" or index > 0:
-        source = names[index - 1] if index > 0 else "input"
-        data = runtime.jobs.get_tensor(record.id, source)
-        if data is None:
-            raise InputMissing(
-                f"the input of stage {model.name} ({source} output) expired before the stage "
-                "ran; submit the job again"
-            )
-        low_res = bytes_to_tensor(data)
-    spec = model.model.spec
-    class_id = request.get("class_id")
-    class_ids = [int(class_id)] if spec.class_conditional and class_id is not None else None
-
-    def check(step: int, total: int, x0: Tensor) -> None:
-        if not runtime.jobs.progress(record.id, model.name, step, total):
-            raise SamplingCanceled(f"job {record.id} ended during stage {model.name}")
-
-    image = model.run(
-        seeds=[stage_seed(record.seed, model.name)],
-        class_ids=class_ids,
-        low_res=low_res,
-        sampler=SamplerSettings(planned.sampler, planned.steps),
-        guidance=float(request.get("guidance", 1.0)) if spec.task == "generate" else 1.0,
-        color=request.get("color_fix", "none"),
-        callback=check,
-    )
-    return image.cpu()
+def _tag(model: Stage) -> str:
+    return " [RANDOM weights]" if model.model.random_weights else ""
 
 
 def save_outputs(runtime: Runtime, record: JobRecord, stage: str, image: Tensor) -> None:

@@ -17,51 +17,71 @@ from rq import SimpleWorker
 from rq.job import Job
 from rq.queue import Queue
 from rq.serializers import JSONSerializer
+from rq.worker import WorkerStatus
 
 from api.settings import Settings, get_settings
+from workers.batching import Batch, claim
 from workers.connection import connect
 from workers.plan import STAGES
 from workers.queues import stage_queue
-from workers.runtime import Runtime, install
+from workers.runtime import Runtime, current, install
 
 log = logging.getLogger(__name__)
 
 
 class StageWorker(SimpleWorker):
-    """SimpleWorker plus a heartbeat thread while a job runs.
+    """SimpleWorker plus a heartbeat thread while a job runs, and cross-request batching.
 
     SimpleWorker marks a job alive for the job's whole timeout + 60 s and never again, so a
-    killed worker's stage would wait that long before anyone retried it. Here a running stage
-    is re-marked alive every `job_monitoring_interval` seconds for `heartbeat_ttl` seconds, and
-    another worker's maintenance pass retries it soon after its worker dies.
+    killed worker's stage would wait that long before anyone retried it. Here every running
+    stage (a batch's members included) is re-marked alive every `job_monitoring_interval`
+    seconds for `heartbeat_ttl` seconds, and another worker's maintenance pass retries it soon
+    after its worker dies.
+
+    With `max_batch` > 1, the worker claims compatible jobs waiting behind the one it dequeued
+    (`workers.batching`): the first job's run samples them all, then each claimed job goes
+    through RQ's own bookkeeping (success, failure callback, retry) as if dequeued alone.
     """
 
-    def __init__(self, *args: object, heartbeat_ttl: int = 60, **kwargs: object):
+    def __init__(
+        self, *args: object, heartbeat_ttl: int = 60, max_batch: int = 1, **kwargs: object
+    ):
         super().__init__(*args, **kwargs)
         self.heartbeat_ttl = heartbeat_ttl
+        self.max_batch = max_batch
 
     def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
         return self.heartbeat_ttl
 
     def execute_job(self, job: Job, queue: Queue) -> None:
+        runtime = current()
+        claimed = claim(self, queue, job, runtime, self.max_batch)
+        running = {job.id: job, **{member.id: member for member, _ in claimed}}
+        if claimed:
+            runtime.batch = Batch([job.args[0], *(member.args[0] for member, _ in claimed)])
         stop = threading.Event()
-        beat = threading.Thread(target=self._beat, args=(job, stop), daemon=True)
+        beat = threading.Thread(target=self._beat, args=(running, stop), daemon=True)
         beat.start()
         try:
-            super().execute_job(job, queue)
+            self.perform_job(job, queue, self.prepare_execution(job))  # SimpleWorker's way
+            for member, execution in claimed:
+                self.perform_job(member, queue, execution)
+            self.set_state(WorkerStatus.IDLE)
         finally:
+            runtime.batch = None
             stop.set()
             beat.join()
 
-    def _beat(self, job: Job, stop: threading.Event) -> None:
+    def _beat(self, running: dict[str, Job], stop: threading.Event) -> None:
         while not stop.wait(self.job_monitoring_interval):
-            execution = self.execution
-            if execution is None or stop.is_set():
-                continue
-            try:
-                self.maintain_heartbeats(job, execution)
-            except Exception as error:  # a missed beat is retried next interval
-                log.warning("heartbeat for job %s failed: %s", job.id, error)
+            for execution in list(self.executions.values()):
+                job = running.get(execution.job_id)
+                if job is None or stop.is_set():
+                    continue
+                try:
+                    self.maintain_heartbeats(job, execution)
+                except Exception as error:  # a missed beat is retried next interval
+                    log.warning("heartbeat for job %s failed: %s", job.id, error)
 
 
 def parse_stages(text: str) -> list[str]:
@@ -80,6 +100,7 @@ def build_worker(settings: Settings, stages: list[str], connection: object) -> S
         connection=connection,
         serializer=JSONSerializer,
         heartbeat_ttl=settings.heartbeat_ttl,
+        max_batch=settings.max_batch,
         job_monitoring_interval=settings.heartbeat_interval,
         maintenance_interval=settings.maintenance_interval,
         worker_ttl=settings.worker_ttl,

@@ -1,0 +1,228 @@
+"""Cross-request batching: stage jobs waiting in one queue with equal settings share a
+`Stage.run` call.
+
+A worker that takes a stage job (the lead) looks at the next jobs waiting in the same queue and
+claims those whose `RunSettings` equal the lead's, up to `CASCADE_MAX_BATCH` jobs in all. Only
+jobs already waiting are taken: the worker never waits for a batch to fill. Claiming is one Redis
+transaction that takes each job off the queue and into RQ's started registry with an execution
+the worker heartbeats, just as if it had dequeued the job itself, so a worker that dies mid-batch
+leaves every member to be found abandoned and retried.
+
+Each member keeps its own seed (one generator per item), so its image is the one it gets alone,
+up to float rounding. A member canceled before the batch starts is dropped from it; one canceled
+mid-batch stops the call within a step, is marked canceled, and the others run again from the
+start (their seeds give the same images). A call that raises runs its members one at a time, so
+one bad request fails alone.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import torch
+from redis.exceptions import WatchError
+from rq.executions import Execution
+from rq.job import Job, JobStatus
+from rq.queue import Queue
+from rq.serializers import JSONSerializer
+from rq.timeouts import JobTimeoutException
+from rq.worker import BaseWorker
+from torch import Tensor
+
+from cascade.pipeline import Stage, stage_seed
+from cascade.samplers import SamplerSettings, SamplingCanceled
+from workers.queues import RUN_STAGE
+from workers.record import JobRecord
+
+if TYPE_CHECKING:
+    from workers.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+LOOK_AHEAD = 4  # queue entries examined per batch slot: most traffic shares the defaults
+CLAIM_ATTEMPTS = 3  # the queue changed while claiming (a push, another worker's pop): look again
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """What one `Stage.run` call shares across its batch; seeds, classes and inputs may differ."""
+
+    sampler: str
+    steps: int
+    guidance: float  # generation stages only (upscalers always run at 1)
+    color: str  # upscaling stages only
+    height: int  # the stage's planned output: equal sizes mean equal input shapes
+    width: int
+
+
+def run_settings(record: JobRecord, stage: Stage) -> RunSettings | None:
+    """The settings `record`'s job runs `stage` with; None when its plan has no such stage."""
+    planned = next((planned for planned in record.plan if planned.name == stage.name), None)
+    if planned is None:
+        return None
+    request = record.request
+    generates = stage.model.spec.task == "generate"
+    return RunSettings(
+        sampler=planned.sampler,
+        steps=planned.steps,
+        guidance=float(request.get("guidance", 1.0)) if generates else 1.0,
+        color="none" if generates else str(request.get("color_fix", "none")),
+        height=planned.height,
+        width=planned.width,
+    )
+
+
+@dataclass
+class Batch:
+    """Jobs (by job id, the lead first) that a worker claimed to run one stage together.
+
+    The lead's stage job samples every member; each member's own stage job then reports the
+    outcome kept for it here (None, or the exception RQ should see and retry)."""
+
+    job_ids: list[str]
+    outcomes: dict[str, Exception | None] = field(default_factory=dict)
+
+    @property
+    def lead(self) -> str:
+        return self.job_ids[0]
+
+
+@dataclass(frozen=True)
+class Member:
+    """A started job in a batch: its record and its input (None for a generation's base)."""
+
+    record: JobRecord
+    low_res: Tensor | None
+
+    @property
+    def id(self) -> str:
+        return self.record.id
+
+
+class JobsCanceled(SamplingCanceled):
+    """Jobs of a batch ended (canceled) while it ran."""
+
+    def __init__(self, job_ids: list[str]):
+        super().__init__(f"job(s) {', '.join(job_ids)} ended during sampling")
+        self.job_ids = job_ids
+
+
+def claim(
+    worker: BaseWorker, queue: Queue, lead: Job, runtime: Runtime, limit: int
+) -> list[tuple[Job, Execution]]:
+    """Claim up to `limit - 1` jobs waiting in `queue` that can run with `lead` (module doc)."""
+    job_id, stage = lead.args
+    record = runtime.jobs.get(job_id)
+    if limit <= 1 or record is None:
+        return []
+    model = runtime.stage(stage)
+    wanted = run_settings(record, model)
+    for _ in range(CLAIM_ATTEMPTS):
+        with queue.connection.pipeline() as pipeline:
+            try:
+                pipeline.watch(queue.key)
+                waiting = pipeline.lrange(queue.key, 0, limit * LOOK_AHEAD - 1)
+                members = _compatible(waiting, stage, wanted, runtime, model, queue)[: limit - 1]
+                if not members:
+                    return []
+                pipeline.multi()
+                ttl = worker.get_heartbeat_ttl(lead)
+                executions = []
+                for member in members:
+                    pipeline.lrem(queue.key, 1, member.id)
+                    executions.append(Execution.create(member, ttl, pipeline, worker.name))
+                    member.prepare_for_execution(worker.name, pipeline)
+                pipeline.execute()
+            except WatchError:
+                continue
+        for execution in executions:
+            worker.executions[execution.id] = execution
+        log.info("job %s: stage %s batched with %d waiting job(s)", job_id, stage, len(members))
+        return list(zip(members, executions, strict=True))
+    return []
+
+
+def _compatible(
+    rq_ids: list[bytes | str],
+    stage: str,
+    wanted: RunSettings | None,
+    runtime: Runtime,
+    model: Stage,
+    queue: Queue,
+) -> list[Job]:
+    """The queued stage jobs among `rq_ids` whose job runs `stage` with `wanted` settings."""
+    found = []
+    ids = [_text(rq_id) for rq_id in rq_ids]
+    for job in Job.fetch_many(ids, queue.connection, serializer=JSONSerializer):
+        if job is None or job.func_name != RUN_STAGE:
+            continue
+        if job.get_status(refresh=False) != JobStatus.QUEUED:
+            continue
+        job_id, job_stage = job.args
+        record = runtime.jobs.get(job_id)
+        if job_stage != stage or record is None or record.ended:
+            continue
+        if wanted is not None and run_settings(record, model) == wanted:
+            found.append(job)
+    return found
+
+
+def sample(runtime: Runtime, model: Stage, members: list[Member]) -> Tensor:
+    """One `Stage.run` call for every member, checking for cancels after every sampler step."""
+    settings = run_settings(members[0].record, model)
+    assert settings is not None
+    job_ids = [member.id for member in members]
+    spec = model.model.spec
+    classes = [member.record.request.get("class_id") for member in members]
+    conditioned = spec.class_conditional and all(item is not None for item in classes)
+    lows = [member.low_res for member in members]
+
+    def check(step: int, total: int, x0: Tensor) -> None:
+        if ended := runtime.jobs.progress(job_ids, model.name, step, total):
+            raise JobsCanceled(ended)
+
+    images = model.run(
+        seeds=[stage_seed(member.record.seed, model.name) for member in members],
+        class_ids=[int(item) for item in classes] if conditioned else None,  # type: ignore[arg-type]
+        low_res=None if lows[0] is None else torch.cat(lows),  # type: ignore[arg-type]
+        sampler=SamplerSettings(settings.sampler, settings.steps),
+        guidance=settings.guidance,
+        color=settings.color,  # type: ignore[arg-type]
+        callback=check,
+    )
+    return images.cpu()
+
+
+def sample_each(
+    runtime: Runtime, model: Stage, members: list[Member]
+) -> dict[str, Tensor | Exception]:
+    """Each member's image ([1, 3, H, W]), or the exception that ended it, sampled together
+    where possible (cancels and failures as the module doc says)."""
+    results: dict[str, Tensor | Exception] = {}
+    while members:
+        try:
+            images = sample(runtime, model, members)
+        except JobsCanceled as canceled:
+            results.update({job_id: canceled for job_id in canceled.job_ids})
+            members = [member for member in members if member.id not in canceled.job_ids]
+            continue
+        except JobTimeoutException:
+            raise  # RQ's timeout for the whole batch: the lead fails, the rest run alone
+        except Exception as error:
+            if len(members) == 1:
+                results[members[0].id] = error
+            else:
+                log.warning("a batch of %d failed (%s); one job at a time", len(members), error)
+                for member in members:
+                    results.update(sample_each(runtime, model, [member]))
+            break
+        for index, member in enumerate(members):
+            results[member.id] = images[index : index + 1].clone()
+        break
+    return results
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
