@@ -22,10 +22,9 @@ import platform
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cascade.checkpoints import Model, save_model
@@ -39,73 +38,19 @@ from cascade.datasets import (
 )
 from cascade.degradations import DEGRADATIONS, upsample_condition
 from cascade.images import save_png
+from cascade.losses import LossName, adm_loss, continuous_noise_level, sr3_loss
 from cascade.pipeline import Precision, Stage, StageName
 from cascade.presets import ModelSpec, get_preset
 from cascade.samplers import SamplerSettings
-from cascade.schedule import Schedule
 
 log = logging.getLogger(__name__)
 
-LossName = Literal["l1", "l2"]
 STATE_FORMAT = 1
 GRAD_CLIP_NORM = 1.0
-SAMPLE_SETTINGS = SamplerSettings("dpmpp_2m", 20)  # sample grids: a few steps, not 2000
+# Sample grids: ancestral, the sampler least hurt by an early model's poor x0 at high noise.
+SAMPLE_SETTINGS = SamplerSettings("ancestral", 50)
 GRID_IMAGES = 4  # SR grid rows
 GRID_CLASSES = 8  # base grid columns
-
-
-def sr3_loss(
-    network: nn.Module,
-    hr: Tensor,
-    condition: Tensor,
-    sqrt_gamma: Tensor,
-    noise: Tensor,
-    reduction: Literal["mean", "sum"] = "mean",
-    loss: LossName = "l1",
-    aug_level: Tensor | None = None,
-) -> Tensor:
-    """SR3 `p_losses`: |eps - UNet(cat([cond, y]), sqrt(g))|_p, y = sqrt(g) x + sqrt(1-g) eps."""
-    level = sqrt_gamma.reshape(-1, 1)
-    x_noisy = level.view(-1, 1, 1, 1) * hr + (1 - level**2).sqrt().view(-1, 1, 1, 1) * noise
-    extra = {}
-    if getattr(network.config, "condition_augmentation", False):
-        extra["aug_level"] = aug_level
-    elif aug_level is not None and bool((aug_level != 0).any()):
-        raise ValueError("aug_level given for a network trained without conditioning augmentation")
-    eps = network(torch.cat([condition, x_noisy], dim=1), level, **extra).float()
-    error = (eps - noise).abs() if loss == "l1" else (eps - noise).square()
-    if reduction == "sum":
-        return error.sum()
-    if reduction == "mean":
-        return error.mean()
-    raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
-
-
-def continuous_noise_level(schedule: Schedule, t: Tensor, generator: torch.Generator) -> Tensor:
-    """WaveGrad/SR3 noise level: sqrt(gamma) ~ U(s[t-1], s[t]) per item, s the SR3 table."""
-    levels = schedule.sqrt_alphas_cumprod_prev.to(t.device)  # float64 [T+1], s[0] = 1
-    if bool((t < 1).any()) or bool((t >= len(levels)).any()):
-        raise ValueError(f"t must lie in 1..{len(levels) - 1}")
-    # SR3 draws one t per batch; one per item covers more levels per step at the same cost.
-    u = torch.rand(t.shape, generator=generator, device=t.device, dtype=torch.float64)
-    high, low = levels[t - 1], levels[t]
-    return (high + (low - high) * u).to(torch.float32).view(-1, 1)
-
-
-def adm_loss(
-    network: nn.Module,
-    x0: Tensor,
-    class_ids: Tensor | None,
-    t: Tensor,
-    noise: Tensor,
-    schedule: Schedule,
-) -> Tensor:
-    """DDPM simple loss (Ho et al. 2020): MSE between eps and its prediction from x_t at t."""
-    alpha_bar = schedule.alphas_cumprod.to(x0.device)[t].view(-1, 1, 1, 1)
-    x_t = alpha_bar.sqrt().float() * x0 + (1 - alpha_bar).sqrt().float() * noise
-    out = network(x_t, t, y=class_ids)
-    # A learned-range model's variance channels get no gradient here (no hybrid VLB term).
-    return F.mse_loss(out[:, : x0.shape[1]].float(), noise)
 
 
 @dataclass

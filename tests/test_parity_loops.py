@@ -102,7 +102,7 @@ def test_sr3_ten_step_loop(sr3, sr3_io, sr3_config):
 
 
 def test_sr3_training_loss(sr3, sr3_io):
-    from cascade.training import sr3_loss
+    from cascade.losses import sr3_loss
 
     loss = sr3_loss(
         sr3,
@@ -124,7 +124,7 @@ def test_sr3_training_loss(sr3, sr3_io):
 
 
 def test_sr3_training_noise_level_draw(sr3_io, sr3_config):
-    from cascade.training import continuous_noise_level
+    from cascade.losses import continuous_noise_level
 
     schedule = _sched(sr3_config, "sched100")
     t = int(sr3_io["train.t"])

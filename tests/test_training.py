@@ -17,16 +17,10 @@ from safetensors.torch import load_file
 from cascade import cli
 from cascade.checkpoints import load_model
 from cascade.datasets import load_class_folder, load_image_folder
+from cascade.losses import adm_loss, continuous_noise_level, sr3_loss
 from cascade.schedule import ScheduleConfig
 from cascade.sr3 import SR3Config, SR3UNet
-from cascade.training import (
-    SRBatch,
-    TrainConfig,
-    Trainer,
-    adm_loss,
-    continuous_noise_level,
-    sr3_loss,
-)
+from cascade.training import SRBatch, TrainConfig, Trainer
 
 
 def write_images(folder: Path, count: int = 6, size: int = 72) -> list[Path]:
