@@ -134,7 +134,6 @@ def harness(redis_server: EmbeddedRedis, tmp_path: Path) -> Iterator[Harness]:
         store=str(tmp_path),
         steps_base64=3,
         steps_sr256=2,
-        worker_ttl=16,
         **TINY,
     )
     runtime = Runtime(settings, redis_server.client())

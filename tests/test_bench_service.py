@@ -4,18 +4,20 @@ worker processes included) and the JSON carries the names runs are compared by."
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
-from workers.bench import QUICK, keep_earlier, run
+from workers.bench import BenchConfig, keep_earlier, run
 from workers.bench_report import write_reports
 
 pytestmark = pytest.mark.service
 
-MINIMAL = QUICK.__class__(
+MINIMAL = BenchConfig(
     mode="test",
     forward_cases=(("sr256-tiny", 64),),
     forward_repeats=1,
@@ -38,7 +40,17 @@ def number(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-def test_minimal_run_has_every_figure(tmp_path: Path):
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """One CPU thread here and in the workers (the bench hands its count on), so a busy
+    machine does not stall torch's thread team."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_minimal_run_has_every_figure(tmp_path: Path, one_thread: None):
     photos = tmp_path / "photos"
     photos.mkdir()
     pixels = np.random.default_rng(0).integers(0, 255, (80, 96, 3), dtype=np.uint8)

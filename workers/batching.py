@@ -13,6 +13,12 @@ up to float rounding. A member canceled before the batch starts is dropped from 
 mid-batch stops the call within a step, is marked canceled, and the others run again from the
 start (their seeds give the same images). A call that raises runs its members one at a time, so
 one bad request fails alone.
+
+The lead's stage job samples the batch and finishes each member on its own (its images, the
+hand-off to its next stage, its webhook); each member's RQ job then reports that member's
+outcome, so RQ's bookkeeping, failure callback and retries stay per job. A job record's
+`{stage}.batch` says how many jobs its stage was sampled with. The whole batch runs under the
+lead's stage timeout; should it expire, the members the lead did not finish run alone.
 """
 
 from __future__ import annotations
@@ -42,7 +48,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 LOOK_AHEAD = 4  # queue entries examined per batch slot: most traffic shares the defaults
-CLAIM_ATTEMPTS = 3  # the queue changed while claiming (a push, another worker's pop): look again
+CLAIM_ATTEMPTS = 3  # the queue changed while claiming: look again, then run the lead alone
 
 
 @dataclass(frozen=True)
@@ -119,12 +125,14 @@ def claim(
         return []
     model = runtime.stage(stage)
     wanted = run_settings(record, model)
+    if wanted is None:
+        return []
     for _ in range(CLAIM_ATTEMPTS):
         with queue.connection.pipeline() as pipeline:
             try:
-                pipeline.watch(queue.key)
+                pipeline.watch(queue.key)  # a push or another worker's pop aborts the claim
                 waiting = pipeline.lrange(queue.key, 0, limit * LOOK_AHEAD - 1)
-                members = _compatible(waiting, stage, wanted, runtime, model, queue)[: limit - 1]
+                members = _compatible(waiting, wanted, limit - 1, runtime, model, queue)
                 if not members:
                     return []
                 pipeline.multi()
@@ -146,25 +154,24 @@ def claim(
 
 def _compatible(
     rq_ids: list[bytes | str],
-    stage: str,
-    wanted: RunSettings | None,
+    wanted: RunSettings,
+    count: int,
     runtime: Runtime,
     model: Stage,
     queue: Queue,
 ) -> list[Job]:
-    """The queued stage jobs among `rq_ids` whose job runs `stage` with `wanted` settings."""
-    found = []
+    """Up to `count` queued jobs among `rq_ids` that run `model`'s stage with `wanted`."""
+    found: list[Job] = []
     ids = [_text(rq_id) for rq_id in rq_ids]
     for job in Job.fetch_many(ids, queue.connection, serializer=JSONSerializer):
+        if len(found) == count:
+            break
         if job is None or job.func_name != RUN_STAGE:
             continue
-        if job.get_status(refresh=False) != JobStatus.QUEUED:
+        if job.get_status(refresh=False) != JobStatus.QUEUED or job.args[1] != model.name:
             continue
-        job_id, job_stage = job.args
-        record = runtime.jobs.get(job_id)
-        if job_stage != stage or record is None or record.ended:
-            continue
-        if wanted is not None and run_settings(record, model) == wanted:
+        record = runtime.jobs.get(job.args[0])
+        if record is not None and not record.ended and run_settings(record, model) == wanted:
             found.append(job)
     return found
 

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +27,7 @@ def _table(header: list[str], rows: list[list[object]]) -> str:
 
 def section(results: dict, plot: str | None = None) -> str:
     """One run as markdown: where and how it ran, then a table per measured figure."""
-    info, setup_ = results["machine"], results.get("setup", {})
+    info = results["machine"]
     title = info["device_name"] if info["device"] == "cuda" else f"CPU: {info['cpu']}"
     out = [f"## {title}", ""]
     if not results.get("comparable"):
@@ -35,105 +36,116 @@ def section(results: dict, plot: str | None = None) -> str:
             "comparable** with full runs; run `cascade bench` without `--quick` for those.",
             "",
         ]
-    out += [
-        _table(
-            ["command", "date", "CPU", "cores", "device", "torch", "Python"],
-            [
-                [
-                    f"`{results['command']}`",
-                    results["date"],
-                    info["cpu"],
-                    info["cores"],
-                    info["device_name"],
-                    info["torch"],
-                    info["python"],
-                ]
-            ],
-        ),
-        "",
-    ]
+    header = ["command", "date", "CPU", "cores", "device", "torch", "Python"]
+    row = [f"`{results['command']}`", results["date"], info["cpu"], info["cores"]]
+    row += [info["device_name"], info["torch"], info["python"]]
+    out += [_table(header, [row]), ""]
     if plot:
         out += [f"![benchmark plot]({plot})", ""]
-    if forward := results.get("forward"):
-        out += ["### Network forward, batch 1: eager float32 vs the service's fast path", ""]
-        rows = [
-            [
-                preset,
-                entry["size"],
-                entry["eager_ms"],
-                entry["fast_ms"],
-                entry["speedup"],
-                entry["gflops"],
-                entry["fast_tflops_per_s"],
-                entry.get("mfu"),
-            ]
-            for preset, entry in forward.items()
+    for name, render in RENDERERS.items():
+        if data := results.get(name):
+            given = results.get("setup", {}).get(name, {})
+            out += [render(data, given), ""]
+            if given.get("date", results["date"]) != results["date"]:
+                origin = f"`{given['command']}`, " if given.get("command") else ""
+                out += [f"Kept from an earlier run ({origin}{given['date']}).", ""]
+    return "\n".join(out)
+
+
+def _forward(data: dict, given: dict) -> str:
+    rows = [
+        [preset, entry["size"], entry["eager_ms"], entry["fast_ms"], entry["speedup"]]
+        + [entry["gflops"], entry["fast_tflops_per_s"], entry.get("mfu")]
+        for preset, entry in data.items()
+    ]
+    header = ["preset", "size", "eager ms", "fast ms", "speedup", "GFLOP", "TFLOP/s", "MFU"]
+    return "\n".join(
+        [
+            "### Network forward, batch 1: eager float32 vs the service's fast path",
+            "",
+            _table(header, rows),
         ]
-        header = ["preset", "size", "eager ms", "fast ms", "speedup", "GFLOP", "TFLOP/s", "MFU"]
-        out += [_table(header, rows), ""]
-    if samplers := results.get("samplers"):
-        given = setup_.get("samplers", {})
-        steps = [str(n) for n in given.get("steps", next(iter(samplers.values()))["psnr"])]
-        reference = next(iter(samplers.values()))["reference_psnr"]
-        out += [
+    )
+
+
+def _samplers(data: dict, given: dict) -> str:
+    steps = [str(n) for n in given.get("steps", next(iter(data.values()))["psnr"])]
+    reference = next(iter(data.values()))["reference_psnr"]
+    rows = [
+        [name, *(entry["psnr"][n] for n in steps), entry["steps_within_0.1db"]]
+        for name, entry in data.items()
+    ]
+    return "\n".join(
+        [
             "### Samplers: PSNR (dB) of the sr256 stage against the ground truth, by steps",
             "",
-            f"Reference: ancestral sampling with {given.get('reference', {}).get('steps')} steps, "
-            f"{reference:.2f} dB; {given.get('images')} held-out photo(s), {given.get('crop')} px "
-            f"centre crops; weights `{given.get('weights')}`. The last column is the fewest steps "
-            "within 0.1 dB of the reference (or above it).",
+            f"Reference: ancestral sampling with {given.get('reference', {}).get('steps')} "
+            f"steps, {reference:.2f} dB; {given.get('images')} held-out photo(s), "
+            f"{given.get('crop')} px centre crops; weights `{given.get('weights')}`. The last "
+            "column is the fewest steps within 0.1 dB of the reference, or above it.",
             "",
+            _table(["sampler", *steps, "steps within 0.1 dB"], rows),
         ]
-        rows = [
-            [name, *(entry["psnr"][n] for n in steps), entry["steps_within_0.1db"]]
-            for name, entry in samplers.items()
-        ]
-        out += [_table(["sampler", *steps, "steps within 0.1 dB"], rows), ""]
-    if service_ := results.get("service"):
-        given = setup_.get("service", {})
-        out += [
+    )
+
+
+def _service(data: dict, given: dict) -> str:
+    header = ["direct s", "end to end s", "overhead s", "overhead fraction", "ratio", "same"]
+    row = [data["direct_s"], data["e2e_s"], data["overhead_s"], data["overhead_fraction"]]
+    row += [data["overhead_ratio"], "yes" if data.get("same_image") else "no"]
+    spread = ", ".join(
+        f"{label} {min(data[key]):.3g}–{max(data[key]):.3g} s"
+        for label, key in (("direct", "direct_runs_s"), ("end to end", "e2e_runs_s"))
+    )
+    return "\n".join(
+        [
             "### Service overhead: one job through HTTP, Redis and a worker vs a direct call",
             "",
-            f"{given.get('request', '')}; median of {given.get('repeats')} alternating runs. "
-            "Overhead fraction = (end to end − direct) / end to end.",
+            f"{given.get('request', '')}; medians of {given.get('repeats')} alternating runs "
+            f"({spread}). Overhead fraction = (end to end − direct) / end to end, target "
+            "≤ 0.05; below zero, the overhead is within the run-to-run noise. `same`: the "
+            "service's image equals the direct call's.",
             "",
+            _table(header, [row]),
         ]
-        header = ["direct s", "end to end s", "overhead s", "overhead fraction", "ratio", "same"]
-        row = [
-            service_["direct_s"],
-            service_["e2e_s"],
-            service_["overhead_s"],
-            service_["overhead_fraction"],
-            service_["overhead_ratio"],
-            "yes" if service_.get("same_image") else "no",
-        ]
-        out += [_table(header, [row]), ""]
-    if throughput := results.get("throughput"):
-        given = setup_.get("throughput", {})
-        out += [
+    )
+
+
+def _throughput(data: dict, given: dict) -> str:
+    rows = [[name, rate] for name, rate in data["jobs_per_s"].items()]
+    rows += [
+        [f"batching speedup (max batch {given.get('max_batch')})", data["batching_speedup"]],
+        ["two workers' speedup", data.get("workers_speedup")],
+    ]
+    return "\n".join(
+        [
             f"### Throughput: {given.get('jobs')} jobs submitted at once "
             f"({given.get('request', '')})",
             "",
+            _table(["configuration", "jobs/s"], rows),
         ]
-        rows = [[name, rate] for name, rate in throughput["jobs_per_s"].items()]
-        rows += [
-            [
-                f"batching speedup (max batch {given.get('max_batch')})",
-                throughput["batching_speedup"],
-            ],
-            ["two workers' speedup", throughput.get("workers_speedup")],
-        ]
-        out += [_table(["configuration", "jobs/s"], rows), ""]
-    if tiling := results.get("tiling"):
-        given = setup_.get("tiling", {})
-        out += [
+    )
+
+
+def _tiling(data: dict, given: dict) -> str:
+    rows = [[f"{size} px", mb] for size, mb in data["peak_rss_mb"].items()]
+    return "\n".join(
+        [
             f"### Tiled upscale memory ({given.get('preset')}, {given.get('steps')} step(s), "
             f"{given.get('measure')})",
             "",
+            _table(["output", "peak MB"], rows),
         ]
-        rows = [[f"{size} px", mb] for size, mb in tiling["peak_rss_mb"].items()]
-        out += [_table(["output", "peak MB"], rows), ""]
-    return "\n".join(out)
+    )
+
+
+RENDERERS: dict[str, Callable[[dict, dict], str]] = {
+    "forward": _forward,
+    "samplers": _samplers,
+    "service": _service,
+    "throughput": _throughput,
+    "tiling": _tiling,
+}
 
 
 def document(runs: list[dict], plot: str | None = None) -> str:
@@ -151,7 +163,7 @@ def document(runs: list[dict], plot: str | None = None) -> str:
 
 
 def draw(results: dict, path: Path) -> None:
-    """The run's figures as one PNG (matplotlib, Agg)."""
+    """The run's figures as one PNG (matplotlib, Agg), a panel per section."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -160,9 +172,14 @@ def draw(results: dict, path: Path) -> None:
     panels = [name for name in SECTIONS if results.get(name)]
     if not panels:
         return
-    figure, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False)
-    for axis, name in zip(axes[0], panels, strict=True):
+    columns = min(3, len(panels))
+    rows = -(-len(panels) // columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(4.6 * columns, 3.8 * rows), squeeze=False)
+    for axis in axes.flat[len(panels) :]:
+        axis.set_axis_off()
+    for axis, name in zip(axes.flat, panels, strict=False):
         data = results[name]
+        title = name
         if name == "forward":
             presets = list(data)
             x = np.arange(len(presets))
@@ -170,37 +187,43 @@ def draw(results: dict, path: Path) -> None:
             axis.bar(x + 0.2, [data[p]["fast_ms"] for p in presets], 0.4, label="fast path")
             axis.set_xticks(x, presets, rotation=20, fontsize=7)
             axis.set_yscale("log")
-            axis.set_ylabel("ms per forward")
+            axis.set_ylabel("ms per forward (batch 1)")
             axis.legend(fontsize=7)
         elif name == "samplers":
             for sampler, entry in data.items():
                 steps = [int(n) for n in entry["psnr"]]
                 axis.plot(steps, list(entry["psnr"].values()), marker="o", label=sampler)
-            axis.axhline(next(iter(data.values()))["reference_psnr"], color="grey", ls="--")
+            reference = next(iter(data.values()))["reference_psnr"]
+            axis.axhline(reference, color="grey", ls="--", label="reference")
             axis.set_xscale("log")
+            axis.set_xticks(steps, [str(n) for n in steps])
+            axis.minorticks_off()
             axis.set_xlabel("steps")
-            axis.set_ylabel("PSNR (dB)")
+            axis.set_ylabel("PSNR (dB), sr256")
             axis.legend(fontsize=7)
         elif name == "service":
             axis.bar(["direct", "end to end"], [data["direct_s"], data["e2e_s"]])
             axis.set_ylabel("seconds per 256 px job")
-            axis.set_title(f"overhead {data['overhead_fraction']:.1%}", fontsize=9)
+            title = f"service: overhead {data['overhead_fraction']:.1%}"
         elif name == "throughput":
             rates = data["jobs_per_s"]
             axis.bar(list(rates), list(rates.values()))
             axis.tick_params(axis="x", labelsize=7, rotation=15)
             axis.set_ylabel("jobs / s")
+            title = f"throughput: batching x{data['batching_speedup']:.2f}"
         elif name == "tiling":
-            sizes = list(data["peak_rss_mb"])
-            axis.plot([int(s) for s in sizes], list(data["peak_rss_mb"].values()), marker="o")
+            sizes = [int(size) for size in data["peak_rss_mb"]]
+            axis.plot(sizes, list(data["peak_rss_mb"].values()), marker="o")
             axis.set_xscale("log", base=2)
+            axis.set_xticks(sizes, [str(size) for size in sizes])
+            axis.minorticks_off()
             axis.set_xlabel("output side (px)")
             axis.set_ylabel("peak MB")
-        axis.set_title(name if name != "service" else axis.get_title() or name, loc="left")
-    label = "" if results.get("comparable") else f" — {results['mode']} run, not comparable"
-    figure.suptitle(f"cascade bench: {results['machine']['device_name']}{label}", fontsize=10)
+        axis.set_title(title, loc="left", fontsize=10)
+    label = "" if results.get("comparable") else f" ({results['mode']} run: not comparable)"
+    figure.suptitle(f"cascade bench on {results['machine']['device_name']}{label}", fontsize=11)
     figure.tight_layout()
-    figure.savefig(path, dpi=110)
+    figure.savefig(path, dpi=100)
     plt.close(figure)
 
 

@@ -11,9 +11,9 @@ polls the API while jobs run.
   the share of a job's time the service adds (the target is <= 0.05 for a 256 px generation);
   `overhead_ratio` = e2e / direct.
 - `jobs_per_s.<configuration>`: N 64 px generations submitted back to back, N divided by the
-  time from the first POST to the last job's end, for `workers1_batch1`, `workers2_batch1` (the
-  cores split between the two workers) and `workers1_batchN` (batching up to `max_batch`).
-  `batching_speedup` = workers1_batchN / workers1_batch1.
+  time from the first POST to the last job's end, for `workers1_batch1`, `workers2_batch1`
+  (this process's CPU threads split between the two workers) and `workers1_batchN` (batching
+  up to `max_batch`). `batching_speedup` = workers1_batchN / workers1_batch1.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import torch
 from PIL import Image
 from rq import Worker
 
@@ -189,6 +190,8 @@ def service(weights: dict[str, str], device: str, steps: tuple[int, int]) -> Ite
     base_steps, sr_steps = steps
     env = {
         "CASCADE_DEVICE": device,
+        # The worker gets this process's CPU threads, so the direct call runs like it.
+        "CASCADE_TORCH_THREADS": str(torch.get_num_threads()),
         "CASCADE_STEPS_BASE64": str(base_steps),
         "CASCADE_STEPS_SR256": str(sr_steps),
     }
@@ -255,7 +258,7 @@ def _same_pixels(first: bytes, second: bytes) -> bool:
 
 def throughput(running: Service, jobs: int, steps: int, max_batch: int) -> dict[str, object]:
     """Jobs per second for `jobs` 64 px generations submitted at once, per worker configuration."""
-    cores = os.cpu_count() or 1
+    cores = torch.get_num_threads()  # this process's CPU budget (by default, every core)
     configurations = {
         "workers1_batch1": (1, 1),
         "workers2_batch1": (2, 1),
@@ -263,7 +266,7 @@ def throughput(running: Service, jobs: int, steps: int, max_batch: int) -> dict[
     }
     rates = {}
     for name, (workers, batch) in configurations.items():
-        threads = max(1, cores // workers)  # the workers share the cores, as deployed on a CPU
+        threads = max(1, cores // workers)  # workers share the cores, as deployed on a CPU
         running.start_workers(workers, "base64", max_batch=batch, torch_threads=threads)
         warm = [running.submit(class_id=CLASS_ID, size=64, seed=i, steps=1) for i in range(workers)]
         running.hooks.wait(warm, 600)

@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
+from typing import TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -35,6 +37,7 @@ from workers.view import describe
 from workers.webhooks import send_webhook
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class InputMissing(RuntimeError):
@@ -67,27 +70,27 @@ def run_jobs(runtime: Runtime, job_ids: list[str], stage: str) -> dict[str, Exce
     outcomes: dict[str, Exception | None] = {}
     members = []
     for job_id in job_ids:
-        try:
-            member = start(runtime, job_id, model, worker)
-        except JobTimeoutException:
-            raise
-        except Exception as error:
-            outcomes[job_id] = error
-            continue
-        if member is None:
-            outcomes[job_id] = None
-        else:
+        member = _caught(start, runtime, job_id, model, worker)
+        if isinstance(member, Member):
             members.append(member)
+        else:  # nothing to sample (None), or an error
+            outcomes[job_id] = member
     started = time.monotonic()
     results = sample_each(runtime, model, members) if members else {}
     for member in members:
-        try:
-            outcomes[member.id] = finish(runtime, member, model, results[member.id], started)
-        except JobTimeoutException:
-            raise
-        except Exception as error:
-            outcomes[member.id] = error
+        outcomes[member.id] = _caught(finish, runtime, member, model, results[member.id], started)
     return outcomes
+
+
+def _caught(function: Callable[..., T], *args: object) -> T | Exception:
+    """`function(*args)`, or the exception it raised: one job's error is that job's outcome.
+    RQ's job timeout still propagates, since it ends the whole batch."""
+    try:
+        return function(*args)
+    except JobTimeoutException:
+        raise
+    except Exception as error:
+        return error
 
 
 def start(runtime: Runtime, job_id: str, model: Stage, worker: str) -> Member | None:

@@ -55,6 +55,7 @@ class StageWorker(SimpleWorker):
 
     def execute_job(self, job: Job, queue: Queue) -> None:
         runtime = current()
+        execution = self.prepare_execution(job)  # in the started registry before anything else
         claimed = claim(self, queue, job, runtime, self.max_batch)
         running = {job.id: job, **{member.id: member for member, _ in claimed}}
         if claimed:
@@ -63,9 +64,9 @@ class StageWorker(SimpleWorker):
         beat = threading.Thread(target=self._beat, args=(running, stop), daemon=True)
         beat.start()
         try:
-            self.perform_job(job, queue, self.prepare_execution(job))  # SimpleWorker's way
-            for member, execution in claimed:
-                self.perform_job(member, queue, execution)
+            self.perform_job(job, queue, execution)  # the lead: its run samples the batch
+            for member, member_execution in claimed:
+                self.perform_job(member, queue, member_execution)
             self.set_state(WorkerStatus.IDLE)
         finally:
             runtime.batch = None
