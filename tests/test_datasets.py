@@ -5,10 +5,10 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image
+from synthetic import write_images
 
 from cascade.classes import resolve_class
 from cascade.datasets import (
@@ -21,20 +21,6 @@ from cascade.datasets import (
     sr_condition,
 )
 from cascade.degradations import bicubic_degrade, upsample_condition
-
-
-def write_images(folder: Path, count: int = 6, size: tuple[int, int] = (72, 72)) -> list[Path]:
-    """Gradient RGB images with a per-image phase, saved as PNG."""
-    folder.mkdir(parents=True, exist_ok=True)
-    height, width = size
-    y, x = np.mgrid[0:height, 0:width]
-    paths = []
-    for i in range(count):
-        array = np.stack([(x * 3 + 20 * i) % 256, (y * 3) % 256, (x + y + 7 * i) % 256], -1)
-        path = folder / f"img{i}.png"
-        Image.fromarray(array.astype(np.uint8)).save(path)
-        paths.append(path)
-    return paths
 
 
 def test_find_images_is_recursive_sorted_and_filters_suffixes(tmp_path: Path) -> None:

@@ -7,12 +7,12 @@ import logging
 import math
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file
+from synthetic import write_images
 
 from cascade import cli
 from cascade.checkpoints import load_model
@@ -21,19 +21,6 @@ from cascade.losses import adm_loss, continuous_noise_level, sr3_loss
 from cascade.schedule import ScheduleConfig
 from cascade.sr3 import SR3Config, SR3UNet
 from cascade.training import SRBatch, TrainConfig, Trainer
-
-
-def write_images(folder: Path, count: int = 6, size: int = 72) -> list[Path]:
-    """Gradient RGB images with a per-image phase, saved as PNG."""
-    folder.mkdir(parents=True, exist_ok=True)
-    y, x = np.mgrid[0:size, 0:size]
-    paths = []
-    for i in range(count):
-        array = np.stack([(x * 3 + 20 * i) % 256, (y * 3) % 256, (x + y + 7 * i) % 256], -1)
-        path = folder / f"img{i}.png"
-        Image.fromarray(array.astype(np.uint8)).save(path)
-        paths.append(path)
-    return paths
 
 
 def sr_config(data: Path, **changes: object) -> TrainConfig:
