@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
+from cascade.degradations import upsample_condition
 from cascade.schedule import Schedule
 
 Cond = Mapping[str, Tensor]
@@ -35,9 +35,11 @@ class Denoiser(Protocol):
     def __call__(self, x: Tensor, t: Tensor, schedule: Schedule, cond: Cond) -> Prediction: ...
 
 
-def _gather(values: Tensor, t: Tensor, like: Tensor) -> Tensor:
-    """float64 schedule values at t, cast to the sample dtype and broadcast (as both references)."""
-    return values.to(like.device)[t].to(like.dtype).view(-1, *([1] * (like.ndim - 1)))
+def learned_range(v: Tensor, min_log: Tensor, max_log: Tensor) -> Tensor:
+    """Learned-range log-variance (Nichol & Dhariwal 2021): v in [-1, 1] interpolates between
+    log beta-tilde (min) and log beta (max)."""
+    frac = (v + 1) / 2
+    return frac * max_log + (1 - frac) * min_log
 
 
 class _DeviceTables:
@@ -64,17 +66,24 @@ class SR3Denoiser:
     def __init__(self, network: nn.Module):
         self.network = network
         self._tables = _DeviceTables()
+        self._upsampled: tuple[Tensor, Tensor] | None = None
 
     @staticmethod
     def _build(schedule: Schedule, like: Tensor) -> dict[str, Tensor]:
         return {"noise_level": schedule.sqrt_alphas_cumprod_prev[1:].to(torch.float32)}
 
+    def _condition(self, low_res: Tensor, size: tuple[int, int]) -> Tensor:
+        """The bicubic-upsampled condition, made once per input rather than at every step (the
+        input itself is kept as the key: an id could be reused after it is collected)."""
+        if low_res.shape[-2:] == size:
+            return low_res
+        cached = self._upsampled
+        if cached is None or cached[0] is not low_res or cached[1].shape[-2:] != size:
+            self._upsampled = cached = (low_res, upsample_condition(low_res, size))
+        return cached[1]
+
     def __call__(self, x: Tensor, t: Tensor, schedule: Schedule, cond: Cond) -> Prediction:
-        condition = cond["low_res"]
-        if condition.shape[-2:] != x.shape[-2:]:
-            condition = F.interpolate(
-                condition, size=x.shape[-2:], mode="bicubic", align_corners=False
-            ).clamp(-1, 1)
+        condition = self._condition(cond["low_res"], tuple(x.shape[-2:]))
         noise_level = self._tables.get(schedule, x, self._build)["noise_level"][t]
         aug_level = cond.get("aug_level")
         if not getattr(self.network.config, "condition_augmentation", False):
@@ -118,10 +127,9 @@ class ADMDenoiser:
         if out.shape[1] == channels:
             return Prediction(eps=out)
         eps, v = out[:, :channels], out[:, channels:]
-        frac = (v + 1) / 2
         shape = (-1,) + (1,) * (x.ndim - 1)
         min_log, max_log = tables["min_log"][t].view(shape), tables["max_log"][t].view(shape)
-        return Prediction(eps=eps, log_variance=frac * max_log + (1 - frac) * min_log)
+        return Prediction(eps=eps, log_variance=learned_range(v, min_log, max_log))
 
 
 class ClassifierFreeGuidance:

@@ -8,6 +8,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from cascade.denoiser import Cond, Denoiser, Prediction
+from cascade.schedule import Schedule
+
 TileFn = Callable[[Tensor, Tensor], Tensor]
 
 
@@ -117,7 +120,7 @@ class TiledDenoiser:
     lines up with its low-res tile. Only one tile's activations are alive at a time.
     """
 
-    def __init__(self, denoiser, tile: int, scale: int, overlap: int | None = None):
+    def __init__(self, denoiser: Denoiser, tile: int, scale: int, overlap: int | None = None):
         self.denoiser = denoiser
         self.tile = tile
         self.scale = scale
@@ -133,9 +136,7 @@ class TiledDenoiser:
         ramp = low_overlap * self.scale
         return [(start, blend_ramp(tile, ramp, start > 0, start + tile < n)) for start in starts]
 
-    def __call__(self, x: Tensor, t: Tensor, schedule, cond):
-        from cascade.denoiser import Prediction
-
+    def __call__(self, x: Tensor, t: Tensor, schedule: Schedule, cond: Cond) -> Prediction:
         height, width = x.shape[-2:]
         low_res = cond["low_res"]
         eps = torch.zeros_like(x)

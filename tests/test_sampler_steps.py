@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from cascade.denoiser import Prediction, _gather
+from cascade.denoiser import Prediction, learned_range
 from cascade.samplers import _Tables, ancestral_step, ddim_step, predict_x0
 from cascade.schedule import Schedule, ScheduleConfig, adm_betas
 
@@ -61,10 +61,13 @@ def _adm_case(adm_io, prefix, schedule_name, spacing):
 def _learned(out: torch.Tensor, x: torch.Tensor, t: torch.Tensor, schedule: Schedule) -> Prediction:
     # Same interpolation as ADMDenoiser, isolated from the network.
     eps, v = out[:, :3], out[:, 3:]
-    frac = (v + 1) / 2
-    min_log = _gather(schedule.posterior_log_variance_clipped, t, x)
-    max_log = _gather(torch.log(schedule.betas), t, x)
-    return Prediction(eps=eps, log_variance=frac * max_log + (1 - frac) * min_log)
+
+    def gather(values: torch.Tensor) -> torch.Tensor:  # float64 table at t, cast like ADM
+        return values[t].to(x.dtype).view(-1, 1, 1, 1)
+
+    min_log = gather(schedule.posterior_log_variance_clipped)
+    max_log = gather(torch.log(schedule.betas))
+    return Prediction(eps=eps, log_variance=learned_range(v, min_log, max_log))
 
 
 @pytest.mark.parametrize(
