@@ -13,7 +13,13 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
-from cascade.denoiser import ADMDenoiser, Denoiser, SR3Denoiser
+from cascade.denoiser import (
+    ADMDenoiser,
+    ClassifierFreeGuidance,
+    Denoiser,
+    Parameterization,
+    SR3Denoiser,
+)
 from cascade.presets import ModelSpec, get_preset
 
 log = logging.getLogger(__name__)
@@ -37,10 +43,26 @@ class Model:
     random_weights: bool = False
 
     @property
-    def denoiser(self) -> Denoiser:
-        if self.spec.family == "sr3":
-            return SR3Denoiser(self.network)
-        return ADMDenoiser(self.network)
+    def denoiser(self) -> Parameterization:
+        """The network behind the denoiser contract."""
+        return self.parameterize(self.raw_denoiser())
+
+    def raw_denoiser(self, guidance: float = 1.0) -> Denoiser:
+        """The family wrapper (raw network output), with classifier-free guidance when
+        `guidance` != 1 (the model must have a null class). Tiling wraps this level, so the
+        residual's upsampled condition is taken from the whole image, not per tile."""
+        spec = self.spec
+        raw: Denoiser = (SR3Denoiser if spec.family == "sr3" else ADMDenoiser)(self.network)
+        if guidance != 1.0:
+            if spec.null_class is None:
+                raise ValueError(f"guidance {guidance} needs a model trained with a null class")
+            raw = ClassifierFreeGuidance(raw, guidance, spec.null_class)
+        return raw
+
+    def parameterize(self, raw: Denoiser) -> Parameterization:
+        """Raw output -> the sampler contract, as this model's spec says."""
+        spec = self.spec
+        return Parameterization(raw, spec.prediction, spec.diffused, spec.residual_scale)
 
     @property
     def id(self) -> str:

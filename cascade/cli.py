@@ -70,6 +70,7 @@ def _sample(args: argparse.Namespace) -> None:
             scale=args.scale,
             samplers=settings,
             color=args.color_fix,
+            fidelity=args.fidelity,
             callback=progress,
         )
     else:
@@ -135,7 +136,7 @@ def _classes(args: argparse.Namespace) -> None:
 def _demo_data(args: argparse.Namespace) -> None:
     from cascade.demo import export_demo_data
 
-    for name, folder in export_demo_data(args.out).items():
+    for name, folder in export_demo_data(args.out, debian=args.debian).items():
         print(f"{name}: {folder}")
 
 
@@ -159,6 +160,12 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--upscale", metavar="IMAGE", help="upscale this image instead")
     sample.add_argument("--scale", type=int, default=4, choices=[4, 16])
     sample.add_argument("--color-fix", default="wavelet", choices=["none", "adain", "wavelet"])
+    sample.add_argument(
+        "--fidelity",
+        type=float,
+        help="upscales: 1 the most faithful output (the same for every seed) .. 0 the full "
+        "generative sample (default: each stage's default)",
+    )
     sample.add_argument("--seed", type=int)
     sample.add_argument("--batch", type=int, default=1)
     sample.add_argument("--steps", type=int)
@@ -184,8 +191,14 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("checkpoint")
     info.set_defaults(run=_info)
 
-    demo = commands.add_parser("demo-data", help="export the scikit-image demo photos")
+    demo = commands.add_parser("demo-data", help="export the demo photos and their data card")
     demo.add_argument("--out", default="data/demo")
+    demo.add_argument(
+        "--no-debian",
+        dest="debian",
+        action="store_false",
+        help="scikit-image photos only: skip the Debian wallpaper photos (apt-get download)",
+    )
     demo.set_defaults(run=_demo_data)
 
     serve = commands.add_parser("serve", help="run API, embedded Redis and a worker")
@@ -243,8 +256,8 @@ def _train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--loss",
         choices=["l1", "l2"],
-        default="l1",
-        help="upscalers only; the base always trains with MSE",
+        help="upscalers only (default: l1 for eps-prediction as SR3, l2 for v); the base "
+        "always trains with MSE",
     )
     parser.add_argument("--degradation", choices=["bicubic", "realistic"], default="bicubic")
     parser.add_argument("--ema", type=float, default=0.999)
@@ -284,6 +297,12 @@ def _eval_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--sampler", default="dpmpp_2m")
+    parser.add_argument(
+        "--fidelity",
+        type=float,
+        help="0 (full sample) .. 1 (most faithful); default: the stage's default. Fidelity 1 "
+        "is always scored too",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--limit", type=int, help="evaluate at most N images")
     parser.add_argument("--out", default="runs/eval")

@@ -1,9 +1,25 @@
-"""The demo data set: real photos that ship with scikit-image, laid out for `cascade train`."""
+"""The demo data set: real photos from scikit-image and two Debian wallpaper packages, laid out
+for `cascade train`, with a data card (DATA.md) that credits each photo.
+
+The Debian packages are fetched by name (`apt-get download`, `dpkg-deb -x`) once and kept
+unpacked under a cache folder. Only the photographs allow-listed below are used, and only when
+the package's own copyright file states the licence recorded here. Without apt or a network
+the scikit-image photos are written alone and the data card says what was unavailable.
+"""
 
 from __future__ import annotations
 
+import importlib.metadata
 import logging
-from pathlib import Path
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 from PIL import Image
@@ -37,6 +53,237 @@ SR_TRAIN = (
 )
 SR_HOLD_OUT = ("chelsea", "coffee")
 
+# Author (or source) and licence of each scikit-image photo, as its `skimage.data` docstring
+# states them; "not stated" where the docstring says nothing.
+SKIMAGE_CREDITS: dict[str, tuple[str, str]] = {
+    "astronaut": ("NASA", "public domain"),
+    "brick": ("CC0Textures (Bricks25), transformed by scikit-image", "CC0"),
+    "camera": ("Lav Varshney", "CC0"),
+    "chelsea": ("Stefan van der Walt", "CC0"),
+    "clock": ("Stefan van der Walt", "public domain"),
+    "coffee": ("Rachel Michetti (courtesy of Pikolo Espresso Bar)", "CC0"),
+    "coins": ("Brooklyn Museum", "no known copyright restrictions"),
+    "grass": ("linolafett (DeviantArt), cropped by scikit-image", "CC0"),
+    "gravel": ("CC0Textures (Gravel04), cropped by scikit-image", "CC0"),
+    "hubble_deep_field": ("NASA", "public domain"),
+    "immunohistochemistry": (
+        "Center for Microscopy And Molecular Imaging (CMMI)",
+        "no known copyright restrictions",
+    ),
+    "moon": ("not stated", "not stated"),
+    "retina": ("Mikael Häggström (Wikimedia Commons)", "CC0-1.0"),
+    "rocket": ("SpaceX", "public domain"),
+    "stereo_motorcycle": ("Middlebury 2014 stereo benchmark (Scharstein et al.)", "not stated"),
+}
+
+# Where each Debian package keeps its photos (mate-backgrounds: nature/ only; abstract/ and
+# desktop/ are rendered artwork).
+DEBIAN_PACKAGES: dict[str, str] = {
+    "lomiri-wallpapers-16.04": "usr/share/backgrounds",
+    "mate-backgrounds": "usr/share/backgrounds/mate/nature",
+}
+# The photographs in those folders, each image inspected by eye: file name -> (author, licence)
+# as the package's usr/share/doc/<package>/copyright file states them (Debian bookworm:
+# lomiri-wallpapers-16.04 20.04.0-2, mate-backgrounds 1.26.0-1). Left out on purpose:
+# umang_by_Abhishek_Mudgal.jpg (lomiri), a rendered colour gradient.
+DEBIAN_PHOTOS: dict[str, dict[str, tuple[str, str]]] = {
+    "lomiri-wallpapers-16.04": {
+        "Bridge_by_Sander_Klootwijk.jpg": ("Sander Klootwijk", "CC-BY-SA-4.0"),
+        "Dragonfly_by_Bolly.jpg": ('"Bolly"', "CC-BY-SA-4.0"),
+        "Picture_0B_by_freespace.jpg": ('Trevor "Freespace"', "CC-BY-4.0"),
+        "Picture_1A_by_freespace.jpg": ('Trevor "Freespace"', "CC-BY-4.0"),
+        "Wine_by_Jakkub_Mede.jpg": ("Jakub Mede", "CC-BY-4.0"),
+        "aitzgorri_by_Aitzol_Berasategi.jpg": ("Aitzol Berasategi", "CC-BY-4.0"),
+        "analogpattern_by_Peter_Nerlich.jpg": ("Peter Nerlich", "CC-BY-SA-4.0"),
+        "free_by_Peter_Nerlich.jpg": ("Peter Nerlich", "CC-BY-SA-4.0"),
+        "friends_by_Aitzol_Berasategi.jpg": ("Aitzol Berasategi", "CC-BY-4.0"),
+        "greentock_by_Peter_Nerlich.jpg": ("Peter Nerlich", "CC-BY-SA-4.0"),
+        "life_by_Aitzol_Berasategi.jpg": ("Aitzol Berasategi", "CC-BY-4.0"),
+        "picosdeeuropa_by_Aitzol_Berasategi.jpg": ("Aitzol Berasategi", "CC-BY-4.0"),
+        "seeding_by_Clements_Engelhardt.jpg": ("Clemens Engelhardt", "CC0-1.0"),
+        "sunset_by_Aitzol_Berasategi.jpg": ("Aitzol Berasategi", "CC-BY-4.0"),
+    },
+    "mate-backgrounds": {
+        "Aqua.jpg": ("Charles Barbin", "GPL-2+"),
+        "Blinds.jpg": ("Lennart Poettering; Andrea Cimitan", "GPL-2+"),
+        "Dune.jpg": ("Marco Cogoni; Hylke Bons", "GPL-2+"),
+        "FreshFlower.jpg": ("Jens Ansorg", "GPL-2+"),
+        "Garden.jpg": ("Charles Barbin", "GPL-2+"),
+        "GreenMeadow.jpg": ("Timothy Schellhase; Lapo Calamandrei", "GPL-2+"),
+        "LadyBird.jpg": ("Charles Barbin", "GPL-2+"),
+        "RainDrops.jpg": ('"blackcombwhistler07"', "GPL-2+"),
+        "Storm.jpg": ("Sergey Nazarov", "GPL-2+"),
+        "TwoWings.jpg": ("Charles Barbin; Hylke Bons", "GPL-2+"),
+        "Wood.jpg": ("Jean-François Fortin Tam", "GPL-2+"),
+        "YellowFlower.jpg": ("Charles Barbin", "GPL-2+"),
+    },
+}
+# Debian photos kept for the project's own evaluation (a landscape, an object, a macro).
+DEBIAN_HOLD_OUT = frozenset(
+    {"picosdeeuropa_by_Aitzol_Berasategi.jpg", "Picture_0B_by_freespace.jpg", "RainDrops.jpg"}
+)
+
+APT_TIMEOUT_S = 300.0
+CACHE_MARKER = ".cascade-unpacked"
+CARD_NAME = "DATA.md"
+
+
+class DebianUnavailable(RuntimeError):
+    """A Debian package could not be downloaded or unpacked."""
+
+
+@dataclass(frozen=True)
+class DebianPackage:
+    """An unpacked Debian package: its name, version and root folder."""
+
+    name: str
+    version: str
+    root: Path
+
+
+@dataclass(frozen=True)
+class CardEntry:
+    """One photo in the data card."""
+
+    path: str  # relative to the output folder
+    source: str
+    size: tuple[int, int]  # width, height
+    author: str
+    licence: str
+    split: str
+
+
+def default_cache() -> Path:
+    """The unpacked-package cache: $XDG_CACHE_HOME/cascade/debian (default ~/.cache/...)."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "cascade" / "debian"
+
+
+def _run(command: list[str], cwd: Path | None = None) -> str:
+    """Run `command` and return its stdout; DebianUnavailable with apt's error when it fails."""
+    shown = " ".join(command)
+    try:
+        done = subprocess.run(
+            command, cwd=cwd, capture_output=True, text=True, timeout=APT_TIMEOUT_S, check=False
+        )
+    except FileNotFoundError:
+        raise DebianUnavailable(f"{command[0]} is not installed") from None
+    except subprocess.TimeoutExpired:
+        raise DebianUnavailable(f"{shown} timed out after {APT_TIMEOUT_S:.0f} s") from None
+    if done.stderr.strip():
+        log.debug("%s: %s", shown, done.stderr.strip())
+    if done.returncode != 0:
+        lines = [line.strip() for line in done.stderr.splitlines() if line.strip()]
+        errors = [line for line in lines if line.startswith("E:")] or lines
+        detail = errors[-1] if errors else f"exit status {done.returncode}"
+        raise DebianUnavailable(f"{shown} failed: {detail}")
+    return done.stdout
+
+
+def _download(package: str, folder: Path, update: bool) -> Path:
+    """`apt-get download package` into `folder` (after `apt-get update` if the first try fails)."""
+    start = time.monotonic()
+    log.info("downloading Debian package %s (apt-get download)", package)
+    try:
+        _run(["apt-get", "download", package], cwd=folder)
+    except DebianUnavailable as error:
+        if not update:
+            raise
+        log.info("%s; refreshing the package lists (apt-get update) and retrying", error)
+        try:
+            _run(["apt-get", "update"])
+        except DebianUnavailable as update_error:
+            raise DebianUnavailable(f"{error}; then {update_error}") from None
+        _run(["apt-get", "download", package], cwd=folder)
+    debs = sorted(folder.glob("*.deb"))
+    if len(debs) != 1:
+        raise DebianUnavailable(f"apt-get download {package} left {len(debs)} .deb files")
+    megabytes = debs[0].stat().st_size / 1e6
+    log.info("downloaded %s (%.1f MB) in %.1f s", debs[0].name, megabytes, time.monotonic() - start)
+    return debs[0]
+
+
+def fetch_debian_package(package: str, cache: Path, update: bool = True) -> DebianPackage:
+    """`package` unpacked under `cache/package`: downloaded and unpacked on first use only."""
+    root = cache / package
+    marker = root / CACHE_MARKER
+    if marker.is_file():
+        version = marker.read_text().strip()
+        log.info("using Debian package %s %s cached in %s", package, version, root)
+        return DebianPackage(package, version, root)
+    for tool in ("apt-get", "dpkg-deb"):
+        if shutil.which(tool) is None:
+            raise DebianUnavailable(f"{tool} is not installed (not a Debian-based system?)")
+    cache.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="cascade-apt-") as scratch:
+        deb = _download(package, Path(scratch), update)
+        version = _run(["dpkg-deb", "--field", str(deb), "Version"]).strip()
+        partial = cache / f"{package}.partial"
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir()
+        log.info("unpacking %s into %s", deb.name, root)
+        _run(["dpkg-deb", "-x", str(deb), str(partial)])
+        (partial / CACHE_MARKER).write_text(version + "\n")
+        shutil.rmtree(root, ignore_errors=True)
+        partial.rename(root)
+    return DebianPackage(package, version, root)
+
+
+def copyright_licences(path: Path) -> dict[str, str]:
+    """File name -> License of a machine-readable Debian copyright file ({} when absent)."""
+    if not path.is_file():
+        return {}
+    licences: dict[str, str] = {}
+    for paragraph in re.split(r"\n[ \t]*\n", path.read_text(encoding="utf-8", errors="replace")):
+        fields: dict[str, str] = {}
+        key = None
+        for line in paragraph.splitlines():
+            match = re.match(r"([A-Za-z-]+):(.*)", line)
+            if match:
+                key = match[1]
+                fields[key] = match[2]
+            elif key is not None and line[:1] in (" ", "\t"):
+                fields[key] += "\n" + line
+        if "Files" in fields and "License" in fields:
+            licence = fields["License"].strip().splitlines()[0].strip()
+            for pattern in fields["Files"].split():
+                licences[PurePosixPath(pattern).name] = licence
+    return licences
+
+
+def select_photos(root: Path, package: str) -> list[Path]:
+    """The allow-listed photos in the unpacked `package` at `root`, sorted; others skipped."""
+    folder = root / DEBIAN_PACKAGES[package]
+    allowed = DEBIAN_PHOTOS[package]
+    stated = copyright_licences(root / "usr" / "share" / "doc" / package / "copyright")
+    files = sorted(p for p in folder.iterdir() if p.is_file()) if folder.is_dir() else []
+    kept = []
+    for path in files:
+        if path.name not in allowed:
+            log.info("skipping %s from %s: not an allow-listed photograph", path.name, package)
+        elif stated.get(path.name) != allowed[path.name][1]:
+            log.warning(
+                "skipping %s from %s: its copyright file states licence %r, the allow-list %r",
+                path.name,
+                package,
+                stated.get(path.name),
+                allowed[path.name][1],
+            )
+        else:
+            kept.append(path)
+    missing = sorted(set(allowed) - {path.name for path in files})
+    if missing:
+        log.warning("%s lacks %d allow-listed photo(s): %s", package, len(missing), missing)
+    return kept
+
+
+def split_debian(names: Iterable[str]) -> tuple[list[str], list[str]]:
+    """(train, holdout) Debian file names, each sorted: DEBIAN_HOLD_OUT ones are held out."""
+    unique = sorted(set(names))
+    return (
+        [name for name in unique if name not in DEBIAN_HOLD_OUT],
+        [name for name in unique if name in DEBIAN_HOLD_OUT],
+    )
+
 
 def _photo(name: str) -> Image.Image:
     import skimage.data
@@ -51,21 +298,157 @@ def _photo(name: str) -> Image.Image:
     return image.convert("RGB")
 
 
-def export_demo_data(out: str | Path) -> dict[str, Path]:
-    """Write `base/<class>/<photo>.png`, `sr/train/*.png` and `sr/holdout/*.png` under `out`."""
+def _write_skimage(name: str, folder: Path, out: Path, split: str, source: str) -> CardEntry:
+    """Save `skimage.data.<name>` as folder/<name>.png and describe it for the card."""
+    folder.mkdir(parents=True, exist_ok=True)
+    image = _photo(name)
+    path = folder / f"{name}.png"
+    image.save(path)
+    author, licence = SKIMAGE_CREDITS[name]
+    return CardEntry(
+        path.relative_to(out).as_posix(),
+        f"{source} (`skimage.data.{name}`)",
+        image.size,
+        author,
+        licence,
+        split,
+    )
+
+
+def _copy_debian(package: DebianPackage, folders: dict[str, Path], out: Path) -> list[CardEntry]:
+    """Copy the package's allow-listed photos (bytes as shipped) into sr/train and sr/holdout."""
+    photos = {path.name: path for path in select_photos(package.root, package.name)}
+    train, holdout = split_debian(photos)
+    entries = []
+    for key, split, names in (("sr_train", "train", train), ("sr_holdout", "holdout", holdout)):
+        for name in names:
+            target = folders[key] / package.name / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(photos[name], target)
+            with Image.open(target) as image:
+                size = image.size
+            author, licence = DEBIAN_PHOTOS[package.name][name]
+            source = f"Debian `{package.name}` {package.version}"
+            entries.append(
+                CardEntry(target.relative_to(out).as_posix(), source, size, author, licence, split)
+            )
+    copyright_file = package.root / "usr" / "share" / "doc" / package.name / "copyright"
+    if entries and copyright_file.is_file():
+        licences = out / "licences"
+        licences.mkdir(exist_ok=True)
+        shutil.copyfile(copyright_file, licences / f"{package.name}.copyright")
+    log.info(
+        "%s %s: %d photos (%d held out)", package.name, package.version, len(entries), len(holdout)
+    )
+    return entries
+
+
+def write_data_card(out: Path, entries: list[CardEntry], sources: dict[str, str]) -> Path:
+    """Write out/DATA.md: the sources and their status, then one row per photo."""
+    counts = {split: sum(e.split == split for e in entries) for split in ("train", "holdout")}
+    base = len(entries) - counts["train"] - counts["holdout"]
+    lines = [
+        "# Demo data card",
+        "",
+        f"Written by `cascade demo-data`: {len(entries)} photos, {base} in `base/` "
+        f"(one class folder each), {counts['train']} in `sr/train/`, "
+        f"{counts['holdout']} in `sr/holdout/`.",
+        "",
+        "## Sources",
+        "",
+        "| source | status |",
+        "| --- | --- |",
+        *(f"| {source} | {status} |" for source, status in sources.items()),
+        "",
+        "scikit-image photos are re-encoded as RGB PNG (grey ones with three equal channels); "
+        "authors and licences are as their `skimage.data` docstrings state them. Debian photos "
+        "are copied as shipped (original JPEG bytes, full resolution); authors and licences are "
+        "as the packages' copyright files state them, and those files are copied to "
+        "`licences/`. Only photographs allow-listed in `cascade/demo.py` are used: abstract and "
+        "rendered wallpapers are left out.",
+        "",
+        "## Photos",
+        "",
+        "| file | split | source | size (px) | author | licence |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for e in entries:
+        width, height = e.size
+        lines.append(
+            f"| `{e.path}` | {e.split} | {e.source} | {width}×{height} | {e.author} | {e.licence} |"
+        )
+    card = out / CARD_NAME
+    card.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return card
+
+
+def _warn_stale(out: Path, entries: list[CardEntry]) -> None:
+    """Warn about image files under base/ and sr/ that this export did not write."""
+    written = {e.path for e in entries}
+    stale = sorted(
+        path.relative_to(out).as_posix()
+        for folder in (out / "base", out / "sr")
+        for path in folder.rglob("*")
+        if path.is_file() and path.relative_to(out).as_posix() not in written
+    )
+    if stale:
+        log.warning(
+            "%d file(s) under %s are not from this export and not in %s (an earlier run?): %s",
+            len(stale),
+            out,
+            CARD_NAME,
+            ", ".join(stale[:10]) + (" ..." if len(stale) > 10 else ""),
+        )
+
+
+def export_demo_data(
+    out: str | Path, debian: bool = True, cache: str | Path | None = None
+) -> dict[str, Path]:
+    """Write `base/<class>/`, `sr/train/`, `sr/holdout/` photos and `DATA.md` under `out`."""
     out = Path(out)
     folders = {
         "base": out / "base",
         "sr_train": out / "sr" / "train",
         "sr_holdout": out / "sr" / "holdout",
     }
-    for photo, class_name in BASE_CLASSES.items():
-        path = folders["base"] / class_name / f"{photo}.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        _photo(photo).save(path)
-    for key, names in (("sr_train", SR_TRAIN), ("sr_holdout", SR_HOLD_OUT)):
+    skimage_source = f"scikit-image {importlib.metadata.version('scikit-image')}"
+    entries = [
+        _write_skimage(
+            photo, folders["base"] / class_name, out, f"base ({class_name})", skimage_source
+        )
+        for photo, class_name in BASE_CLASSES.items()
+    ]
+    for key, split, names in (
+        ("sr_train", "train", SR_TRAIN),
+        ("sr_holdout", "holdout", SR_HOLD_OUT),
+    ):
         folders[key].mkdir(parents=True, exist_ok=True)
-        for photo in names:
-            _photo(photo).save(folders[key] / f"{photo}.png")
-    log.info("demo data written under %s", out)
-    return folders
+        entries += [_write_skimage(n, folders[key], out, split, skimage_source) for n in names]
+    sources = {f"{skimage_source} (`skimage.data`)": f"used: {len(entries)} photos"}
+
+    cache_dir = Path(cache) if cache is not None else default_cache()
+    update = True  # apt-get update at most until a package fails: offline, it fails every time
+    for name, folder in DEBIAN_PACKAGES.items():
+        label = f"Debian package `{name}` (`/{folder}/`)"
+        if not debian:
+            sources[label] = "skipped (`--no-debian`)"
+            continue
+        try:
+            package = fetch_debian_package(name, cache_dir, update=update)
+        except DebianUnavailable as error:
+            update = False
+            log.warning(
+                "Debian package %s is unavailable, its photos are left out: %s", name, error
+            )
+            sources[label] = f"unavailable: {error}"
+            continue
+        added = _copy_debian(package, folders, out)
+        entries += added
+        sources[label] = f"used: {len(added)} photos (version {package.version})"
+    if not debian:
+        log.info("Debian photos skipped: scikit-image photos only")
+
+    card = write_data_card(out, entries, sources)
+    _warn_stale(out, entries)
+    log.info("demo data written under %s: %d photos, data card %s", out, len(entries), card)
+    return {**folders, "data_card": card}

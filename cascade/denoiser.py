@@ -1,16 +1,20 @@
 """The denoiser contract every network family is wrapped to, and the wrappers.
 
 A denoiser is called as `model(x, t, schedule, cond) -> Prediction` with `t` the int64 index
-of each item's step in `schedule` (respaced or not). The wrapper turns that index into what its
-network was trained on (SR3: the continuous noise level sqrt(alpha_bar); ADM: the original
-integer timestep), so samplers never know which family they drive.
+of each item's step in `schedule` (respaced or not). Two layers of wrappers meet it:
+- the family wrapper turns that index into what its network was trained on (SR3: the continuous
+  noise level sqrt(alpha_bar); ADM: the original integer timestep) and returns the network's raw
+  output;
+- `Parameterization` turns the raw output (eps, v or x0 of the image or of the residual over the
+  upsampled condition) into eps and a thresholded x0,
+so samplers never know which family or parameterisation they drive.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Literal, Protocol
 
 import torch
 from torch import Tensor, nn
@@ -25,10 +29,13 @@ Cond = Mapping[str, Tensor]
 
 @dataclass
 class Prediction:
-    """What a denoiser predicts for x_t: the noise, and a learned log-variance if it has one."""
+    """What a denoiser predicts for x_t: the noise, a learned log-variance if it has one, and
+    the clean estimate x0 already thresholded where the wrapper knows better than a [-1, 1] clip
+    (None: samplers derive x0 from eps and clip it, as both references do)."""
 
     eps: Tensor
     log_variance: Tensor | None = None
+    x0: Tensor | None = None
 
 
 class Denoiser(Protocol):
@@ -60,27 +67,34 @@ class _DeviceTables:
         return self._tables
 
 
+class UpsampledCondition:
+    """The bicubic-upsampled condition, made once per input rather than at every step (the
+    input itself is kept as the key: an id could be reused after it is collected)."""
+
+    def __init__(self) -> None:
+        self._cached: tuple[Tensor, Tensor] | None = None
+
+    def __call__(self, low_res: Tensor, size: tuple[int, int]) -> Tensor:
+        if low_res.shape[-2:] == size:
+            return low_res
+        cached = self._cached
+        if cached is None or cached[0] is not low_res or cached[1].shape[-2:] != size:
+            self._cached = cached = (low_res, upsample_condition(low_res, size))
+        return cached[1]
+
+
 class SR3Denoiser:
-    """SR3 family: input cat([condition, y_t]) and the noise level sqrt(alpha_bar_t)."""
+    """SR3 family: input cat([condition, y_t]) and the noise level sqrt(alpha_bar_t); returns
+    the raw network output in `eps` (`Parameterization` converts it)."""
 
     def __init__(self, network: nn.Module):
         self.network = network
         self._tables = _DeviceTables()
-        self._upsampled: tuple[Tensor, Tensor] | None = None
+        self._condition = UpsampledCondition()
 
     @staticmethod
     def _build(schedule: Schedule, like: Tensor) -> dict[str, Tensor]:
         return {"noise_level": schedule.sqrt_alphas_cumprod_prev[1:].to(torch.float32)}
-
-    def _condition(self, low_res: Tensor, size: tuple[int, int]) -> Tensor:
-        """The bicubic-upsampled condition, made once per input rather than at every step (the
-        input itself is kept as the key: an id could be reused after it is collected)."""
-        if low_res.shape[-2:] == size:
-            return low_res
-        cached = self._upsampled
-        if cached is None or cached[0] is not low_res or cached[1].shape[-2:] != size:
-            self._upsampled = cached = (low_res, upsample_condition(low_res, size))
-        return cached[1]
 
     def __call__(self, x: Tensor, t: Tensor, schedule: Schedule, cond: Cond) -> Prediction:
         condition = self._condition(cond["low_res"], tuple(x.shape[-2:]))
@@ -97,7 +111,8 @@ class SR3Denoiser:
 
 
 class ADMDenoiser:
-    """ADM family: the original integer timestep, class labels, learned-range variance."""
+    """ADM family: the original integer timestep, class labels, learned-range variance; returns
+    the raw network output in `eps` (`Parameterization` converts it)."""
 
     def __init__(self, network: nn.Module):
         self.network = network
@@ -132,8 +147,69 @@ class ADMDenoiser:
         return Prediction(eps=eps, log_variance=learned_range(v, min_log, max_log))
 
 
+class Parameterization:
+    """Raw network output -> the contract (eps, thresholded x0), for every combination of what
+    the network predicts (eps | v | x0) and what is diffused (the image | the residual
+    r = k (y0 - up(x)) over the bicubic-upsampled condition). With v = sqrt(g) eps - sqrt(1-g) x0
+    (Salimans & Ho 2022): x0 = sqrt(g) x_t - sqrt(1-g) v and eps = sqrt(g) v + sqrt(1-g) x_t.
+    For a residual the x0 clip is applied in image space: up + r/k must lie in [-1, 1]."""
+
+    def __init__(
+        self,
+        denoiser: Denoiser,
+        prediction: Literal["eps", "v", "x0"],
+        diffused: Literal["image", "residual"] = "image",
+        residual_scale: float = 1.0,
+    ):
+        self.denoiser = denoiser
+        self.prediction = prediction
+        self.diffused = diffused
+        self.residual_scale = residual_scale
+        self._tables = _DeviceTables()
+        self._upsampled = UpsampledCondition()
+
+    @staticmethod
+    def _build(schedule: Schedule, like: Tensor) -> dict[str, Tensor]:
+        acp = schedule.alphas_cumprod
+        return {
+            "sqrt_acp": acp.sqrt().to(like.dtype),
+            "sqrt_1m_acp": (1 - acp).sqrt().to(like.dtype),
+        }
+
+    def __call__(self, x: Tensor, t: Tensor, schedule: Schedule, cond: Cond) -> Prediction:
+        raw = self.denoiser(x, t, schedule, cond)
+        if self.prediction == "eps" and self.diffused == "image":
+            return raw  # the references' own form: samplers clip x0 themselves
+        tables = self._tables.get(schedule, x, self._build)
+        shape = (-1,) + (1,) * (x.ndim - 1)
+        a, s = tables["sqrt_acp"][t].view(shape), tables["sqrt_1m_acp"][t].view(shape)
+        out = raw.eps
+        if self.prediction == "v":
+            x0, eps = a * x - s * out, a * out + s * x
+        elif self.prediction == "x0":
+            x0, eps = out, (x - a * out) / s
+        else:
+            x0, eps = (x - s * out) / a, out
+        if self.diffused == "image":
+            x0 = x0.clamp(-1, 1)
+        else:
+            up = self._upsampled(cond["low_res"], tuple(x.shape[-2:])).to(x.dtype)
+            k = self.residual_scale
+            x0 = k * ((up + x0 / k).clamp(-1, 1) - up)
+        return Prediction(eps=eps, log_variance=raw.log_variance, x0=x0)
+
+    def to_image(self, x: Tensor, low_res: Tensor) -> Tensor:
+        """A sample (or x0 estimate) of the diffused variable as an image in [-1, 1]."""
+        if self.diffused == "image":
+            return x
+        up = upsample_condition(low_res, tuple(x.shape[-2:])).to(x.dtype)
+        return (up + x / self.residual_scale).clamp(-1, 1)
+
+
 class ClassifierFreeGuidance:
-    """Classifier-free guidance (Ho & Salimans 2022): eps_u + w * (eps_c - eps_u), one batch."""
+    """Classifier-free guidance (Ho & Salimans 2022): eps_u + w * (eps_c - eps_u), one batch.
+    It wraps the raw output: eps, v and x0 are affine in each other at a fixed x_t, so guiding
+    any of them is guiding eps."""
 
     def __init__(self, denoiser: Denoiser, scale: float, null_class: int):
         self.denoiser = denoiser

@@ -32,8 +32,10 @@ from cascade.stages import STAGE_OUTPUT
 
 log = logging.getLogger(__name__)
 
-METRICS = ("psnr", "ssim", "psnr_y", "ssim_y", "consistency")
+METRICS = ("psnr", "ssim", "psnr_y", "ssim_y", "consistency", "hf_ratio")
 GRID_ROWS = 8  # at most this many images in grid.png (1024-pixel rows grow large)
+# The methods scored: plain bicubic, the model at the chosen fidelity, and at fidelity 1.
+METHODS = ("bicubic", "model", "fidelity1")
 
 
 class Upscaler(Protocol):
@@ -42,20 +44,33 @@ class Upscaler(Protocol):
     @property
     def scale(self) -> int: ...
 
-    def run(self, *, seeds: Sequence[int], low_res: Tensor, sampler: SamplerSettings) -> Tensor: ...
+    def run(
+        self,
+        *,
+        seeds: Sequence[int],
+        low_res: Tensor,
+        sampler: SamplerSettings,
+        fidelity: float | None = None,
+    ) -> Tensor: ...
 
 
 @dataclass
 class ImageResult:
-    """One evaluated image: the tensors (CHW, [-1, 1]) and both methods' metrics."""
+    """One evaluated image: the tensors (CHW, [-1, 1]) and each method's metrics."""
 
     name: str
     low_res: Tensor
-    bicubic: Tensor
-    output: Tensor
     target: Tensor
-    model_metrics: dict[str, float]
-    bicubic_metrics: dict[str, float]
+    outputs: dict[str, Tensor]  # method -> output, METHODS order
+    metrics: dict[str, dict[str, float]]  # method -> metrics
+
+    @property
+    def bicubic(self) -> Tensor:
+        return self.outputs["bicubic"]
+
+    @property
+    def output(self) -> Tensor:
+        return self.outputs["model"]
 
 
 def evaluate_image(
@@ -65,26 +80,27 @@ def evaluate_image(
     seed: int,
     sampler: SamplerSettings,
     color: ColorFix = "none",
+    fidelity: float | None = None,
 ) -> ImageResult:
-    """Score the model (colour-corrected against its input when asked) and bicubic on one
-    ground-truth image (CHW or 1CHW in [-1, 1])."""
+    """Score bicubic, the model at `fidelity` (None: the stage's default) and the model at
+    fidelity 1 (colour-corrected against the input when asked) on one ground-truth image."""
     target = (target[None] if target.dim() == 3 else target).float().cpu()
     low_res = bicubic_degrade(target, stage.scale)
-    output = stage.run(seeds=[seed], low_res=low_res, sampler=sampler).float().cpu()
-    output = color_fix(output, low_res, color).clamp(-1, 1)
-    if output.shape != target.shape:
-        raise ValueError(
-            f"{name}: model output {tuple(output.shape)}, target {tuple(target.shape)}"
-        )
-    bicubic = upsample_condition(low_res, tuple(target.shape[-2:]))
+    outputs = {"bicubic": upsample_condition(low_res, tuple(target.shape[-2:]))}
+    for method, value in (("model", fidelity), ("fidelity1", 1.0)):
+        output = stage.run(seeds=[seed], low_res=low_res, sampler=sampler, fidelity=value)
+        output = color_fix(output.float().cpu(), low_res, color).clamp(-1, 1)
+        if output.shape != target.shape:
+            raise ValueError(
+                f"{name}: model output {tuple(output.shape)}, target {tuple(target.shape)}"
+            )
+        outputs[method] = output
     return ImageResult(
         name,
         low_res[0],
-        bicubic[0],
-        output[0],
         target[0],
-        image_metrics(output, target, low_res),
-        image_metrics(bicubic, target, low_res),
+        {method: output[0] for method, output in outputs.items()},
+        {method: image_metrics(output, target, low_res) for method, output in outputs.items()},
     )
 
 
@@ -94,16 +110,10 @@ def mean_metrics(rows: Sequence[dict[str, float]]) -> dict[str, float]:
 
 
 def summarize(results: Sequence[ImageResult]) -> dict[str, object]:
-    """Per-image and mean metrics for the model and for bicubic."""
+    """Per-image and mean metrics for every method."""
     return {
-        "images": [
-            {"name": r.name, "model": r.model_metrics, "bicubic": r.bicubic_metrics}
-            for r in results
-        ],
-        "mean": {
-            "model": mean_metrics([r.model_metrics for r in results]),
-            "bicubic": mean_metrics([r.bicubic_metrics for r in results]),
-        },
+        "images": [{"name": r.name, **r.metrics} for r in results],
+        "mean": {method: mean_metrics([r.metrics[method] for r in results]) for method in METHODS},
     }
 
 
@@ -113,12 +123,13 @@ def evaluate(
     names: Sequence[str],
     seed: int,
     sampler: SamplerSettings,
+    fidelity: float | None = None,
 ) -> dict[str, object]:
-    """Model vs bicubic metrics over ground-truth images; image i is sampled with seed + i."""
+    """Metrics of every method over ground-truth images; image i is sampled with seed + i."""
     if len(images) != len(names):
         raise ValueError(f"{len(images)} images for {len(names)} names")
     results = [
-        evaluate_image(stage, image, name, seed + index, sampler)
+        evaluate_image(stage, image, name, seed + index, sampler, fidelity=fidelity)
         for index, (image, name) in enumerate(zip(images, names, strict=True))
     ]
     return summarize(results)
@@ -141,28 +152,29 @@ def load_targets(paths: Sequence[Path], size: int) -> tuple[list[Tensor], list[s
 
 
 def grid(results: Sequence[ImageResult]) -> Tensor:
-    """Rows of input (nearest-upsampled) | bicubic | model | ground truth, one per image."""
+    """Rows of input (nearest-upsampled) | bicubic | model | model at fidelity 1 | ground truth,
+    one per image."""
     rows = []
     for r in results:
         nearest = F.interpolate(r.low_res[None], size=r.target.shape[-2:], mode="nearest")[0]
-        rows.append(torch.cat([nearest, r.bicubic, r.output, r.target], dim=-1))
+        rows.append(torch.cat([nearest, *r.outputs.values(), r.target], dim=-1))
     return torch.cat(rows, dim=-2)
 
 
 def format_table(summary: dict[str, object]) -> str:
     """A plain-text table: one line per image and method, then the means."""
-    lines = [f"{'image':32s} {'method':8s} " + " ".join(f"{m:>11s}" for m in METRICS)]
+    lines = [f"{'image':32s} {'method':9s} " + " ".join(f"{m:>11s}" for m in METRICS)]
 
     def line(name: str, method: str, values: dict[str, float]) -> str:
         cells = " ".join(
             f"{values[m]:11.4f}" if m != "consistency" else f"{values[m]:11.2e}" for m in METRICS
         )
-        return f"{name[-32:]:32s} {method:8s} {cells}"
+        return f"{name[-32:]:32s} {method:9s} {cells}"
 
     for item in summary["images"]:  # type: ignore[union-attr]
-        for method in ("model", "bicubic"):
+        for method in METHODS:
             lines.append(line(Path(item["name"]).name, method, item[method]))
-    for method in ("model", "bicubic"):
+    for method in METHODS:
         lines.append(line("MEAN", method, summary["mean"][method]))  # type: ignore[index]
     return "\n".join(lines)
 
@@ -195,16 +207,22 @@ def main(args: argparse.Namespace) -> None:
     sampler = SamplerSettings(args.sampler, args.steps)
     color = getattr(args, "color_fix", "none")
     stage = Stage(args.stage, model, sampler)
+    fidelity = getattr(args, "fidelity", None)
+    if fidelity is None:
+        fidelity = stage.default_fidelity
     results = []
     for index, (image, name) in enumerate(
         tqdm(list(zip(images, names, strict=True)), desc="eval", unit="image")
     ):
-        results.append(evaluate_image(stage, image, name, args.seed + index, sampler, color))
+        results.append(
+            evaluate_image(stage, image, name, args.seed + index, sampler, color, fidelity)
+        )
     report = {
         "stage": args.stage,
         "checkpoint": model.id,
         "sampler": sampler.name,
         "steps": sampler.steps,
+        "fidelity": fidelity,
         "color_fix": color,
         "seed": args.seed,
         "size": size,
@@ -217,7 +235,8 @@ def main(args: argparse.Namespace) -> None:
     save_png(grid(results[:GRID_ROWS]), out / "grid.png")
     print(format_table(report))
     mean = report["mean"]
-    gain = mean["model"]["psnr"] - mean["bicubic"]["psnr"]  # type: ignore[index]
-    if math.isfinite(gain):
-        print(f"model - bicubic PSNR: {gain:+.2f} dB")
+    for method in ("model", "fidelity1"):
+        gain = mean[method]["psnr"] - mean["bicubic"]["psnr"]  # type: ignore[index]
+        if math.isfinite(gain):
+            print(f"{method} - bicubic PSNR: {gain:+.2f} dB")
     print(f"wrote {out / 'eval.json'}, {out / 'grid.png'}")

@@ -7,6 +7,7 @@ plus its sampler settings; `Cascade` is a plain loop over stages.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
@@ -21,9 +22,18 @@ from torch import Tensor
 from cascade.checkpoints import Model, load
 from cascade.color import color_fix
 from cascade.degradations import noise_augment
-from cascade.denoiser import ClassifierFreeGuidance, Denoiser
-from cascade.samplers import Callback, SamplerSettings, generators, randn_like, sample
+from cascade.denoiser import Cond, Denoiser
+from cascade.samplers import (
+    Callback,
+    SamplerSettings,
+    denoise_once,
+    generators,
+    randn_like,
+    sample,
+)
+from cascade.schedule import Schedule
 from cascade.stages import (
+    DEFAULT_FIDELITY,
     STAGES,
     generation_stages,
     stage_seed,
@@ -57,6 +67,47 @@ def default_weights(directory: Path = DEMO_WEIGHTS) -> dict[str, str]:
     }
 
 
+def sample_with_fidelity(
+    model: Denoiser,
+    x: Tensor,
+    schedule: Schedule,
+    settings: SamplerSettings,
+    fidelity: float,
+    *,
+    cond: Cond,
+    generator,
+    callback: Callback | None = None,
+) -> Tensor:
+    """Fidelity-realism control for upscales (after StableSR's fidelity weight), SDEdit-style.
+
+    fidelity 1: the model's clean estimate at the noisiest step from a fixed x_T, so the same
+    output for every seed (for an L2-trained model, the MMSE estimate: the highest PSNR).
+    fidelity 0: the full generative sample from pure noise. In between: that estimate is noised
+    to the trained step (1 - fidelity)(T - 1) with the item's own noise and sampled from there
+    with `settings` (steps capped at the truncated length). Lower fidelity restarts from more
+    noise, so more of the output is generated: detail rises and PSNR falls, monotonically.
+    """
+    if not 0.0 <= fidelity <= 1.0:
+        raise StageError(f"fidelity must lie in [0, 1], got {fidelity}")
+    if fidelity == 0.0:
+        return sample(
+            model, x, schedule, settings, cond=cond, generator=generator, callback=callback
+        )
+    # The same fixed x_T for every item (and every seed), so the result is batch-independent.
+    x_top = randn_like(x, generators([0] * x.shape[0], x.device))
+    mean = denoise_once(model, x_top, schedule, cond=cond)
+    start = round((1.0 - fidelity) * (len(schedule) - 1))
+    if start == 0:
+        if callback is not None:
+            callback(1, 1, mean)
+        return mean
+    truncated = Schedule(schedule.alphas_cumprod[: start + 1], schedule.timesteps[: start + 1])
+    acp = float(truncated.alphas_cumprod[-1])
+    x = acp**0.5 * mean + (1 - acp) ** 0.5 * randn_like(x, generator)
+    settings = dataclasses.replace(settings, steps=min(settings.steps, len(truncated)))
+    return sample(model, x, truncated, settings, cond=cond, generator=generator, callback=callback)
+
+
 class StageError(ValueError):
     """A request a stage cannot serve (bad size, guidance without a null class, ...)."""
 
@@ -70,6 +121,10 @@ class Stage:
     sampler: SamplerSettings = field(default_factory=SamplerSettings)
     aug_level: float = 0.0  # CDM level given to SR models trained with augmentation
     precision: Precision = "float32"  # autocast dtype on CUDA; CPU always runs float32
+    # Upscales: 1 the most faithful output, 0 the full sample. None: DEFAULT_FIDELITY for a
+    # residual model; 0 for eps-on-image weights (released ones), whose one-step x0 at the top
+    # noise level is ill-conditioned, so they sample exactly as their reference code does.
+    fidelity: float | None = None
 
     @property
     def device(self) -> torch.device:
@@ -82,6 +137,12 @@ class Stage:
     @property
     def scale(self) -> int:
         return self.model.spec.scale
+
+    @property
+    def default_fidelity(self) -> float:
+        if self.fidelity is not None:
+            return self.fidelity
+        return DEFAULT_FIDELITY if self.model.spec.diffused == "residual" else 0.0
 
     def describe(self) -> dict[str, object]:
         """What a job record says about the model behind this stage."""
@@ -120,17 +181,13 @@ class Stage:
             return contextlib.nullcontext()
         return torch.autocast("cuda", dtype=getattr(torch, self.precision))
 
-    def _denoiser(self, guidance: float) -> Denoiser:
-        denoiser = self.model.denoiser
-        if guidance == 1.0:
-            return denoiser
-        null_class = self.model.spec.null_class
-        if null_class is None:
+    def _raw_denoiser(self, guidance: float) -> Denoiser:
+        if guidance != 1.0 and self.model.spec.null_class is None:
             raise StageError(
                 f"guidance {guidance} needs a model trained with a null class; "
                 f"{self.model.id} has none (ADM's released base: use guidance 1)"
             )
-        return ClassifierFreeGuidance(denoiser, guidance, null_class)
+        return self.model.raw_denoiser(guidance)
 
     def run(
         self,
@@ -142,9 +199,11 @@ class Stage:
         guidance: float = 1.0,
         aug_level: float | None = None,
         color: ColorFix = "none",
+        fidelity: float | None = None,
         callback: Callback | None = None,
     ) -> Tensor:
-        """Sample this stage for a batch; item i uses seeds[i] alone (batch-independent)."""
+        """Sample this stage for a batch; item i uses seeds[i] alone (batch-independent).
+        Upscales take `fidelity` in [0, 1] (`sample_with_fidelity`; None: the stage's own)."""
         spec, device = self.model.spec, self.device
         settings = sampler or self.sampler
         batch = len(seeds)
@@ -156,7 +215,7 @@ class Stage:
             cond["class_ids"] = self._class_tensor(class_ids, batch)
         if spec.task == "generate":
             height = width = spec.image_size
-            denoiser = self._denoiser(guidance)
+            raw = self._raw_denoiser(guidance)
         else:
             if low_res is None:
                 raise StageError(f"stage {self.name} upscales: give a low-resolution image")
@@ -164,9 +223,10 @@ class Stage:
                 raise StageError(f"{low_res.shape[0]} images for {batch} seeds")
             low_res, crop = self._pad_input(low_res.to(device, torch.float32))
             height, width = (side * spec.scale for side in low_res.shape[-2:])
-            denoiser = self.model.denoiser
+            raw = self._raw_denoiser(1.0)
             if max(height, width) > spec.image_size:
-                denoiser = TiledDenoiser(denoiser, tile=spec.image_size, scale=spec.scale)
+                raw = TiledDenoiser(raw, tile=spec.image_size, scale=spec.scale)
+        denoiser = self.model.parameterize(raw)
         x = randn_like(torch.empty(batch, 3, height, width, device=device), gens)
         if self._reduced_precision():  # tensor-core kernels for bf16/fp16 want NHWC
             self.model.network.to(memory_format=torch.channels_last)
@@ -178,16 +238,39 @@ class Stage:
             levels = torch.full((batch,), float(level), device=device)
             cond["low_res"] = noise_augment(low_res, levels, gens) if level > 0 else low_res
             cond["aug_level"] = levels
-        schedule = spec.schedule.build()
+            report = callback
+            if callback is not None and spec.diffused == "residual":
+
+                def report(step: int, total: int, x0: Tensor) -> None:
+                    callback(step, total, denoiser.to_image(x0, cond["low_res"]))
+
+            if fidelity is None:
+                fidelity = self.default_fidelity
+            with self._autocast():
+                x = sample_with_fidelity(
+                    denoiser,
+                    x,
+                    spec.schedule.build(),
+                    settings,
+                    fidelity,
+                    cond=cond,
+                    generator=gens,
+                    callback=report,
+                )
+            x = denoiser.to_image(x.float(), cond["low_res"].float()).clamp(-1, 1)
+            x = x[..., : crop[0] * spec.scale, : crop[1] * spec.scale]
+            return color_fix(x, low_res[..., : crop[0], : crop[1]], color)
         with self._autocast():
             x = sample(
-                denoiser, x, schedule, settings, cond=cond, generator=gens, callback=callback
+                denoiser,
+                x,
+                spec.schedule.build(),
+                settings,
+                cond=cond,
+                generator=gens,
+                callback=callback,
             )
-        x = x.float().clamp(-1, 1)
-        if spec.task == "upscale":
-            x = x[..., : crop[0] * spec.scale, : crop[1] * spec.scale]
-            x = color_fix(x, low_res[..., : crop[0], : crop[1]], color)
-        return x
+        return x.float().clamp(-1, 1)
 
     def _class_tensor(self, class_ids: Sequence[int], batch: int) -> Tensor:
         if len(class_ids) != batch:
@@ -293,13 +376,15 @@ class Cascade:
         class_ids: Sequence[int] | None = None,
         samplers: Mapping[str, SamplerSettings] | None = None,
         color: ColorFix = "none",
+        fidelity: float | None = None,
         callback: StageCallback | None = None,
     ) -> CascadeResult:
-        """Upscale images ([B,3,H,W] in [-1,1]) by 4 or 16."""
+        """Upscale images ([B,3,H,W] in [-1,1]) by 4 or 16 at `fidelity` (None: each stage's
+        default)."""
         images: dict[str, Tensor] = {}
         x = image
         for stage in self.plan_upscale(*image.shape[-2:], scale):
-            x = self._run(stage, seeds, class_ids, x, samplers, 1.0, color, callback)
+            x = self._run(stage, seeds, class_ids, x, samplers, 1.0, color, callback, fidelity)
             images[stage.name] = x.cpu()
         return CascadeResult(images, list(seeds))
 
@@ -313,6 +398,7 @@ class Cascade:
         guidance: float,
         color: ColorFix,
         callback: StageCallback | None,
+        fidelity: float | None = None,
     ) -> Tensor:
         def report(step: int, total: int, x0: Tensor) -> None:
             if callback is not None:
@@ -327,5 +413,6 @@ class Cascade:
             sampler=(samplers or {}).get(stage.name),
             guidance=guidance if stage.model.spec.task == "generate" else 1.0,
             color=color,
+            fidelity=fidelity,
             callback=report,
         )

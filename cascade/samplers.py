@@ -80,7 +80,10 @@ class _Tables:
 
 
 def predict_x0(pred: Prediction, x: Tensor, t: Tensor, tables: _Tables, clip: bool) -> Tensor:
-    """x_0 from the predicted noise; clipped to [-1, 1] when asked (both references do)."""
+    """x_0 from the predicted noise; clipped to [-1, 1] when asked (both references do). A
+    denoiser that thresholds its own x_0 (a residual model clips in image space) gives it."""
+    if pred.x0 is not None:
+        return pred.x0
     x0 = tables.sqrt_recip_acp(t) * x - tables.sqrt_recipm1_acp(t) * pred.eps
     return x0.clamp(-1, 1) if clip else x0
 
@@ -160,7 +163,11 @@ def sample_ddpm(
     generator: NoiseSource,
     callback: Callback | None = None,
 ) -> Tensor:
-    """SR3's Algorithm 2 as printed (Saharia et al. 2021): unclipped, variance 1 - alpha_t."""
+    """SR3's Algorithm 2 as printed (Saharia et al. 2021): unclipped, variance 1 - alpha_t.
+
+    Under respacing (alpha_t = alpha_bar_t / alpha_bar_prev) its mean is still exactly the
+    posterior mean given the predicted eps; its variance 1 - alpha_t is the upper bound of Ho et
+    al., not the posterior variance, so coarse respacings add more noise than `ancestral`."""
     tables, total = _Tables(schedule, x), len(schedule)
     for done, i, t in _steps(x, schedule):
         eps = model(x, t, schedule, cond).eps
@@ -205,7 +212,10 @@ def sample_dpmpp_2m(
     generator: NoiseSource,
     callback: Callback | None = None,
 ) -> Tensor:
-    """DPM-Solver++(2M) (Lu et al. 2022, Algorithm 2) on the clipped data prediction."""
+    """DPM-Solver++(2M) (Lu et al. 2022, Algorithm 2) on the clipped data prediction, with a
+    first-order last step into index 0 (the solver's own `lower_order_final`): on the SR3
+    schedule that step is ~10x longer than the one before, and a second-order step would
+    extrapolate the x0 difference ~5x."""
     tables, total = _Tables(schedule, x), len(schedule)
     acp = schedule.alphas_cumprod
     # log-SNR half: lambda = log(alpha / sigma); computed in float64 as Python floats so the
@@ -222,7 +232,7 @@ def sample_dpmpp_2m(
             x = x0
         else:
             h = lambdas[i - 1] - lambdas[i]
-            if previous_x0 is None:
+            if previous_x0 is None or i == 1:
                 d = x0
             else:
                 r = previous_h / h
@@ -232,6 +242,16 @@ def sample_dpmpp_2m(
         if callback is not None:
             callback(done, total, x0)
     return x
+
+
+@torch.inference_mode()
+def denoise_once(model: Denoiser, x: Tensor, schedule: Schedule, *, cond: Cond) -> Tensor:
+    """The denoiser's clean estimate at the schedule's noisiest step. There x_T carries almost
+    no signal, so an L2-trained model returns E[x_0 | condition]: the MMSE (most faithful,
+    least detailed) output."""
+    top = len(schedule) - 1
+    t = torch.full((x.shape[0],), top, device=x.device, dtype=torch.long)
+    return predict_x0(model(x, t, schedule, cond), x, t, _Tables(schedule, x), clip=True)
 
 
 @dataclass(frozen=True)

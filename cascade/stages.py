@@ -10,6 +10,8 @@ STAGE_OUTPUT: dict[str, int] = {"base64": 64, "sr256": 256, "sr1024": 1024}
 STAGE_INPUT: dict[str, int] = {"sr256": 64, "sr1024": 256}
 SIZES: tuple[int, ...] = tuple(STAGE_OUTPUT.values())
 SCALES: tuple[int, ...] = (4, 16)
+# Upscales' fidelity-realism default (1: the most faithful output, 0: the full sample).
+DEFAULT_FIDELITY = 0.5
 
 
 def stage_seed(seed: int, stage: str) -> int:

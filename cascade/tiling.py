@@ -139,12 +139,10 @@ class TiledDenoiser:
     def __call__(self, x: Tensor, t: Tensor, schedule: Schedule, cond: Cond) -> Prediction:
         height, width = x.shape[-2:]
         low_res = cond["low_res"]
-        eps = torch.zeros_like(x)
-        log_variance: Tensor | None = None
         weight = x.new_zeros(1, 1, height, width)
-        rows, cols = self._windows(height), self._windows(width)
-        for top, row_window in rows:
-            for left, col_window in cols:
+        sums: dict[str, Tensor] = {}
+        for top, row_window in self._windows(height):
+            for left, col_window in self._windows(width):
                 th, tw = len(row_window), len(col_window)
                 window = (row_window[:, None] * col_window[None, :]).to(x)
                 low = low_res[
@@ -155,14 +153,10 @@ class TiledDenoiser:
                 pred = self.denoiser(
                     x[..., top : top + th, left : left + tw], t, schedule, {**cond, "low_res": low}
                 )
-                eps[..., top : top + th, left : left + tw] += pred.eps * window
-                if pred.log_variance is not None:
-                    if log_variance is None:
-                        log_variance = torch.zeros_like(x)
-                    log_variance[..., top : top + th, left : left + tw] += (
-                        pred.log_variance * window
-                    )
+                for name in ("eps", "log_variance", "x0"):
+                    value = getattr(pred, name)
+                    if value is not None:
+                        total = sums.setdefault(name, torch.zeros_like(x))
+                        total[..., top : top + th, left : left + tw] += value * window
                 weight[..., top : top + th, left : left + tw] += window
-        return Prediction(
-            eps=eps / weight, log_variance=None if log_variance is None else log_variance / weight
-        )
+        return Prediction(**{name: total / weight for name, total in sums.items()})

@@ -84,7 +84,9 @@ class TrainConfig:
     batch_size: int = 16
     lr: float = 1e-4
     warmup: int = 100  # steps of linear learning-rate warm-up from 0
-    loss: LossName = "l1"  # upscalers only; the base trains with MSE (ADM)
+    # Upscalers only (the base trains with MSE, as ADM). None: SR3's L1 for eps-prediction, L2
+    # otherwise, so a v-model's top-noise x0 is the conditional mean (the fidelity-1 output).
+    loss: LossName | None = None
     degradation: str = "bicubic"
     ema: float = 0.999
     label_dropout: float = 0.1
@@ -103,7 +105,7 @@ class TrainConfig:
             "ema decay must lie in [0, 1)": 0 <= self.ema < 1,
             "label dropout must lie in [0, 1]": 0 <= self.label_dropout <= 1,
             "max aug level must lie in [0, 1]": 0 <= self.max_aug_level <= 1,
-            f"loss must be l1 or l2, got {self.loss!r}": self.loss in ("l1", "l2"),
+            f"loss must be l1 or l2, got {self.loss!r}": self.loss in ("l1", "l2", None),
             f"degradation must be one of {sorted(DEGRADATIONS)}": self.degradation in DEGRADATIONS,
         }
         for message, ok in checks.items():
@@ -212,17 +214,26 @@ class Trainer:
         """The training loss of the current network on one batch (mean over elements)."""
         with self._autocast():
             if isinstance(batch, SRBatch):
+                spec = self.spec
                 return sr3_loss(
                     self.network,
                     batch.hr,
                     batch.condition,
                     batch.sqrt_gamma,
                     batch.noise,
-                    loss=self.config.loss,
+                    loss=self.config.loss or ("l1" if spec.prediction == "eps" else "l2"),
                     aug_level=batch.aug_level,
+                    prediction=spec.prediction,
+                    residual_scale=spec.residual_scale if spec.diffused == "residual" else None,
                 )
             return adm_loss(
-                self.network, batch.x0, batch.class_ids, batch.t, batch.noise, self.schedule
+                self.network,
+                batch.x0,
+                batch.class_ids,
+                batch.t,
+                batch.noise,
+                self.schedule,
+                self.spec.prediction,
             )
 
     def train_step(self, batch: SRBatch | BaseBatch) -> float:
@@ -324,7 +335,11 @@ class Trainer:
         torch.save(self.state_dict(), partial)
         os.replace(partial, out / "train_state.pt")  # an interrupted save never eats the last one
         ema = {key: value.float() for key, value in self.ema.state_dict().items()}
-        return save_model(out / "model.safetensors", self.spec, ema, metadata=self.metadata())
+        spec = self.spec
+        if spec.class_conditional and self.data.labels:
+            # The classes the model has seen: the service refuses the others by name.
+            spec = dataclasses.replace(spec, classes=tuple(sorted(set(self.data.labels))))
+        return save_model(out / "model.safetensors", spec, ema, metadata=self.metadata())
 
     def sample_grid(self, path: str | Path) -> Path:
         """A PNG of EMA samples. SR rows: bicubic input | model | ground truth; base: classes."""

@@ -42,7 +42,14 @@ class Oracle:
     def __init__(self, images: Sequence[Tensor], offset: int = 0) -> None:
         self.images, self.offset = images, offset
 
-    def run(self, *, seeds: Sequence[int], low_res: Tensor, sampler: SamplerSettings) -> Tensor:
+    def run(
+        self,
+        *,
+        seeds: Sequence[int],
+        low_res: Tensor,
+        sampler: SamplerSettings,
+        fidelity: float | None = None,
+    ) -> Tensor:
         assert low_res.shape[-1] * self.scale == self.images[seeds[0]].shape[-1]
         return self.images[seeds[0]][None] + 2 * self.offset / 255
 
@@ -80,19 +87,20 @@ def test_bicubic_metrics_and_means() -> None:
         low = bicubic_degrade(image[None], 4)
         expected = image_metrics(upsample_condition(low, (32, 32)), image[None], low)
         assert item["bicubic"] == pytest.approx(expected)
-    for method in ("model", "bicubic"):
+    for method in ("model", "fidelity1", "bicubic"):
         for key, value in result["mean"][method].items():
             rows = [item[method][key] for item in result["images"]]
             assert value == pytest.approx(sum(rows) / len(rows))
     assert "MEAN" in format_table(result)
 
 
-def test_grid_rows_are_input_bicubic_model_truth() -> None:
+def test_grid_rows_are_input_bicubic_model_fidelity1_truth() -> None:
     images = targets(2)
     results = [evaluate_image(Oracle(images), images[i], str(i), i, SAMPLER) for i in range(2)]
     picture = grid(results)
-    assert picture.shape == (3, 64, 128)
-    torch.testing.assert_close(picture[:, 32:, 96:], images[1])
+    assert picture.shape == (3, 64, 160)
+    torch.testing.assert_close(picture[:, 32:, 128:], images[1])
+    torch.testing.assert_close(picture[:, 32:, 64:96], results[1].output)
     torch.testing.assert_close(picture[:, :32, 32:64], results[0].bicubic)
 
 
@@ -100,7 +108,9 @@ def test_evaluate_a_real_stage_runs_and_keeps_the_size() -> None:
     stage = Stage("sr256", load("preset:sr256-tiny"), SAMPLER)
     images = targets(1)
     result = evaluate(stage, images, ["a"], seed=0, sampler=SAMPLER)
-    assert set(result["images"][0]["model"]) == {"psnr", "ssim", "psnr_y", "ssim_y", "consistency"}
+    metrics = {"psnr", "ssim", "psnr_y", "ssim_y", "consistency", "hf_ratio"}
+    assert set(result["images"][0]["model"]) == metrics
+    assert set(result["images"][0]["fidelity1"]) == metrics
 
 
 def test_cli_eval_writes_json_and_grid(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -117,9 +127,10 @@ def test_cli_eval_writes_json_and_grid(tmp_path: Path, capsys: pytest.CaptureFix
     report = json.loads((out / "eval.json").read_text())
     assert report["stage"] == "sr256" and report["steps"] == 2 and report["sampler"] == "ddim"
     assert [Path(item["name"]).name for item in report["images"]] == ["0.png", "1.png"]
-    assert set(report["mean"]) == {"model", "bicubic"}
+    assert set(report["mean"]) == {"model", "fidelity1", "bicubic"}
+    assert report["fidelity"] == 0.5  # the default for a residual model
     with Image.open(out / "grid.png") as picture:
-        assert picture.size == (4 * 256, 2 * 256)
+        assert picture.size == (5 * 256, 2 * 256)
     assert "MEAN" in capsys.readouterr().out
 
 

@@ -95,7 +95,45 @@ def test_image_metrics_keys_and_batch_of_one() -> None:
     output = target + 0.05
     low = bicubic_degrade(target[None], 4)[0]
     metrics = image_metrics(output, target, low)
-    assert set(metrics) == {"psnr", "ssim", "psnr_y", "ssim_y", "consistency"}
+    assert set(metrics) == {"psnr", "ssim", "psnr_y", "ssim_y", "consistency", "hf_ratio"}
     assert all(isinstance(v, float) for v in metrics.values())
     assert image_metrics(output[None], target[None], low[None]) == metrics
     assert 0 < metrics["consistency"] < 1e-3
+
+
+def _grating(size: int, cycles_per_pixel: float, amplitude: float) -> torch.Tensor:
+    """A grey CHW image in [-1, 1]: a vertical cosine grating at a given frequency."""
+    x = torch.arange(size, dtype=torch.float64)
+    row = amplitude * torch.cos(2 * math.pi * cycles_per_pixel * x)
+    return row.expand(3, size, size).float()
+
+
+def test_hf_ratio_of_known_spectra() -> None:
+    from cascade.metrics import HF_BAND, band_power, hf_ratio, luminance
+
+    size = 128
+    nyquist = 0.5
+    inside = _grating(size, 0.6 * nyquist, 0.4)  # 0.6 of Nyquist: in the 0.3-0.9 band
+    below = _grating(size, 0.1 * nyquist, 0.4)  # 0.1 of Nyquist: what a 4x input carries
+    # Power scales with amplitude squared: half the amplitude, a quarter of the power.
+    assert hf_ratio(_grating(size, 0.6 * nyquist, 0.2), inside) == pytest.approx(0.25, rel=1e-6)
+    assert hf_ratio(inside, inside) == pytest.approx(1.0)
+    # A low-frequency grating has (almost) no power in the band: the Hann window keeps the
+    # leakage tiny; a constant offset is removed with the mean.
+    assert hf_ratio(below + 0.3, inside) < 1e-3
+    # Power in the band adds over uncorrelated frequencies.
+    both = band_power(luminance(inside + below))
+    assert both == pytest.approx(band_power(luminance(inside)), rel=1e-2)
+    assert HF_BAND == (0.3, 0.9)
+
+
+def test_hf_ratio_of_bicubic_is_small_on_a_textured_image() -> None:
+    from cascade.degradations import upsample_condition
+    from cascade.metrics import hf_ratio
+
+    generator = torch.Generator().manual_seed(0)
+    # White noise: power spread evenly, so the band holds a fixed share of it.
+    target = (torch.rand(3, 128, 128, generator=generator) * 2 - 1) * 0.5
+    low = bicubic_degrade(target[None], 4)
+    assert hf_ratio(upsample_condition(low, (128, 128))[0], target) < 0.05
+    assert hf_ratio(target, target) == pytest.approx(1.0)
