@@ -9,6 +9,7 @@ from fastapi import UploadFile
 from pydantic import AfterValidator, AnyHttpUrl, BaseModel, ConfigDict, Field, model_validator
 
 from api.settings import SamplerName
+from cascade.stages import DEFAULT_FIDELITY
 
 ColorFix = Literal["none", "adain", "wavelet"]
 MAX_SEED = 2**63 - 1  # stage seeds are taken modulo 2**63 (cascade.pipeline.stage_seed)
@@ -62,6 +63,15 @@ class UpscaleForm(BaseModel):
     steps: Steps | None = None
     sampler: SamplerName | None = None
     color_fix: ColorFix = "wavelet"
+    fidelity: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        allow_inf_nan=False,
+        description="1: the most faithful output (the same for every seed); 0: the full "
+        "generative sample; between: more generated detail and less fidelity as it falls "
+        f"(default: the stage's own, {DEFAULT_FIDELITY} for the project's upscalers)",
+    )
     class_id: ClassId | None = Field(None, description="for class-conditional upscalers only")
     webhook_url: AnyHttpUrl | None = None
 

@@ -48,8 +48,19 @@ def plan_stages(
     ]
 
 
-def generation_job(body: GenerationRequest, settings: Settings) -> NewJob:
-    """A generation's job: the class resolved, a seed drawn if none was given."""
+def known_classes(connection: Redis) -> list[int]:
+    """Class ids the base's workers announced they were trained on; every id when none said."""
+    announced_classes = announced(connection).get("base64", {}).get("classes")
+    if announced_classes:
+        return sorted(int(index) for index in announced_classes)  # type: ignore[union-attr]
+    return list(range(len(class_names())))
+
+
+def generation_job(
+    body: GenerationRequest, settings: Settings, known: list[int] | None = None
+) -> NewJob:
+    """A generation's job: the class resolved (and one the base knows), a seed drawn if none
+    was given."""
     if body.class_name is not None:
         try:
             class_id = resolve_class(body.class_name)
@@ -59,6 +70,14 @@ def generation_job(body: GenerationRequest, settings: Settings) -> NewJob:
             ) from None
     else:
         class_id = body.class_id
+    if known is not None and class_id not in known:
+        names = class_names()
+        listed = ", ".join(f"{index} ({names[index]})" for index in known)
+        raise HTTPException(
+            422,
+            f"class {class_id} ({names[class_id]}) is not one the loaded base model was trained "
+            f"on; it knows: {listed}",
+        )
     seed = body.seed if body.seed is not None else new_seed()
     plan = plan_stages(settings, generation_stages(body.size), None, body.sampler, body.steps)
     request = body.model_dump(mode="json", exclude_none=True)

@@ -182,6 +182,8 @@ def spec_summary(spec: ModelSpec) -> str:
             "task": spec.task,
             "size": spec.image_size,
             "scale": spec.scale,
+            "prediction": spec.prediction,
+            "diffused": spec.diffused,
             "params": params,
             "description": spec.description,
         }

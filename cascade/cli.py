@@ -120,9 +120,17 @@ def _presets(args: argparse.Namespace) -> None:
 
 def _info(args: argparse.Namespace) -> None:
     from cascade.checkpoints import read_spec, spec_summary
+    from cascade.classes import class_names
 
     spec, metadata = read_spec(args.checkpoint)
     print(spec_summary(spec))
+    if spec.class_conditional:
+        names = class_names()
+        if spec.classes:
+            listed = ", ".join(f"{index} {names[index]}" for index in spec.classes)
+            print(f"classes ({len(spec.classes)}): {listed}")
+        else:
+            print("classes: every ImageNet class (0..999)")
     print(json.dumps({k: v for k, v in metadata.items() if k != "cascade.spec"}, indent=2))
 
 

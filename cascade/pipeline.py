@@ -146,16 +146,24 @@ class Stage:
 
     def describe(self) -> dict[str, object]:
         """What a job record says about the model behind this stage."""
-        return {
+        spec = self.model.spec
+        description: dict[str, object] = {
             "stage": self.name,
             "model": self.model.id,
             "random_weights": self.model.random_weights,
-            "family": self.model.spec.family,
+            "family": spec.family,
+            "prediction": spec.prediction,
+            "diffused": spec.diffused,
             "size": self.output_size,
             "scale": self.scale,
             "sampler": self.sampler.name,
             "steps": self.sampler.steps,
         }
+        if spec.task == "upscale":
+            description["fidelity"] = self.default_fidelity
+        if spec.class_conditional:
+            description["classes"] = list(spec.classes)  # empty: every ImageNet class
+        return description
 
     def optimize(self, compile: bool = False) -> Stage:
         """The fast path: TF32 tensor cores on CUDA, optional torch.compile of the forward.

@@ -163,6 +163,9 @@ def upscale(client: TestClient, data: bytes, filename: str = "in.png", **fields:
         ({"seed": "x"}, 422, ["seed"]),
         ({"class_id": -3}, 422, ["class_id"]),
         ({"strength": 1}, 422, ["unknown field 'strength'"]),
+        ({"fidelity": 1.5}, 422, ["fidelity", "less than or equal to 1"]),
+        ({"fidelity": -0.1}, 422, ["fidelity", "greater than or equal to 0"]),
+        ({"fidelity": "nan"}, 422, ["fidelity"]),
         ({"scale": 16, "steps": 2}, 413, ["1280x1280", "limit"]),
     ],
 )
@@ -227,6 +230,32 @@ def test_accepted_upscale_plans_from_the_image(client: TestClient):
     webp = upscale(client, image_bytes(64, 64, "WEBP"), "in.webp", scale=16, steps=2)
     assert webp.status_code == 202, webp.text  # 64 x 16 = 1024: exactly the output limit
     assert webp.json()["stages"] == ["sr256", "sr1024"]
+
+
+def test_upscale_fidelity_is_kept_in_the_request(client: TestClient):
+    response = upscale(client, image_bytes(64, 64), scale=4, fidelity=1)
+    assert response.status_code == 202, response.text
+    job = client.get(response.json()["links"]["self"]).json()
+    assert job["request"]["fidelity"] == 1.0
+
+
+def test_classes_follow_the_loaded_base(client: TestClient, redis_server: EmbeddedRedis):
+    from workers.catalog import CATALOG_KEY, announce
+
+    connection = redis_server.client()
+    announce(connection, "base64", {"stage": "base64", "classes": [281, 1]})
+    try:
+        assert client.get("/v1/classes").json() == [
+            {"id": 1, "name": "goldfish"},
+            {"id": 281, "name": "tabby"},
+        ]
+        refused = client.post("/v1/generations", json={"class_name": "tench"})
+        assert_error(refused, 422, "not one the loaded base model was trained on", "281 (tabby)")
+        accepted = client.post("/v1/generations", json={"class_name": "tabby", "steps": 1})
+        assert accepted.status_code == 202, accepted.text
+    finally:
+        connection.hdel(CATALOG_KEY, "base64")
+    assert len(client.get("/v1/classes").json()) == 1000  # no announcement: every class
 
 
 def submit(client: TestClient, **body: object) -> str:

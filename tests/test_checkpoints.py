@@ -29,6 +29,38 @@ def test_save_and_load_rebuilds_without_flags(tmp_path):
         assert torch.equal(value, again.network.state_dict()[key])
 
 
+def test_checkpoints_saved_before_parameterisation_load_as_eps_on_the_image(tmp_path):
+    """Specs written before `prediction`/`diffused`/`classes` existed mean what they meant
+    then: eps of the image, every class; the denoiser returns the raw network output."""
+    model = load("preset:sr3-16-128")
+    old = json.loads(model.spec.to_json())
+    for key in ("prediction", "diffused", "residual_scale", "classes"):
+        old.pop(key)
+    path = tmp_path / "old.safetensors"
+    tensors = {k: v.contiguous() for k, v in model.network.state_dict().items()}
+    save_file(tensors, path, metadata={"cascade.spec": json.dumps(old), "cascade.format": "1"})
+    again = load_model(path)
+    assert (again.spec.prediction, again.spec.diffused, again.spec.classes) == ("eps", "image", ())
+    x, low = torch.randn(1, 3, 128, 128), torch.rand(1, 3, 16, 16) * 2 - 1
+    t = torch.tensor([7])
+    schedule = again.spec.schedule.build()
+    cond = {"low_res": low}
+    with torch.no_grad():
+        pred = again.denoiser(x, t, schedule, cond)
+        raw = again.raw_denoiser()(x, t, schedule, cond)
+    assert pred.x0 is None and torch.equal(pred.eps, raw.eps)
+
+
+def test_native_presets_are_residual_v_upscalers_and_a_v_base():
+    for name in ("sr256", "sr1024", "sr256-small", "sr1024-small", "sr256-tiny"):
+        spec = PRESETS[name]
+        assert (spec.prediction, spec.diffused, spec.residual_scale) == ("v", "residual", 4.0)
+    assert PRESETS["base64-small"].prediction == "v"
+    assert PRESETS["sr3-16-128"].prediction == "eps" and PRESETS["adm-64"].prediction == "eps"
+    with pytest.raises(ValueError, match="residual"):
+        ModelSpec.from_dict({**json.loads(PRESETS["base64"].to_json()), "diffused": "residual"})
+
+
 def test_fp16_checkpoint_loads_as_float32(tmp_path):
     model = load("preset:base64-tiny")
     path = save_model(

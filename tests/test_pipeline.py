@@ -11,6 +11,7 @@ from cascade.denoiser import Prediction
 from cascade.pipeline import DEFAULT_WEIGHTS, Cascade, Stage, StageError, stage_seed
 from cascade.samplers import SamplerSettings, generators, randn_like, sample
 from cascade.schedule import ScheduleConfig
+from cascade.stages import DEFAULT_FIDELITY
 from cascade.tiling import TiledDenoiser
 
 FAST = {name: SamplerSettings("ddim", 2) for name in ("base64", "sr256", "sr1024")}
@@ -131,3 +132,56 @@ def test_tiled_denoising_matches_untiled_away_from_tile_edges(kernel):
         a = sample(model, noise, schedule, settings, cond=cond, generator=generators([1]))
         b = sample(tiled, noise, schedule, settings, cond=cond, generator=generators([1]))
         torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+
+
+def test_fidelity_one_is_the_same_image_for_every_seed():
+    stage = Stage("sr256", load("preset:sr256-tiny"), SamplerSettings("dpmpp_2m", 3))
+    low = torch.rand(1, 3, 16, 16) * 2 - 1
+    first = stage.run(seeds=[1], low_res=low, fidelity=1.0)
+    other = stage.run(seeds=[2], low_res=low, fidelity=1.0)
+    assert torch.equal(first, other)
+    sampled = [stage.run(seeds=[seed], low_res=low, fidelity=0.5) for seed in (1, 2)]
+    assert not torch.equal(sampled[0], sampled[1])
+    assert stage.default_fidelity == DEFAULT_FIDELITY  # a residual model's default
+    with pytest.raises(StageError, match="fidelity must lie in"):
+        stage.run(seeds=[1], low_res=low, fidelity=1.5)
+
+
+def test_fidelity_trades_detail_for_faithfulness_monotonically():
+    """With an exact denoiser of a known image set (the posterior is spread over two images),
+    lower fidelity restarts from more noise: its output moves further from the faithful
+    (mean) output, on average over seeds."""
+    from cascade.pipeline import sample_with_fidelity
+    from cascade.schedule import ScheduleConfig
+
+    images = torch.stack([torch.full((3, 8, 8), 0.5), torch.full((3, 8, 8), -0.5)])
+
+    def two_point(x, t, schedule, cond):
+        acp = schedule.alphas_cumprod.to(x.dtype)[t].view(-1, 1, 1, 1)
+        a, s = acp.sqrt(), (1 - acp).sqrt()
+        distance = ((x[:, None] - a[:, None] * images[None]) ** 2).flatten(2).sum(-1)
+        weights = torch.softmax(-distance / (2 * s.view(-1, 1) ** 2), dim=1)
+        x0 = torch.einsum("bk,kchw->bchw", weights, images)
+        return Prediction(eps=(x - a * x0) / s)
+
+    schedule = ScheduleConfig("sr3", "linear", 2000, 1e-6, 1e-2).build()
+    distances = []
+    for fidelity in (1.0, 0.9, 0.5, 0.0):
+        spread = []
+        for seed in range(8):
+            gens = [torch.Generator().manual_seed(seed)]
+            x = torch.randn(1, 3, 8, 8, generator=torch.Generator().manual_seed(100 + seed))
+            out = sample_with_fidelity(
+                two_point,
+                x,
+                schedule,
+                SamplerSettings("ddim", 20),
+                fidelity,
+                cond={},
+                generator=gens,
+            )
+            spread.append(float(out.abs().mean()))  # the mean output is ~0, samples are +-0.5
+        distances.append(sum(spread) / len(spread))
+    assert distances[0] < 0.05
+    assert distances == sorted(distances), distances
+    assert distances[-1] > 0.45

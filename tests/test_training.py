@@ -96,9 +96,22 @@ def test_adm_loss_is_eps_mse() -> None:
     torch.testing.assert_close(loss, expected)
 
 
-@pytest.mark.parametrize("kind", ["sr", "base"])
+PARAMETERISATIONS = [
+    ("sr", "eps", "image"),
+    ("sr", "v", "image"),
+    ("sr", "x0", "image"),
+    ("sr", "eps", "residual"),
+    ("sr", "v", "residual"),
+    ("sr", "x0", "residual"),
+    ("base", "eps", "image"),
+    ("base", "v", "image"),
+    ("base", "x0", "image"),
+]
+
+
+@pytest.mark.parametrize(("kind", "prediction", "diffused"), PARAMETERISATIONS)
 def test_training_steps_lower_the_loss_on_a_fixed_batch(
-    kind: str, sr_data: Path, base_data: Path
+    kind: str, prediction: str, diffused: str, sr_data: Path, base_data: Path
 ) -> None:
     if kind == "sr":
         config = sr_config(sr_data, lr=2e-3)
@@ -106,6 +119,9 @@ def test_training_steps_lower_the_loss_on_a_fixed_batch(
     else:
         config = base_config(base_data, lr=2e-3, label_dropout=0.0)
         trainer = Trainer(config, load_class_folder(base_data, 16))
+    trainer.spec = dataclasses.replace(
+        trainer.spec, prediction=prediction, diffused=diffused, residual_scale=4.0
+    )
     batch = trainer.draw_batch()
     trainer.network.eval()  # no dropout in the before/after comparison
     with torch.no_grad():
@@ -246,3 +262,27 @@ def test_cli_train_reports_an_empty_folder(tmp_path: Path, capsys: pytest.Captur
         _train(tmp_path / "empty", tmp_path / "out", 1)
     assert exit_info.value.code == 2
     assert "error: no image files in" in capsys.readouterr().err
+
+
+def test_residual_v_loss_targets() -> None:
+    """v = sqrt(g) eps - sqrt(1-g) r with r = k (hr - condition): an echo of the exact target
+    scores zero."""
+
+    class Exact(torch.nn.Module):
+        config = SR3Config(inner_channels=4, norm_groups=2, channel_mults=(1,), image_size=8)
+
+        def __init__(self, value: torch.Tensor) -> None:
+            super().__init__()
+            self.value = value
+
+        def forward(self, x: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
+            return self.value
+
+    generator = torch.Generator().manual_seed(0)
+    hr, condition, noise = (torch.randn(2, 3, 8, 8, generator=generator) for _ in range(3))
+    level = torch.tensor([0.3, 0.9])
+    a = level.view(-1, 1, 1, 1)
+    v = a * noise - (1 - a**2).sqrt() * 4.0 * (hr - condition)
+    args = (hr, condition, level, noise)
+    assert float(sr3_loss(Exact(v), *args, prediction="v", residual_scale=4.0)) < 1e-6
+    assert float(sr3_loss(Exact(v), *args, prediction="v")) > 0.1  # image, not residual

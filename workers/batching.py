@@ -59,6 +59,7 @@ class RunSettings:
     steps: int
     guidance: float  # generation stages only (upscalers always run at 1)
     color: str  # upscaling stages only
+    fidelity: float | None  # upscales only (None: the stage's default)
     height: int  # the stage's planned output: equal sizes mean equal input shapes
     width: int
 
@@ -75,6 +76,9 @@ def run_settings(record: JobRecord, stage: Stage) -> RunSettings | None:
         steps=planned.steps,
         guidance=float(request.get("guidance", 1.0)) if generates else 1.0,
         color="none" if generates else str(request.get("color_fix", "none")),
+        fidelity=None
+        if generates or request.get("fidelity") is None
+        else float(request["fidelity"]),
         height=planned.height,
         width=planned.width,
     )
@@ -197,6 +201,7 @@ def sample(runtime: Runtime, model: Stage, members: list[Member]) -> Tensor:
         sampler=SamplerSettings(settings.sampler, settings.steps),
         guidance=settings.guidance,
         color=settings.color,  # type: ignore[arg-type]
+        fidelity=settings.fidelity,
         callback=check,
     )
     return images.cpu()

@@ -6,7 +6,7 @@ from fastapi import APIRouter, Response
 
 from api.deps import JobsDep, RedisDep, SettingsDep
 from api.schemas import ErrorBody, GenerationRequest, JobAccepted
-from api.submit import accept, generation_job
+from api.submit import accept, generation_job, known_classes
 
 router = APIRouter(tags=["jobs"])
 
@@ -25,6 +25,7 @@ def create_generation(
     jobs: JobsDep,
 ) -> JobAccepted:
     """Queue a generation; poll the returned `links.self` for progress."""
-    accepted = accept(connection, settings, jobs, generation_job(body, settings))
+    job = generation_job(body, settings, known_classes(connection))
+    accepted = accept(connection, settings, jobs, job)
     response.headers["Location"] = accepted.links.self
     return accepted

@@ -10,6 +10,7 @@ from rq import Worker
 from api.deps import RedisDep
 from api.metrics import StageCollector
 from api.schemas import ClassInfo, ErrorBody
+from api.submit import known_classes
 from cascade.classes import class_names
 from workers.plan import STAGES
 from workers.queues import stage_queue
@@ -18,9 +19,11 @@ router = APIRouter(tags=["service"])
 
 
 @router.get("/v1/classes", response_model=list[ClassInfo])
-def list_classes() -> list[dict[str, object]]:
-    """The 1000 ImageNet classes a generation can ask for, by id and name."""
-    return [{"id": index, "name": name} for index, name in enumerate(class_names())]
+def list_classes(connection: RedisDep) -> list[dict[str, object]]:
+    """The classes a generation can ask for, by id and name: those the loaded base was trained
+    on (as its worker announced it), or all 1000 ImageNet classes."""
+    names = class_names()
+    return [{"id": index, "name": names[index]} for index in known_classes(connection)]
 
 
 @router.get("/healthz")
