@@ -7,10 +7,10 @@ from typing import Annotated
 from fastapi import Depends, Request
 from redis import Redis
 
-from api.settings import Settings, get_settings
-from workers.connection import connect
-from workers.record import Jobs
-from workers.store import Store, open_store
+from jobs.connection import connect
+from jobs.record import Jobs
+from jobs.settings import Settings, get_settings
+from jobs.store import Store, open_store
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 

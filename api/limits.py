@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from api.settings import Settings
+from jobs.settings import Settings
 
 MULTIPART_OVERHEAD = 64 * 1024  # form fields and part boundaries around the file
 

@@ -9,7 +9,7 @@ from fastapi import FastAPI
 from api import errors
 from api.limits import UploadLimit
 from api.routes import generations, jobs, service, upscales
-from api.settings import Settings, get_settings
+from jobs.settings import Settings, get_settings
 
 DESCRIPTION = """Generate and upscale images with a cascade of diffusion models
 (64x64 class-conditional base, then 4x upscalers to 256 and 1024).

@@ -1,5 +1,5 @@
 """Prometheus metrics read from Redis at scrape time: the workers that produce them are other
-processes, so they record into Redis (`workers.stats`) and this collector reports it."""
+processes, so they record into Redis (`jobs.stats`) and this collector reports it."""
 
 from __future__ import annotations
 
@@ -15,9 +15,9 @@ from prometheus_client.registry import Collector
 from redis import Redis
 from rq import Worker
 
-from workers.plan import STAGES
-from workers.queues import stage_queue
-from workers.stats import read_stage
+from jobs.plan import STAGES
+from jobs.queues import stage_queue
+from jobs.stats import read_stage
 
 
 class StageCollector(Collector):

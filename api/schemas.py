@@ -8,10 +8,8 @@ from typing import Annotated, Literal
 from fastapi import UploadFile
 from pydantic import AfterValidator, AnyHttpUrl, BaseModel, ConfigDict, Field, model_validator
 
-from api.settings import SamplerName
-from cascade.stages import DEFAULT_FIDELITY
+from cascade.stages import DEFAULT_FIDELITY, ColorFix, SamplerName
 
-ColorFix = Literal["none", "adain", "wavelet"]
 MAX_SEED = 2**63 - 1  # stage seeds are taken modulo 2**63 (cascade.pipeline.stage_seed)
 
 Seed = Annotated[int, Field(ge=0, le=MAX_SEED, description="reproduces the image when reused")]
@@ -40,7 +38,7 @@ class GenerationRequest(BaseModel):
     sampler: SamplerName | None = None
     guidance: float = Field(1.0, ge=0, le=50, description="classifier-free guidance (1 = none)")
     color_fix: ColorFix = Field(
-        "wavelet", description="colour correction of each upscaling stage against its input"
+        "none", description="colour correction of each upscaling stage against its input"
     )
     webhook_url: AnyHttpUrl | None = Field(None, strict=False)
 
@@ -62,7 +60,11 @@ class UpscaleForm(BaseModel):
     seed: Seed | None = None
     steps: Steps | None = None
     sampler: SamplerName | None = None
-    color_fix: ColorFix = "wavelet"
+    color_fix: ColorFix = Field(
+        "none",
+        description="colour correction against the input (the residual upscalers keep "
+        "colour exact; wavelet or adain help eps-prediction weights)",
+    )
     fidelity: float | None = Field(
         None,
         ge=0,

@@ -11,10 +11,10 @@ from fastapi import HTTPException
 from redis import Redis
 
 from api.schemas import GenerationRequest, JobAccepted, Links, UpscaleForm
-from api.settings import Settings
 from cascade.classes import class_names, resolve_class
-from workers.catalog import announced
-from workers.plan import (
+from cascade.stages import ColorFix, SamplerName, StageRun
+from jobs.catalog import announced
+from jobs.plan import (
     PlannedStage,
     generation_stages,
     sizes,
@@ -22,9 +22,10 @@ from workers.plan import (
     upscale_stages,
     upscaled_size,
 )
-from workers.queues import enqueue_stage
-from workers.record import Jobs, NewJob
-from workers.view import RANDOM_WEIGHTS_WARNING, links
+from jobs.queues import enqueue_stage
+from jobs.record import Jobs, NewJob
+from jobs.settings import Settings
+from jobs.view import RANDOM_WEIGHTS_WARNING, links
 
 log = logging.getLogger(__name__)
 
@@ -33,16 +34,31 @@ def plan_stages(
     settings: Settings,
     stages: list[str],
     start: tuple[int, int] | None,
-    sampler: str | None,
+    *,
+    sampler: SamplerName | None,
     steps: int | None,
+    guidance: float = 1.0,
+    color: ColorFix = "none",
+    fidelity: float | None = None,
 ) -> list[PlannedStage]:
-    """Each stage's sampler and steps (the request's, else the stage's default) and output size."""
+    """Each stage's output size and run: the request's sampler and steps, else the stage's
+    defaults, and the request's guidance, colour fix and fidelity (the stage applies those that
+    concern its model)."""
     if steps is not None and steps > settings.max_steps:
         raise HTTPException(422, f"steps must be between 1 and {settings.max_steps}, got {steps}")
     height, width = start if start else (None, None)
     return [
         PlannedStage(
-            name, sampler or settings.sampler_for(name), steps or settings.steps_for(name), h, w
+            name,
+            h,
+            w,
+            StageRun(
+                sampler or settings.sampler_for(name),
+                steps or settings.steps_for(name),
+                guidance=guidance,
+                color=color,
+                fidelity=fidelity,
+            ),
         )
         for name, (h, w) in zip(stages, sizes(stages, height, width), strict=True)
     ]
@@ -79,7 +95,15 @@ def generation_job(
             f"on; it knows: {listed}",
         )
     seed = body.seed if body.seed is not None else new_seed()
-    plan = plan_stages(settings, generation_stages(body.size), None, body.sampler, body.steps)
+    plan = plan_stages(
+        settings,
+        generation_stages(body.size),
+        None,
+        sampler=body.sampler,
+        steps=body.steps,
+        guidance=body.guidance,
+        color=body.color_fix,
+    )
     request = body.model_dump(mode="json", exclude_none=True)
     request.update(class_id=class_id, class_name=class_names()[class_id], seed=seed)
     return NewJob(
@@ -108,7 +132,15 @@ def upscale_job(form: UpscaleForm, pixels: np.ndarray, settings: Settings) -> Ne
         )
     seed = form.seed if form.seed is not None else new_seed()
     stages = upscale_stages(height, width, scale)
-    plan = plan_stages(settings, stages, (height, width), form.sampler, form.steps)
+    plan = plan_stages(
+        settings,
+        stages,
+        (height, width),
+        sampler=form.sampler,
+        steps=form.steps,
+        color=form.color_fix,
+        fidelity=form.fidelity,
+    )
     request = form.model_dump(mode="json", exclude={"file"}, exclude_none=True)
     request.update(
         seed=seed,

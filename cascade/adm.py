@@ -98,6 +98,16 @@ class ADMConfig:
             )
 
     @property
+    def size_multiple(self) -> int:
+        """Input height and width must be multiples of this (one halving per level but the last)."""
+        return 2 ** (len(self.channel_mult) - 1)
+
+    @property
+    def condition_augmentation(self) -> bool:
+        """ADM's networks take no conditioning-augmentation level (shared config interface)."""
+        return False
+
+    @property
     def learn_sigma(self) -> bool:
         """Whether the output carries the learned-range variance channels."""
         return self.out_channels == 2 * self.in_channels
@@ -263,12 +273,15 @@ class AttentionBlock(nn.Module):
         qkv = self.qkv(self.norm(x))
         heads, ch, length = self.num_heads, c // self.num_heads, x.shape[-1]
         if self.order == "new":  # [q all heads | k all heads | v all heads]
-            q, k, v = qkv.reshape(b, 3, heads, ch, length).unbind(1)
+            qkv = qkv.reshape(b, 3, heads, ch, length)
         else:  # per head [q_h, k_h, v_h]
-            q, k, v = qkv.reshape(b, heads, 3 * ch, length).split(ch, dim=2)
+            qkv = qkv.reshape(b, heads, 3, ch, length).transpose(1, 2)
+        # One copy to contiguous (3, B, heads, tokens, ch): the layout SDPA's fused (flash /
+        # efficient) kernels take; transposed views fall back to the slow math kernel.
+        q, k, v = qkv.permute(1, 0, 2, 4, 3).contiguous().unbind(0)
         # SDPA's default 1/sqrt(ch) equals the reference's ch^-1/4 applied to q and to k.
-        a = F.scaled_dot_product_attention(q.mT, k.mT, v.mT).mT
-        h = self.proj_out(a.reshape(b, c, length))
+        a = F.scaled_dot_product_attention(q, k, v)  # (B, heads, tokens, ch)
+        h = self.proj_out(a.mT.reshape(b, c, length))
         return (x + h).reshape(b, c, *spatial)
 
 

@@ -13,13 +13,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
-from cascade.denoiser import (
-    ADMDenoiser,
-    ClassifierFreeGuidance,
-    Denoiser,
-    Parameterization,
-    SR3Denoiser,
-)
+from cascade.denoiser import ClassifierFreeGuidance, Denoiser, Parameterization
+from cascade.families import FAMILIES
 from cascade.presets import ModelSpec, get_preset
 
 log = logging.getLogger(__name__)
@@ -52,7 +47,7 @@ class Model:
         `guidance` != 1 (the model must have a null class). Tiling wraps this level, so the
         residual's upsampled condition is taken from the whole image, not per tile."""
         spec = self.spec
-        raw: Denoiser = (SR3Denoiser if spec.family == "sr3" else ADMDenoiser)(self.network)
+        raw = FAMILIES[spec.family].denoiser(self.network)
         if guidance != 1.0:
             if spec.null_class is None:
                 raise ValueError(f"guidance {guidance} needs a model trained with a null class")

@@ -1,18 +1,29 @@
-"""The `cascade` command line: sample, convert, presets, info, and the service entry points."""
+"""The `cascade` command line: sample, convert, presets, info, classes, demo-data, train, eval.
+
+Each subcommand owns its arguments (`add_arguments` beside its `main`). Packages above the
+maths add their own subcommands through the `cascade.commands` entry-point group (the service's
+`serve` and `worker`, the benchmarks' `bench`): each entry is a `register(subcommands)` function,
+so this package never imports them.
+"""
 
 from __future__ import annotations
 
 import argparse
-import importlib
+import dataclasses
 import json
 import logging
 import random
 import sys
 import time
 from collections.abc import Sequence
+from importlib.metadata import entry_points
 from pathlib import Path
 
-from cascade.stages import STAGES
+from cascade import evaluation, training
+from cascade.stages import COLOR_FIXES, SAMPLER_NAMES, SIZES, STAGES
+
+COMMANDS_GROUP = "cascade.commands"
+log = logging.getLogger(__name__)
 
 
 def _add_stage_weights(parser: argparse.ArgumentParser) -> None:
@@ -42,15 +53,21 @@ def _sample(args: argparse.Namespace) -> None:
     from cascade.classes import resolve_class
     from cascade.images import load_image, save_png
     from cascade.pipeline import Cascade, default_weights
-    from cascade.samplers import SamplerSettings
 
     weights = {**default_weights(), **_parse_weights(args.weights)}
     cascade = Cascade.load(weights, device=args.device)
     for stage in cascade.stages.values():
         if stage.model.random_weights:
             print(f"note: {stage.name} uses {stage.model.id}: random weights, not a trained model")
-    settings = {
-        name: SamplerSettings(args.sampler or stage.sampler.name, args.steps or stage.sampler.steps)
+    runs = {
+        name: dataclasses.replace(
+            stage.defaults,
+            sampler=args.sampler or stage.defaults.sampler,
+            steps=args.steps or stage.defaults.steps,
+            guidance=args.guidance,
+            color=args.color_fix,
+            fidelity=args.fidelity,
+        )
         for name, stage in cascade.stages.items()
     }
     seed = args.seed if args.seed is not None else random.randrange(2**31)
@@ -68,9 +85,7 @@ def _sample(args: argparse.Namespace) -> None:
             image.repeat(args.batch, 1, 1, 1),
             seeds,
             scale=args.scale,
-            samplers=settings,
-            color=args.color_fix,
-            fidelity=args.fidelity,
+            runs=runs,
             callback=progress,
         )
     else:
@@ -79,9 +94,7 @@ def _sample(args: argparse.Namespace) -> None:
             [class_id] * args.batch,
             args.size,
             seeds,
-            samplers=settings,
-            guidance=args.guidance,
-            color=args.color_fix,
+            runs=runs,
             callback=progress,
         )
     for bar in bars.values():
@@ -148,13 +161,15 @@ def _demo_data(args: argparse.Namespace) -> None:
         print(f"{name}: {folder}")
 
 
-def _delegate(module: str, function: str):
-    """Subcommands implemented elsewhere (service, training); imported only when used."""
-
-    def run(args: argparse.Namespace) -> None:
-        getattr(importlib.import_module(module), function)(args)
-
-    return run
+def _plugins(commands: argparse._SubParsersAction) -> None:
+    """Subcommands registered by installed packages (`cascade.commands` entry points)."""
+    for entry in entry_points(group=COMMANDS_GROUP):
+        try:
+            register = entry.load()
+        except ImportError as error:  # e.g. the bench package in an image that leaves it out
+            log.debug("subcommand %s unavailable: %s", entry.name, error)
+            continue
+        register(commands)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -164,10 +179,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     sample = commands.add_parser("sample", help="generate or upscale into PNGs")
     sample.add_argument("--class", dest="class_id", default="207", help="class id or name")
-    sample.add_argument("--size", type=int, default=256, choices=[64, 256, 1024])
+    sample.add_argument("--size", type=int, default=256, choices=list(SIZES))
     sample.add_argument("--upscale", metavar="IMAGE", help="upscale this image instead")
     sample.add_argument("--scale", type=int, default=4, choices=[4, 16])
-    sample.add_argument("--color-fix", default="wavelet", choices=["none", "adain", "wavelet"])
+    sample.add_argument("--color-fix", default="none", choices=COLOR_FIXES)
     sample.add_argument(
         "--fidelity",
         type=float,
@@ -177,7 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--seed", type=int)
     sample.add_argument("--batch", type=int, default=1)
     sample.add_argument("--steps", type=int)
-    sample.add_argument("--sampler", choices=["ancestral", "ddpm", "ddim", "dpmpp_2m"])
+    sample.add_argument("--sampler", choices=SAMPLER_NAMES)
     sample.add_argument("--guidance", type=float, default=1.0)
     sample.add_argument("--device", default="cpu")
     sample.add_argument("--out", default="samples")
@@ -209,122 +224,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.set_defaults(run=_demo_data)
 
-    serve = commands.add_parser("serve", help="run API, embedded Redis and a worker")
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8000)
-    serve.set_defaults(run=_delegate("workers.embedded", "main"))
-
-    worker = commands.add_parser("worker", help="serve stage queues")
-    worker.add_argument("--stages", default=",".join(STAGES))
-    worker.add_argument("--burst", action="store_true", help="exit when the queues are empty")
-    worker.set_defaults(run=_delegate("workers.worker", "main"))
-
     train = commands.add_parser("train", help="train a stage")
-    train.set_defaults(run=_delegate("cascade.training", "main"))
-    _train_arguments(train)
+    training.add_arguments(train)
+    train.set_defaults(run=training.main)
 
     evaluate = commands.add_parser("eval", help="evaluate an upscaler against bicubic")
-    evaluate.set_defaults(run=_delegate("cascade.evaluation", "main"))
-    _eval_arguments(evaluate)
+    evaluation.add_arguments(evaluate)
+    evaluate.set_defaults(run=evaluation.main)
 
-    bench = commands.add_parser("bench", help="run the benchmark suite")
-    bench.add_argument("--json", default="bench.json", help="results (plot and markdown beside)")
-    bench.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    bench.add_argument("--quick", action="store_true", help="fewer repeats and sizes")
-    sections = "forward,samplers,service,throughput,tiling"
-    bench.add_argument("--only", metavar="SECTIONS", help=f"run only these of {sections}")
-    bench.add_argument("--skip", metavar="SECTIONS", help="run all but these")
-    bench.add_argument("--data", help="held-out photos for the sampler figures")
-    bench.add_argument("--report", help="markdown report (default: BENCHMARKS.md in the repo)")
-    bench.add_argument(
-        "--merge",
-        action="append",
-        default=[],
-        metavar="JSON",
-        help="add a run from another machine (e.g. a GPU) to the report",
-    )
-    bench.add_argument(
-        "--report-only", action="store_true", help="measure nothing: report --json as it is"
-    )
-    bench.set_defaults(run=_delegate("workers.bench", "main"))
+    _plugins(commands)
     return parser
-
-
-def _train_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--stage", required=True, choices=list(STAGES))
-    parser.add_argument("--data", required=True, help="image folder (base64: one folder/class)")
-    parser.add_argument("--preset", help="model preset (default: the stage's -small preset)")
-    parser.add_argument("--out", default="runs/train", help="output folder")
-    parser.add_argument(
-        "--steps", type=int, default=1000, help="total steps; a resume continues up to this number"
-    )
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--lr", type=float, default=1e-4)
-    parser.add_argument("--warmup", type=int, default=100)
-    parser.add_argument(
-        "--loss",
-        choices=["l1", "l2"],
-        help="upscalers only (default: l1 for eps-prediction as SR3, l2 for v); the base "
-        "always trains with MSE",
-    )
-    parser.add_argument("--degradation", choices=["bicubic", "realistic"], default="bicubic")
-    parser.add_argument("--ema", type=float, default=0.999)
-    parser.add_argument("--label-dropout", type=float, default=0.1)
-    parser.add_argument("--max-aug-level", type=float, default=0.2)
-    parser.add_argument("--sample-every", type=int, default=500)
-    parser.add_argument("--save-every", type=int, default=500)
-    parser.add_argument("--resume", help="training state file to resume from")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument(
-        "--precision", choices=["float32", "bfloat16", "float16"], default="float32"
-    )
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--hold-out",
-        type=int,
-        default=0,
-        help="leave out the last N images (sorted by name) for evaluation",
-    )
-    parser.add_argument(
-        "--crop", type=int, help="training crop size (default: the preset's native output size)"
-    )
-    parser.add_argument(
-        "--max-minutes", type=float, help="stop (and save) after this much training time"
-    )
-
-
-def _eval_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--stage", required=True, choices=["sr256", "sr1024"])
-    parser.add_argument("--data", required=True, help="folder of ground-truth images")
-    parser.add_argument("--checkpoint", help="model to evaluate (default: the stage's default)")
-    parser.add_argument(
-        "--color-fix",
-        default="none",
-        choices=["none", "adain", "wavelet"],
-        help="colour-correct the model's output against its input before scoring",
-    )
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--sampler", default="dpmpp_2m")
-    parser.add_argument(
-        "--fidelity",
-        type=float,
-        help="0 (full sample) .. 1 (most faithful); default: the stage's default. Fidelity 1 "
-        "is always scored too",
-    )
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--limit", type=int, help="evaluate at most N images")
-    parser.add_argument("--out", default="runs/eval")
-    parser.add_argument(
-        "--crop", type=int, help="evaluate center crops of this size (default: stage output size)"
-    )
-    parser.add_argument(
-        "--hold-out",
-        type=int,
-        default=0,
-        help="evaluate only the last N images (sorted by path), those "
-        "`cascade train --hold-out N` left out",
-    )
-    parser.add_argument("--device", default="cpu")
 
 
 def main(argv: Sequence[str] | None = None) -> None:

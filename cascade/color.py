@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-ColorFix = Literal["none", "adain", "wavelet"]
-COLOR_FIXES: frozenset[str] = frozenset({"none", "adain", "wavelet"})
+from cascade.stages import COLOR_FIXES, ColorFix
 
 # Guards the division for flat channels; far below any real image's std.
 _STD_FLOOR = 1e-6

@@ -100,7 +100,7 @@ class SR3Denoiser:
         condition = self._condition(cond["low_res"], tuple(x.shape[-2:]))
         noise_level = self._tables.get(schedule, x, self._build)["noise_level"][t]
         aug_level = cond.get("aug_level")
-        if not getattr(self.network.config, "condition_augmentation", False):
+        if not self.network.config.condition_augmentation:
             aug_level = None
         eps = self.network(
             torch.cat([condition.to(x.dtype), x], dim=1),

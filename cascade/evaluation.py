@@ -8,6 +8,7 @@ with PSNR/SSIM (RGB and Y) against the ground truth and with SR3's consistency a
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import math
@@ -26,9 +27,15 @@ from cascade.datasets import center_crop, find_images, read_image, to_float
 from cascade.degradations import bicubic_degrade, upsample_condition
 from cascade.images import save_png
 from cascade.metrics import image_metrics
-from cascade.pipeline import ColorFix, Stage, default_weights
-from cascade.samplers import SamplerSettings
-from cascade.stages import STAGE_OUTPUT
+from cascade.pipeline import Stage, default_weights
+from cascade.stages import (
+    COLOR_FIXES,
+    SAMPLER_NAMES,
+    STAGE_INPUT,
+    STAGE_OUTPUT,
+    ColorFix,
+    StageRun,
+)
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +56,7 @@ class Upscaler(Protocol):
         *,
         seeds: Sequence[int],
         low_res: Tensor,
-        sampler: SamplerSettings,
-        fidelity: float | None = None,
+        run: StageRun | None = None,
     ) -> Tensor: ...
 
 
@@ -78,17 +84,17 @@ def evaluate_image(
     target: Tensor,
     name: str,
     seed: int,
-    sampler: SamplerSettings,
+    run: StageRun,
     color: ColorFix = "none",
-    fidelity: float | None = None,
 ) -> ImageResult:
-    """Score bicubic, the model at `fidelity` (None: the stage's default) and the model at
-    fidelity 1 (colour-corrected against the input when asked) on one ground-truth image."""
+    """Score bicubic, the model as `run` says (fidelity None: the stage's default) and the model
+    at fidelity 1 (colour-corrected against the input when asked) on one ground-truth image."""
     target = (target[None] if target.dim() == 3 else target).float().cpu()
     low_res = bicubic_degrade(target, stage.scale)
     outputs = {"bicubic": upsample_condition(low_res, tuple(target.shape[-2:]))}
-    for method, value in (("model", fidelity), ("fidelity1", 1.0)):
-        output = stage.run(seeds=[seed], low_res=low_res, sampler=sampler, fidelity=value)
+    faithful = dataclasses.replace(run, fidelity=1.0)
+    for method, method_run in (("model", run), ("fidelity1", faithful)):
+        output = stage.run(seeds=[seed], low_res=low_res, run=method_run)
         output = color_fix(output.float().cpu(), low_res, color).clamp(-1, 1)
         if output.shape != target.shape:
             raise ValueError(
@@ -122,14 +128,13 @@ def evaluate(
     images: Sequence[Tensor],
     names: Sequence[str],
     seed: int,
-    sampler: SamplerSettings,
-    fidelity: float | None = None,
+    run: StageRun,
 ) -> dict[str, object]:
     """Metrics of every method over ground-truth images; image i is sampled with seed + i."""
     if len(images) != len(names):
         raise ValueError(f"{len(images)} images for {len(names)} names")
     results = [
-        evaluate_image(stage, image, name, seed + index, sampler, fidelity=fidelity)
+        evaluate_image(stage, image, name, seed + index, run)
         for index, (image, name) in enumerate(zip(images, names, strict=True))
     ]
     return summarize(results)
@@ -179,6 +184,41 @@ def format_table(summary: dict[str, object]) -> str:
     return "\n".join(lines)
 
 
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """`cascade eval`'s arguments."""
+    parser.add_argument("--stage", required=True, choices=list(STAGE_INPUT))
+    parser.add_argument("--data", required=True, help="folder of ground-truth images")
+    parser.add_argument("--checkpoint", help="model to evaluate (default: the stage's default)")
+    parser.add_argument(
+        "--color-fix",
+        default="none",
+        choices=COLOR_FIXES,
+        help="colour-correct the model's output against its input before scoring",
+    )
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--sampler", default="dpmpp_2m", choices=SAMPLER_NAMES)
+    parser.add_argument(
+        "--fidelity",
+        type=float,
+        help="0 (full sample) .. 1 (most faithful); default: the stage's default. Fidelity 1 "
+        "is always scored too",
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--limit", type=int, help="evaluate at most N images")
+    parser.add_argument("--out", default="runs/eval")
+    parser.add_argument(
+        "--crop", type=int, help="evaluate center crops of this size (default: stage output size)"
+    )
+    parser.add_argument(
+        "--hold-out",
+        type=int,
+        default=0,
+        help="evaluate only the last N images (sorted by path), those "
+        "`cascade train --hold-out N` left out",
+    )
+    parser.add_argument("--device", default="cpu")
+
+
 def main(args: argparse.Namespace) -> None:
     """`cascade eval`: an upscaler against bicubic on a folder of ground-truth images."""
     from tqdm import tqdm
@@ -204,25 +244,22 @@ def main(args: argparse.Namespace) -> None:
             f"no usable ground-truth images in {args.data} ({len(paths)} image files, "
             f"need readable images of at least {size}x{size})"
         )
-    sampler = SamplerSettings(args.sampler, args.steps)
+    stage = Stage(args.stage, model)
+    run = stage.effective(
+        StageRun(args.sampler, args.steps, fidelity=getattr(args, "fidelity", None))
+    )
     color = getattr(args, "color_fix", "none")
-    stage = Stage(args.stage, model, sampler)
-    fidelity = getattr(args, "fidelity", None)
-    if fidelity is None:
-        fidelity = stage.default_fidelity
     results = []
     for index, (image, name) in enumerate(
         tqdm(list(zip(images, names, strict=True)), desc="eval", unit="image")
     ):
-        results.append(
-            evaluate_image(stage, image, name, args.seed + index, sampler, color, fidelity)
-        )
+        results.append(evaluate_image(stage, image, name, args.seed + index, run, color))
     report = {
         "stage": args.stage,
         "checkpoint": model.id,
-        "sampler": sampler.name,
-        "steps": sampler.steps,
-        "fidelity": fidelity,
+        "sampler": run.sampler,
+        "steps": run.steps,
+        "fidelity": run.fidelity,
         "color_fix": color,
         "seed": args.seed,
         "size": size,

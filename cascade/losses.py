@@ -44,7 +44,7 @@ def sr3_loss(
     x0 = hr if residual_scale is None else residual_scale * (hr - condition)
     x_noisy = level.view(-1, 1, 1, 1) * x0 + (1 - level**2).sqrt().view(-1, 1, 1, 1) * noise
     extra = {}
-    if getattr(network.config, "condition_augmentation", False):
+    if network.config.condition_augmentation:
         extra["aug_level"] = aug_level
     elif aug_level is not None and bool((aug_level != 0).any()):
         raise ValueError("aug_level given for a network trained without conditioning augmentation")

@@ -1,7 +1,9 @@
 """The cascade: a 64x64 class-conditional base, then 64->256 and 256->1024 upscalers.
 
 Stages hand float tensors in [-1, 1] to each other, never 8-bit images. A `Stage` is one model
-plus its sampler settings; `Cascade` is a plain loop over stages.
+and how it runs by default; `Stage.run` is the one place the per-stage rules live (stage seeds,
+class ids only for class-conditional models, guidance only when generating, colour fix and
+fidelity only when upscaling). `Cascade` is a plain loop over stages.
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -22,19 +23,14 @@ from torch import Tensor
 from cascade.checkpoints import Model, load
 from cascade.color import color_fix
 from cascade.degradations import noise_augment
-from cascade.denoiser import Cond, Denoiser
-from cascade.samplers import (
-    Callback,
-    SamplerSettings,
-    denoise_once,
-    generators,
-    randn_like,
-    sample,
-)
-from cascade.schedule import Schedule
+from cascade.denoiser import Denoiser
+from cascade.samplers import Callback, generators, randn_like, sample_with_fidelity
 from cascade.stages import (
     DEFAULT_FIDELITY,
+    DEFAULT_RUNS,
     STAGES,
+    Precision,
+    StageRun,
     generation_stages,
     stage_seed,
     upscale_stages,
@@ -43,19 +39,9 @@ from cascade.tiling import TiledDenoiser
 
 log = logging.getLogger(__name__)
 
-StageName = Literal["base64", "sr256", "sr1024"]
-ColorFix = Literal["none", "adain", "wavelet"]
-Precision = Literal["float32", "bfloat16", "float16"]
 StageCallback = Callable[[str, int, int, Tensor], None]
 
 DEFAULT_WEIGHTS: dict[str, str] = {name: f"preset:{name}-tiny" for name in STAGES}
-# Ancestral sampling is robust to poor x0 guesses at the noisiest steps (fresh noise washes them
-# out), which small demo models make; DDIM and DPM-Solver++ carry them into the image.
-DEFAULT_SAMPLERS: dict[str, SamplerSettings] = {
-    "base64": SamplerSettings("ancestral", 50),
-    "sr256": SamplerSettings("ancestral", 50),
-    "sr1024": SamplerSettings("ancestral", 20),
-}
 DEMO_WEIGHTS = Path(__file__).resolve().parents[1] / "weights" / "demo"
 
 
@@ -67,58 +53,17 @@ def default_weights(directory: Path = DEMO_WEIGHTS) -> dict[str, str]:
     }
 
 
-def sample_with_fidelity(
-    model: Denoiser,
-    x: Tensor,
-    schedule: Schedule,
-    settings: SamplerSettings,
-    fidelity: float,
-    *,
-    cond: Cond,
-    generator,
-    callback: Callback | None = None,
-) -> Tensor:
-    """Fidelity-realism control for upscales (after StableSR's fidelity weight), SDEdit-style.
-
-    fidelity 1: the model's clean estimate at the noisiest step from a fixed x_T, so the same
-    output for every seed (for an L2-trained model, the MMSE estimate: the highest PSNR).
-    fidelity 0: the full generative sample from pure noise. In between: that estimate is noised
-    to the trained step (1 - fidelity)(T - 1) with the item's own noise and sampled from there
-    with `settings` (steps capped at the truncated length). Lower fidelity restarts from more
-    noise, so more of the output is generated: detail rises and PSNR falls, monotonically.
-    """
-    if not 0.0 <= fidelity <= 1.0:
-        raise StageError(f"fidelity must lie in [0, 1], got {fidelity}")
-    if fidelity == 0.0:
-        return sample(
-            model, x, schedule, settings, cond=cond, generator=generator, callback=callback
-        )
-    # The same fixed x_T for every item (and every seed), so the result is batch-independent.
-    x_top = randn_like(x, generators([0] * x.shape[0], x.device))
-    mean = denoise_once(model, x_top, schedule, cond=cond)
-    start = round((1.0 - fidelity) * (len(schedule) - 1))
-    if start == 0:
-        if callback is not None:
-            callback(1, 1, mean)
-        return mean
-    truncated = Schedule(schedule.alphas_cumprod[: start + 1], schedule.timesteps[: start + 1])
-    acp = float(truncated.alphas_cumprod[-1])
-    x = acp**0.5 * mean + (1 - acp) ** 0.5 * randn_like(x, generator)
-    settings = dataclasses.replace(settings, steps=min(settings.steps, len(truncated)))
-    return sample(model, x, truncated, settings, cond=cond, generator=generator, callback=callback)
-
-
 class StageError(ValueError):
     """A request a stage cannot serve (bad size, guidance without a null class, ...)."""
 
 
 @dataclass
 class Stage:
-    """One step of the cascade: a model, its default sampler and augmentation level."""
+    """One step of the cascade: a model, how it runs by default, its augmentation level."""
 
     name: str
     model: Model
-    sampler: SamplerSettings = field(default_factory=SamplerSettings)
+    defaults: StageRun = field(default_factory=StageRun)
     aug_level: float = 0.0  # CDM level given to SR models trained with augmentation
     precision: Precision = "float32"  # autocast dtype on CUDA; CPU always runs float32
     # Upscales: 1 the most faithful output, 0 the full sample. None: DEFAULT_FIDELITY for a
@@ -144,6 +89,16 @@ class Stage:
             return self.fidelity
         return DEFAULT_FIDELITY if self.model.spec.diffused == "residual" else 0.0
 
+    def effective(self, run: StageRun | None = None) -> StageRun:
+        """What of `run` applies to this stage's model: guidance only when generating, colour
+        fix and fidelity only when upscaling (fidelity resolved to a number). Equal results
+        sample identically, which is what cross-request batching compares."""
+        run = run or self.defaults
+        if self.model.spec.task == "generate":
+            return dataclasses.replace(run, color="none", fidelity=None)
+        fidelity = self.default_fidelity if run.fidelity is None else run.fidelity
+        return dataclasses.replace(run, guidance=1.0, fidelity=fidelity)
+
     def describe(self) -> dict[str, object]:
         """What a job record says about the model behind this stage."""
         spec = self.model.spec
@@ -156,8 +111,8 @@ class Stage:
             "diffused": spec.diffused,
             "size": self.output_size,
             "scale": self.scale,
-            "sampler": self.sampler.name,
-            "steps": self.sampler.steps,
+            "sampler": self.defaults.sampler,
+            "steps": self.defaults.steps,
         }
         if spec.task == "upscale":
             description["fidelity"] = self.default_fidelity
@@ -203,19 +158,17 @@ class Stage:
         seeds: Sequence[int],
         class_ids: Sequence[int] | None = None,
         low_res: Tensor | None = None,
-        sampler: SamplerSettings | None = None,
-        guidance: float = 1.0,
+        run: StageRun | None = None,
         aug_level: float | None = None,
-        color: ColorFix = "none",
-        fidelity: float | None = None,
         callback: Callback | None = None,
     ) -> Tensor:
-        """Sample this stage for a batch; item i uses seeds[i] alone (batch-independent).
-        Upscales take `fidelity` in [0, 1] (`sample_with_fidelity`; None: the stage's own)."""
+        """Sample this stage for a batch of requests. Item i draws from its own generator,
+        seeded from `seeds[i]` and the stage's name (so stages differ and an item's image does
+        not depend on its batch); `run` (default: the stage's) applies as `effective` says."""
         spec, device = self.model.spec, self.device
-        settings = sampler or self.sampler
+        run = self.effective(run)
         batch = len(seeds)
-        gens = generators(seeds, device)
+        gens = generators([stage_seed(seed, self.name) for seed in seeds], device)
         cond: dict[str, Tensor] = {}
         if spec.class_conditional:
             if class_ids is None:
@@ -223,7 +176,7 @@ class Stage:
             cond["class_ids"] = self._class_tensor(class_ids, batch)
         if spec.task == "generate":
             height = width = spec.image_size
-            raw = self._raw_denoiser(guidance)
+            raw = self._raw_denoiser(run.guidance)
         else:
             if low_res is None:
                 raise StageError(f"stage {self.name} upscales: give a low-resolution image")
@@ -234,51 +187,39 @@ class Stage:
             raw = self._raw_denoiser(1.0)
             if max(height, width) > spec.image_size:
                 raw = TiledDenoiser(raw, tile=spec.image_size, scale=spec.scale)
-        denoiser = self.model.parameterize(raw)
-        x = randn_like(torch.empty(batch, 3, height, width, device=device), gens)
-        if self._reduced_precision():  # tensor-core kernels for bf16/fp16 want NHWC
-            self.model.network.to(memory_format=torch.channels_last)
-            x = x.contiguous(memory_format=torch.channels_last)
-        if spec.task == "upscale":
             level = self.aug_level if aug_level is None else aug_level
             if not spec.condition_augmentation:
                 level = 0.0  # weights trained without augmentation run clean (ADM, SR3)
             levels = torch.full((batch,), float(level), device=device)
             cond["low_res"] = noise_augment(low_res, levels, gens) if level > 0 else low_res
             cond["aug_level"] = levels
-            report = callback
-            if callback is not None and spec.diffused == "residual":
+        denoiser = self.model.parameterize(raw)
+        x = randn_like(torch.empty(batch, 3, height, width, device=device), gens)
+        if self._reduced_precision():  # tensor-core kernels for bf16/fp16 want NHWC
+            self.model.network.to(memory_format=torch.channels_last)
+            x = x.contiguous(memory_format=torch.channels_last)
+        report = callback
+        if callback is not None and spec.diffused == "residual":
 
-                def report(step: int, total: int, x0: Tensor) -> None:
-                    callback(step, total, denoiser.to_image(x0, cond["low_res"]))
+            def report(step: int, total: int, x0: Tensor) -> None:
+                callback(step, total, denoiser.to_image(x0, cond["low_res"]))
 
-            if fidelity is None:
-                fidelity = self.default_fidelity
-            with self._autocast():
-                x = sample_with_fidelity(
-                    denoiser,
-                    x,
-                    spec.schedule.build(),
-                    settings,
-                    fidelity,
-                    cond=cond,
-                    generator=gens,
-                    callback=report,
-                )
-            x = denoiser.to_image(x.float(), cond["low_res"].float()).clamp(-1, 1)
-            x = x[..., : crop[0] * spec.scale, : crop[1] * spec.scale]
-            return color_fix(x, low_res[..., : crop[0], : crop[1]], color)
         with self._autocast():
-            x = sample(
+            x = sample_with_fidelity(
                 denoiser,
                 x,
                 spec.schedule.build(),
-                settings,
+                run,
+                run.fidelity or 0.0,
                 cond=cond,
                 generator=gens,
-                callback=callback,
+                callback=report,
             )
-        return x.float().clamp(-1, 1)
+        if spec.task == "generate":
+            return x.float().clamp(-1, 1)
+        x = denoiser.to_image(x.float(), cond["low_res"].float()).clamp(-1, 1)
+        x = x[..., : crop[0] * spec.scale, : crop[1] * spec.scale]
+        return color_fix(x, low_res[..., : crop[0], : crop[1]], run.color)
 
     def _class_tensor(self, class_ids: Sequence[int], batch: int) -> Tensor:
         if len(class_ids) != batch:
@@ -291,9 +232,7 @@ class Stage:
 
     def _pad_input(self, low_res: Tensor) -> tuple[Tensor, tuple[int, int]]:
         """Reflect-pad the input so the output fits the network's size multiple (cropped after)."""
-        multiple = getattr(self.model.network.config, "size_multiple", None)
-        if multiple is None:  # ADM: one halving per level but the last
-            multiple = 2 ** (len(self.model.network.config.channel_mult) - 1)
+        multiple = self.model.network.config.size_multiple
         step = max(1, math.ceil(multiple / self.scale))
         height, width = low_res.shape[-2:]
         pad_h, pad_w = (-height) % step, (-width) % step
@@ -326,16 +265,16 @@ class Cascade:
         cls,
         weights: Mapping[str, str] | None = None,
         device: torch.device | str = "cpu",
-        samplers: Mapping[str, SamplerSettings] | None = None,
+        runs: Mapping[str, StageRun] | None = None,
         compile: bool = False,
         stages: Sequence[str] = STAGES,
     ) -> Cascade:
         """Stages from checkpoint paths or `preset:NAME` sources (default: the demo weights
         where present, else tiny random presets), on the fast path for `device`."""
         sources = {**default_weights(), **(weights or {})}
-        settings = {**DEFAULT_SAMPLERS, **(samplers or {})}
+        defaults = {**DEFAULT_RUNS, **(runs or {})}
         loaded = [
-            Stage(name, load(sources[name], device), settings[name]).optimize(compile)
+            Stage(name, load(sources[name], device), defaults[name]).optimize(compile)
             for name in stages
         ]
         return cls(loaded)
@@ -361,19 +300,12 @@ class Cascade:
         size: int,
         seeds: Sequence[int],
         *,
-        samplers: Mapping[str, SamplerSettings] | None = None,
-        guidance: float = 1.0,
-        color: ColorFix = "none",
+        runs: Mapping[str, StageRun] | None = None,
         callback: StageCallback | None = None,
     ) -> CascadeResult:
-        """Class-conditional generation at 64, 256 or 1024 pixels; `color` corrects each
-        upscaling stage against the previous stage's output."""
-        images: dict[str, Tensor] = {}
-        x: Tensor | None = None
-        for stage in self.plan_generation(size):
-            x = self._run(stage, seeds, class_ids, x, samplers, guidance, color, callback)
-            images[stage.name] = x.cpu()
-        return CascadeResult(images, list(seeds))
+        """Class-conditional generation at 64, 256 or 1024 pixels; `runs` by stage name
+        (default: each stage's own)."""
+        return self._loop(self.plan_generation(size), seeds, class_ids, None, runs, callback)
 
     def upscale(
         self,
@@ -382,45 +314,35 @@ class Cascade:
         *,
         scale: int = 4,
         class_ids: Sequence[int] | None = None,
-        samplers: Mapping[str, SamplerSettings] | None = None,
-        color: ColorFix = "none",
-        fidelity: float | None = None,
+        runs: Mapping[str, StageRun] | None = None,
         callback: StageCallback | None = None,
     ) -> CascadeResult:
-        """Upscale images ([B,3,H,W] in [-1,1]) by 4 or 16 at `fidelity` (None: each stage's
-        default)."""
-        images: dict[str, Tensor] = {}
-        x = image
-        for stage in self.plan_upscale(*image.shape[-2:], scale):
-            x = self._run(stage, seeds, class_ids, x, samplers, 1.0, color, callback, fidelity)
-            images[stage.name] = x.cpu()
-        return CascadeResult(images, list(seeds))
+        """Upscale images ([B,3,H,W] in [-1,1]) by 4 or 16."""
+        stages = self.plan_upscale(*image.shape[-2:], scale)
+        return self._loop(stages, seeds, class_ids, image, runs, callback)
 
     @staticmethod
-    def _run(
-        stage: Stage,
+    def _loop(
+        stages: Sequence[Stage],
         seeds: Sequence[int],
         class_ids: Sequence[int] | None,
         x: Tensor | None,
-        samplers: Mapping[str, SamplerSettings] | None,
-        guidance: float,
-        color: ColorFix,
+        runs: Mapping[str, StageRun] | None,
         callback: StageCallback | None,
-        fidelity: float | None = None,
-    ) -> Tensor:
-        def report(step: int, total: int, x0: Tensor) -> None:
-            if callback is not None:
-                callback(stage.name, step, total, x0)
+    ) -> CascadeResult:
+        images: dict[str, Tensor] = {}
+        for stage in stages:
 
-        if not stage.model.spec.class_conditional:
-            class_ids = None
-        return stage.run(
-            seeds=[stage_seed(seed, stage.name) for seed in seeds],
-            class_ids=class_ids,
-            low_res=x,
-            sampler=(samplers or {}).get(stage.name),
-            guidance=guidance if stage.model.spec.task == "generate" else 1.0,
-            color=color,
-            fidelity=fidelity,
-            callback=report,
-        )
+            def report(step: int, total: int, x0: Tensor, name: str = stage.name) -> None:
+                if callback is not None:
+                    callback(name, step, total, x0)
+
+            x = stage.run(
+                seeds=seeds,
+                class_ids=class_ids,
+                low_res=x,
+                run=(runs or {}).get(stage.name),
+                callback=report,
+            )
+            images[stage.name] = x.cpu()
+        return CascadeResult(images, list(seeds))

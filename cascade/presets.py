@@ -13,11 +13,11 @@ from typing import Any, Literal
 
 from torch import nn
 
-from cascade.adm import ADMConfig, ADMUNet
+from cascade.adm import ADMConfig
+from cascade.families import FAMILIES, FamilyName
 from cascade.schedule import ScheduleConfig
-from cascade.sr3 import SR3Config, SR3UNet
+from cascade.sr3 import SR3Config
 
-Family = Literal["sr3", "adm"]
 Task = Literal["generate", "upscale"]
 Target = Literal["eps", "v", "x0"]  # what the network predicts
 Diffused = Literal["image", "residual"]  # what the diffusion process runs on
@@ -29,7 +29,7 @@ NULL_CLASS = 1000  # ImageNet has 1000 classes; native bases learn one more "no 
 class ModelSpec:
     """A model's architecture, training schedule and task; enough to rebuild it."""
 
-    family: Family
+    family: FamilyName
     network: SR3Config | ADMConfig
     schedule: ScheduleConfig
     task: Task
@@ -60,16 +60,14 @@ class ModelSpec:
 
     @property
     def class_conditional(self) -> bool:
-        return getattr(self.network, "num_classes", None) is not None
+        return self.network.num_classes is not None
 
     @property
     def condition_augmentation(self) -> bool:
-        return bool(getattr(self.network, "condition_augmentation", False))
+        return self.network.condition_augmentation
 
     def build(self) -> nn.Module:
-        if self.family == "sr3":
-            return SR3UNet(self.network)  # type: ignore[arg-type]
-        return ADMUNet(self.network)  # type: ignore[arg-type]
+        return FAMILIES[self.family].network(self.network)
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
@@ -77,7 +75,7 @@ class ModelSpec:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelSpec:
         data = dict(data)
-        config_type = SR3Config if data["family"] == "sr3" else ADMConfig
+        config_type = FAMILIES[data["family"]].config
         network = dict(data.pop("network"))
         for key, value in network.items():
             if isinstance(value, list):

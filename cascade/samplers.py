@@ -9,20 +9,19 @@ service raises `SamplingCanceled`).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Literal
 
 import torch
 from torch import Tensor
 
 from cascade.denoiser import Cond, Denoiser, Prediction
 from cascade.schedule import Schedule
+from cascade.stages import SAMPLER_NAMES, StageRun
 
 NoiseSource = torch.Generator | Sequence[torch.Generator] | Callable[[Tensor], Tensor]
 Callback = Callable[[int, int, Tensor], None]
-SamplerName = Literal["ancestral", "ddpm", "ddim", "dpmpp_2m"]
 
 
 class SamplingCanceled(Exception):
@@ -254,46 +253,73 @@ def denoise_once(model: Denoiser, x: Tensor, schedule: Schedule, *, cond: Cond) 
     return predict_x0(model(x, t, schedule, cond), x, t, _Tables(schedule, x), clip=True)
 
 
-@dataclass(frozen=True)
-class SamplerSettings:
-    """Which sampler, how many steps (respacing the trained schedule), and DDIM's eta."""
-
-    name: SamplerName = "dpmpp_2m"
-    steps: int = 20
-    eta: float = 0.0
-
-    def __post_init__(self) -> None:
-        if self.name not in SAMPLERS:
-            raise ValueError(f"unknown sampler {self.name!r}; choose one of {sorted(SAMPLERS)}")
-        if self.steps < 1:
-            raise ValueError(f"steps must be >= 1, got {self.steps}")
-
-
 SAMPLERS: dict[str, Callable[..., Tensor]] = {
     "ancestral": sample_ancestral,
     "ddpm": sample_ddpm,
     "ddim": sample_ddim,
     "dpmpp_2m": sample_dpmpp_2m,
 }
+assert tuple(SAMPLERS) == SAMPLER_NAMES, "cascade.stages.SamplerName lists the samplers"
 
 
 def sample(
     model: Denoiser,
     x: Tensor,
     schedule: Schedule,
-    settings: SamplerSettings,
+    settings: StageRun,
     *,
     cond: Cond,
     generator: NoiseSource,
     callback: Callback | None = None,
 ) -> Tensor:
-    """Run the named sampler over `schedule` respaced to `settings.steps`."""
+    """Run `settings.sampler` over `schedule` respaced to `settings.steps`."""
     if settings.steps > len(schedule):
         raise ValueError(
             f"steps must be <= {len(schedule)} (the trained schedule), got {settings.steps}"
         )
     spaced = schedule if settings.steps == len(schedule) else schedule.respace(settings.steps)
-    extra = {"eta": settings.eta} if settings.name == "ddim" else {}
-    return SAMPLERS[settings.name](
+    extra = {"eta": settings.eta} if settings.sampler == "ddim" else {}
+    return SAMPLERS[settings.sampler](
         model, x, spaced, cond=cond, generator=generator, callback=callback, **extra
     )
+
+
+def sample_with_fidelity(
+    model: Denoiser,
+    x: Tensor,
+    schedule: Schedule,
+    settings: StageRun,
+    fidelity: float,
+    *,
+    cond: Cond,
+    generator: NoiseSource,
+    callback: Callback | None = None,
+) -> Tensor:
+    """Fidelity-realism control for upscales (after StableSR's fidelity weight), SDEdit-style.
+
+    fidelity 1: the model's clean estimate at the noisiest step from a fixed x_T, so the same
+    output for every seed (for an L2-trained model, the MMSE estimate: the highest PSNR).
+    fidelity 0: the full generative sample from pure noise. In between: that estimate is noised
+    to the trained step (1 - fidelity)(T - 1) with the item's own noise and sampled from there
+    with `settings` (steps capped at the truncated length). Lower fidelity restarts from more
+    noise, so more of the output is generated: detail rises and PSNR falls, monotonically.
+    """
+    if not 0.0 <= fidelity <= 1.0:
+        raise ValueError(f"fidelity must lie in [0, 1], got {fidelity}")
+    if fidelity == 0.0:
+        return sample(
+            model, x, schedule, settings, cond=cond, generator=generator, callback=callback
+        )
+    # The same fixed x_T for every item (and every seed), so the result is batch-independent.
+    x_top = randn_like(x, generators([0] * x.shape[0], x.device))
+    mean = denoise_once(model, x_top, schedule, cond=cond)
+    start = round((1.0 - fidelity) * (len(schedule) - 1))
+    if start == 0:
+        if callback is not None:
+            callback(1, 1, mean)
+        return mean
+    truncated = Schedule(schedule.alphas_cumprod[: start + 1], schedule.timesteps[: start + 1])
+    acp = float(truncated.alphas_cumprod[-1])
+    x = acp**0.5 * mean + (1 - acp) ** 0.5 * randn_like(x, generator)
+    settings = dataclasses.replace(settings, steps=min(settings.steps, len(truncated)))
+    return sample(model, x, truncated, settings, cond=cond, generator=generator, callback=callback)

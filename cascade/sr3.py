@@ -58,6 +58,11 @@ class SR3Config:
         object.__setattr__(self, "dropout", float(self.dropout))
 
     @property
+    def num_classes(self) -> None:
+        """SR3 networks are not class-conditional (shared config interface)."""
+        return None
+
+    @property
     def size_multiple(self) -> int:
         """Input height and width must be multiples of this (one halving per extra level)."""
         return 2 ** (len(self.channel_mults) - 1)
@@ -165,10 +170,12 @@ class SelfAttention(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         b, c, h, w = x.shape
-        # [B, 3C, H, W] -> three [B, 1, HW, C]; SDPA's default scale 1/sqrt(C) is the reference's.
-        qkv = self.qkv(self.norm(x)).flatten(2).transpose(1, 2).unsqueeze(1)
-        q, k, v = qkv.chunk(3, dim=-1)
+        # [B, 3C, H, W] -> one copy to contiguous [3, B, HW, C] -> three contiguous [B, 1, HW, C],
+        # the layout SDPA's fused kernels take. Its default scale 1/sqrt(C) is the reference's.
+        qkv = self.qkv(self.norm(x)).reshape(b, 3, c, h * w).permute(1, 0, 3, 2)
+        q, k, v = qkv.contiguous().unsqueeze(2).unbind(0)
         out = F.scaled_dot_product_attention(q, k, v)
+        # [B, 1, HW, C] -> [B, C, H, W] is a view (channels-last strides); the conv takes it as is.
         out = out.squeeze(1).transpose(1, 2).reshape(b, c, h, w)
         return self.out(out) + x
 

@@ -1,17 +1,67 @@
-"""The cascade's stages and the rules for which a request runs; torch-free, so the API and the
-service supervisor can plan jobs without loading torch."""
+"""The cascade's stages, the rules for which a request runs, and every choice list the processes
+share (samplers, colour fixes, precisions, per-stage defaults), each defined once here.
+
+Torch-free, so the API, job control and the CLI import it without loading torch; the maths
+imports it too, so the two sides cannot drift apart.
+"""
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Literal, get_args
 
-STAGES: tuple[str, ...] = ("base64", "sr256", "sr1024")
+StageName = Literal["base64", "sr256", "sr1024"]
+SamplerName = Literal["ancestral", "ddpm", "ddim", "dpmpp_2m"]
+ColorFix = Literal["none", "adain", "wavelet"]
+Precision = Literal["float32", "bfloat16", "float16"]
+
+STAGES: tuple[str, ...] = get_args(StageName)
+SAMPLER_NAMES: tuple[str, ...] = get_args(SamplerName)
+COLOR_FIXES: tuple[str, ...] = get_args(ColorFix)
+PRECISIONS: tuple[str, ...] = get_args(Precision)
+
 STAGE_OUTPUT: dict[str, int] = {"base64": 64, "sr256": 256, "sr1024": 1024}
 STAGE_INPUT: dict[str, int] = {"sr256": 64, "sr1024": 256}
 SIZES: tuple[int, ...] = tuple(STAGE_OUTPUT.values())
 SCALES: tuple[int, ...] = (4, 16)
-# Upscales' fidelity-realism default (1: the most faithful output, 0: the full sample).
+# Upscales' fidelity-realism default (1: the most faithful output, 0: the full sample), chosen by
+# measurement on held-out photos (weights/demo/sr256.md).
 DEFAULT_FIDELITY = 0.5
+
+
+@dataclass(frozen=True)
+class StageRun:
+    """How one stage runs a batch: the sampler over the respaced schedule (DDIM's eta), the
+    guidance of a generation, and an upscale's colour fix and fidelity (None: the stage's own).
+    `Stage.run` decides which of these apply to its model."""
+
+    sampler: SamplerName = "dpmpp_2m"
+    steps: int = 20
+    eta: float = 0.0
+    guidance: float = 1.0
+    color: ColorFix = "none"
+    fidelity: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.sampler not in SAMPLER_NAMES:
+            raise ValueError(f"unknown sampler {self.sampler!r}; choose one of {SAMPLER_NAMES}")
+        if self.steps < 1:
+            raise ValueError(f"steps must be >= 1, got {self.steps}")
+        if self.color not in COLOR_FIXES:
+            raise ValueError(f"unknown colour fix {self.color!r}; choose one of {COLOR_FIXES}")
+        if self.fidelity is not None and not 0.0 <= self.fidelity <= 1.0:
+            raise ValueError(f"fidelity must lie in [0, 1], got {self.fidelity}")
+
+
+# Per-stage defaults when a request names no sampler or steps (the service's CASCADE_SAMPLER_* and
+# CASCADE_STEPS_* settings start from these). Residual v-prediction upscalers converge in 20
+# DPM-Solver++ steps; the measurements are in BENCHMARKS.md and the model cards.
+DEFAULT_RUNS: dict[str, StageRun] = {
+    "base64": StageRun("ddim", 50),
+    "sr256": StageRun("dpmpp_2m", 20),
+    "sr1024": StageRun("dpmpp_2m", 20),
+}
 
 
 def stage_seed(seed: int, stage: str) -> int:

@@ -39,16 +39,16 @@ from cascade.datasets import (
 from cascade.degradations import DEGRADATIONS, upsample_condition
 from cascade.images import save_png
 from cascade.losses import LossName, adm_loss, continuous_noise_level, sr3_loss
-from cascade.pipeline import Precision, Stage, StageName
+from cascade.pipeline import Stage
 from cascade.presets import ModelSpec, get_preset
-from cascade.samplers import SamplerSettings
+from cascade.stages import PRECISIONS, STAGES, Precision, StageName, StageRun
 
 log = logging.getLogger(__name__)
 
 STATE_FORMAT = 1
 GRAD_CLIP_NORM = 1.0
 # Sample grids: ancestral, the sampler least hurt by an early model's poor x0 at high noise.
-SAMPLE_SETTINGS = SamplerSettings("ancestral", 50)
+SAMPLE_SETTINGS = StageRun("ancestral", 50)
 GRID_IMAGES = 4  # SR grid rows
 GRID_CLASSES = 8  # base grid columns
 
@@ -132,7 +132,7 @@ def stage_spec(stage: str, preset: str) -> ModelSpec:
 def check_crop(spec: ModelSpec, crop: int) -> None:
     """The crop must divide by the scale and by the network's downsampling factor."""
     config = spec.network
-    multiple = getattr(config, "size_multiple", None) or 2 ** (len(config.channel_mult) - 1)
+    multiple = config.size_multiple
     multiple = math.lcm(multiple, spec.scale)
     if crop < multiple or crop % multiple:
         raise ValueError(
@@ -400,6 +400,48 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         precision=args.precision,
         seed=args.seed,
         device=args.device,
+    )
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """`cascade train`'s arguments."""
+    parser.add_argument("--stage", required=True, choices=STAGES)
+    parser.add_argument("--data", required=True, help="image folder (base64: one folder/class)")
+    parser.add_argument("--preset", help="model preset (default: the stage's -small preset)")
+    parser.add_argument("--out", default="runs/train", help="output folder")
+    parser.add_argument(
+        "--steps", type=int, default=1000, help="total steps; a resume continues up to this number"
+    )
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--lr", type=float, default=1e-4)
+    parser.add_argument("--warmup", type=int, default=100)
+    parser.add_argument(
+        "--loss",
+        choices=["l1", "l2"],
+        help="upscalers only (default: l1 for eps-prediction as SR3, l2 for v); the base "
+        "always trains with MSE",
+    )
+    parser.add_argument("--degradation", choices=["bicubic", "realistic"], default="bicubic")
+    parser.add_argument("--ema", type=float, default=0.999)
+    parser.add_argument("--label-dropout", type=float, default=0.1)
+    parser.add_argument("--max-aug-level", type=float, default=0.2)
+    parser.add_argument("--sample-every", type=int, default=500)
+    parser.add_argument("--save-every", type=int, default=500)
+    parser.add_argument("--resume", help="training state file to resume from")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--precision", choices=PRECISIONS, default="float32")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--hold-out",
+        type=int,
+        default=0,
+        help="leave out the last N images (sorted by name) for evaluation",
+    )
+    parser.add_argument(
+        "--crop", type=int, help="training crop size (default: the preset's native output size)"
+    )
+    parser.add_argument(
+        "--max-minutes", type=float, help="stop (and save) after this much training time"
     )
 
 

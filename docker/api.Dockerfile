@@ -17,9 +17,10 @@ WORKDIR /app
 COPY pyproject.toml README.md ./
 RUN python -c "import tomllib; extras = tomllib.load(open('pyproject.toml', 'rb'))['project']['optional-dependencies']; print('\n'.join(extras['api'] + extras['s3']))" > /tmp/requirements.txt \
     && pip install -r /tmp/requirements.txt
+# The layers the API imports: the torch-free parts of cascade/, jobs/ and api/ itself.
 COPY cascade/ cascade/
+COPY jobs/ jobs/
 COPY api/ api/
-COPY workers/ workers/
 RUN pip install --no-deps . \
     && python -c "import sys, api.main; assert 'torch' not in sys.modules"
 

@@ -28,8 +28,9 @@ RUN pip install "torch>=2.3,<2.15" --index-url ${TORCH_INDEX_URL}
 
 WORKDIR /app
 COPY pyproject.toml README.md ./
+# The layers a worker imports (benchmarks and the HTTP API stay out of this image).
 COPY cascade/ cascade/
-COPY api/ api/
+COPY jobs/ jobs/
 COPY workers/ workers/
 RUN pip install ".[s3]"
 

@@ -2,7 +2,7 @@
 `Stage.run` call.
 
 A worker that takes a stage job (the lead) looks at the next jobs waiting in the same queue and
-claims those whose `RunSettings` equal the lead's, up to `CASCADE_MAX_BATCH` jobs in all. Only
+claims those whose `BatchKey` equal the lead's, up to `CASCADE_MAX_BATCH` jobs in all. Only
 jobs already waiting are taken: the worker never waits for a batch to fill. Claiming is one Redis
 transaction that takes each job off the queue and into RQ's started registry with an execution
 the worker heartbeats, just as if it had dequeued the job itself, so a worker that dies mid-batch
@@ -24,8 +24,7 @@ lead's stage timeout; should it expire, the members the lead did not finish run 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
 
 import torch
 from redis.exceptions import WatchError
@@ -37,13 +36,12 @@ from rq.timeouts import JobTimeoutException
 from rq.worker import BaseWorker
 from torch import Tensor
 
-from cascade.pipeline import Stage, stage_seed
-from cascade.samplers import SamplerSettings, SamplingCanceled
-from workers.queues import RUN_STAGE
-from workers.record import JobRecord
-
-if TYPE_CHECKING:
-    from workers.runtime import Runtime
+from cascade.pipeline import Stage
+from cascade.samplers import SamplingCanceled
+from cascade.stages import StageRun
+from jobs.queues import RUN_STAGE
+from jobs.record import JobRecord
+from workers.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
@@ -51,52 +49,17 @@ LOOK_AHEAD = 4  # queue entries examined per batch slot: most traffic shares the
 CLAIM_ATTEMPTS = 3  # the queue changed while claiming: look again, then run the lead alone
 
 
-@dataclass(frozen=True)
-class RunSettings:
-    """What one `Stage.run` call shares across its batch; seeds, classes and inputs may differ."""
-
-    sampler: str
-    steps: int
-    guidance: float  # generation stages only (upscalers always run at 1)
-    color: str  # upscaling stages only
-    fidelity: float | None  # upscales only (None: the stage's default)
-    height: int  # the stage's planned output: equal sizes mean equal input shapes
-    width: int
+BatchKey = tuple[StageRun, int, int]
 
 
-def run_settings(record: JobRecord, stage: Stage) -> RunSettings | None:
-    """The settings `record`'s job runs `stage` with; None when its plan has no such stage."""
+def batch_key(record: JobRecord, stage: Stage) -> BatchKey | None:
+    """What one `Stage.run` call shares across its batch (seeds, classes and inputs may differ):
+    the run as the stage applies it, and the planned output size (equal sizes, equal input
+    shapes). None when the job's plan has no such stage."""
     planned = next((planned for planned in record.plan if planned.name == stage.name), None)
     if planned is None:
         return None
-    request = record.request
-    generates = stage.model.spec.task == "generate"
-    return RunSettings(
-        sampler=planned.sampler,
-        steps=planned.steps,
-        guidance=float(request.get("guidance", 1.0)) if generates else 1.0,
-        color="none" if generates else str(request.get("color_fix", "none")),
-        fidelity=None
-        if generates or request.get("fidelity") is None
-        else float(request["fidelity"]),
-        height=planned.height,
-        width=planned.width,
-    )
-
-
-@dataclass
-class Batch:
-    """Jobs (by job id, the lead first) that a worker claimed to run one stage together.
-
-    The lead's stage job samples every member; each member's own stage job then reports the
-    outcome kept for it here (None, or the exception RQ should see and retry)."""
-
-    job_ids: list[str]
-    outcomes: dict[str, Exception | None] = field(default_factory=dict)
-
-    @property
-    def lead(self) -> str:
-        return self.job_ids[0]
+    return stage.effective(planned.run), planned.height, planned.width
 
 
 @dataclass(frozen=True)
@@ -128,7 +91,7 @@ def claim(
     if limit <= 1 or record is None:
         return []
     model = runtime.stage(stage)
-    wanted = run_settings(record, model)
+    wanted = batch_key(record, model)
     if wanted is None:
         return []
     for _ in range(CLAIM_ATTEMPTS):
@@ -158,7 +121,7 @@ def claim(
 
 def _compatible(
     rq_ids: list[bytes | str],
-    wanted: RunSettings,
+    wanted: BatchKey,
     count: int,
     runtime: Runtime,
     model: Stage,
@@ -175,19 +138,18 @@ def _compatible(
         if job.get_status(refresh=False) != JobStatus.QUEUED or job.args[1] != model.name:
             continue
         record = runtime.jobs.get(job.args[0])
-        if record is not None and not record.ended and run_settings(record, model) == wanted:
+        if record is not None and not record.ended and batch_key(record, model) == wanted:
             found.append(job)
     return found
 
 
 def sample(runtime: Runtime, model: Stage, members: list[Member]) -> Tensor:
     """One `Stage.run` call for every member, checking for cancels after every sampler step."""
-    settings = run_settings(members[0].record, model)
-    assert settings is not None
+    key = batch_key(members[0].record, model)
+    assert key is not None
     job_ids = [member.id for member in members]
-    spec = model.model.spec
     classes = [member.record.request.get("class_id") for member in members]
-    conditioned = spec.class_conditional and all(item is not None for item in classes)
+    known = all(item is not None for item in classes)  # Stage.run uses them if its model does
     lows = [member.low_res for member in members]
 
     def check(step: int, total: int, x0: Tensor) -> None:
@@ -195,13 +157,10 @@ def sample(runtime: Runtime, model: Stage, members: list[Member]) -> Tensor:
             raise JobsCanceled(ended)
 
     images = model.run(
-        seeds=[stage_seed(member.record.seed, model.name) for member in members],
-        class_ids=[int(item) for item in classes] if conditioned else None,  # type: ignore[arg-type]
+        seeds=[member.record.seed for member in members],
+        class_ids=[int(item) for item in classes] if known else None,  # type: ignore[arg-type]
         low_res=None if lows[0] is None else torch.cat(lows),  # type: ignore[arg-type]
-        sampler=SamplerSettings(settings.sampler, settings.steps),
-        guidance=settings.guidance,
-        color=settings.color,  # type: ignore[arg-type]
-        fidelity=settings.fidelity,
+        run=key[0],
         callback=check,
     )
     return images.cpu()

@@ -16,8 +16,8 @@ import sys
 import time
 from types import FrameType
 
-from api.settings import get_settings
-from workers.connection import EmbeddedRedis
+from jobs.connection import EmbeddedRedis
+from jobs.settings import get_settings
 from workers.runtime import stage_weights
 
 log = logging.getLogger(__name__)
@@ -94,3 +94,11 @@ def main(args: argparse.Namespace) -> None:
         stop(children)
         if redis is not None:
             redis.stop()
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    """`cascade serve` (a `cascade.commands` entry point)."""
+    serve = commands.add_parser("serve", help="run API, embedded Redis and a worker")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.set_defaults(run=main)

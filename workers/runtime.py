@@ -7,24 +7,36 @@ entry point loads the stages it serves before taking any job) and kept for the p
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field
 
 import torch
 
-from api.settings import Settings, get_settings
 from cascade.checkpoints import load
 from cascade.pipeline import Stage, default_weights
-from cascade.samplers import SamplerSettings
-from workers.catalog import announce
-from workers.connection import connect
-from workers.plan import STAGES
-from workers.record import Jobs
-from workers.store import Store, open_store
-
-if TYPE_CHECKING:
-    from workers.batching import Batch
+from cascade.stages import StageRun
+from jobs.catalog import announce
+from jobs.connection import connect
+from jobs.plan import STAGES
+from jobs.record import Jobs
+from jobs.settings import Settings, get_settings
+from jobs.store import Store, open_store
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class Batch:
+    """Jobs (by job id, the lead first) that a worker claimed to run one stage together.
+
+    The lead's stage job samples every member; each member's own stage job then reports the
+    outcome kept for it here (None, or the exception RQ should see and retry)."""
+
+    job_ids: list[str]
+    outcomes: dict[str, Exception | None] = field(default_factory=dict)
+
+    @property
+    def lead(self) -> str:
+        return self.job_ids[0]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -61,8 +73,8 @@ class Runtime:
     def _load(self, name: str) -> Stage:
         settings = self.settings
         model = load(self.weights[name], self.device)
-        sampler = SamplerSettings(settings.sampler_for(name), settings.steps_for(name))
-        stage = Stage(name, model, sampler).optimize(compile=settings.compile)
+        defaults = StageRun(settings.sampler_for(name), settings.steps_for(name))
+        stage = Stage(name, model, defaults).optimize(compile=settings.compile)
         if settings.precision != "auto":
             stage.precision = settings.precision
         if model.random_weights:

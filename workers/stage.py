@@ -23,18 +23,18 @@ from rq.job import Job
 from rq.timeouts import JobTimeoutException
 from torch import Tensor
 
-from api.settings import get_settings
 from cascade.images import bytes_to_tensor, tensor_to_bytes, to_png
 from cascade.pipeline import Stage
 from cascade.samplers import SamplingCanceled
+from jobs.queues import enqueue_stage
+from jobs.record import JobRecord, Jobs
+from jobs.settings import get_settings
+from jobs.stats import record_stage
+from jobs.store import RECORD, RESULT, object_name, stage_preview
+from jobs.view import describe
+from jobs.webhooks import send_webhook
 from workers.batching import Member, sample_each
-from workers.queues import enqueue_stage
-from workers.record import JobRecord, Jobs
 from workers.runtime import Runtime, current
-from workers.stats import record_stage
-from workers.store import RECORD, RESULT, object_name, stage_preview
-from workers.view import describe
-from workers.webhooks import send_webhook
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -19,12 +19,12 @@ from rq.queue import Queue
 from rq.serializers import JSONSerializer
 from rq.worker import WorkerStatus
 
-from api.settings import Settings, get_settings
-from workers.batching import Batch, claim
-from workers.connection import connect
-from workers.plan import STAGES
-from workers.queues import stage_queue
-from workers.runtime import Runtime, current, install
+from jobs.connection import connect
+from jobs.plan import STAGES
+from jobs.queues import stage_queue
+from jobs.settings import Settings, get_settings
+from workers.batching import claim
+from workers.runtime import Batch, Runtime, current, install
 
 log = logging.getLogger(__name__)
 
@@ -133,3 +133,11 @@ def main(args: argparse.Namespace) -> None:
         f"; RANDOM weights in {', '.join(random)}" if random else "",
     )
     worker.work(burst=args.burst, logging_level="INFO")
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    """`cascade worker` (a `cascade.commands` entry point)."""
+    worker = commands.add_parser("worker", help="serve stage queues")
+    worker.add_argument("--stages", default=",".join(STAGES))
+    worker.add_argument("--burst", action="store_true", help="exit when the queues are empty")
+    worker.set_defaults(run=main)

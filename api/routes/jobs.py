@@ -9,11 +9,11 @@ from fastapi.responses import JSONResponse
 
 from api.deps import JobsDep, RedisDep, SettingsDep, StoreDep
 from api.schemas import ErrorBody, JobView
-from workers.queues import cancel_stage
-from workers.record import JobRecord, Jobs
-from workers.store import RESULT, object_name, stage_preview
-from workers.view import describe
-from workers.webhooks import send_webhook
+from jobs.queues import cancel_stage
+from jobs.record import JobRecord, Jobs
+from jobs.store import RESULT, object_name, stage_preview
+from jobs.view import describe
+from jobs.webhooks import send_webhook
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["jobs"])

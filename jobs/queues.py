@@ -1,0 +1,57 @@
+"""One RQ queue per stage; stage jobs are enqueued by dotted path with JSON arguments only."""
+
+from __future__ import annotations
+
+from redis import Redis
+from rq import Callback, Queue, Retry
+from rq.exceptions import NoSuchJobError
+from rq.job import Job
+from rq.serializers import JSONSerializer
+
+from jobs.settings import Settings
+
+RUN_STAGE = "workers.stage.run_stage"  # by name: the API must not import the worker's torch code
+ON_FAILURE = "workers.stage.on_stage_failure"
+
+
+def queue_name(stage: str) -> str:
+    return f"cascade-{stage}"
+
+
+def stage_queue(connection: Redis, stage: str) -> Queue:
+    """The stage's queue; JSON-serialized so no pickle ever crosses it."""
+    return Queue(queue_name(stage), connection=connection, serializer=JSONSerializer)
+
+
+def stage_job_id(job_id: str, stage: str) -> str:
+    """The RQ job id of one stage of a job: stable, so a cancel can find it."""
+    return f"{job_id}-{stage}"
+
+
+def enqueue_stage(connection: Redis, settings: Settings, job_id: str, stage: str) -> Job:
+    """Queue one stage of a job; crashes and killed workers are retried `settings.retries` times."""
+    retry = Retry(max=settings.retries) if settings.retries > 0 else None
+    return stage_queue(connection, stage).enqueue(
+        RUN_STAGE,
+        job_id,
+        stage,
+        job_id=stage_job_id(job_id, stage),
+        job_timeout=settings.timeout_for(stage),
+        retry=retry,
+        on_failure=Callback(ON_FAILURE),
+        result_ttl=settings.result_ttl,
+        failure_ttl=settings.result_ttl,
+        description=f"job {job_id} stage {stage}",
+    )
+
+
+def cancel_stage(connection: Redis, job_id: str, stage: str) -> None:
+    """Take a stage job off its queue if it has not started (a running one stops by itself)."""
+    try:
+        job = Job.fetch(
+            stage_job_id(job_id, stage), connection=connection, serializer=JSONSerializer
+        )
+    except NoSuchJobError:
+        return
+    if job.get_status() in ("queued", "scheduled", "deferred"):
+        job.cancel()

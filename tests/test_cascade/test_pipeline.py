@@ -1,0 +1,192 @@
+"""The cascade: stage plans, sizes, seeds, guidance policy, tiled denoising, colour fixes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from cascade.checkpoints import load
+from cascade.denoiser import Prediction
+from cascade.pipeline import DEFAULT_WEIGHTS, Cascade, Stage, StageError
+from cascade.samplers import generators, randn_like, sample
+from cascade.schedule import ScheduleConfig
+from cascade.stages import DEFAULT_FIDELITY, StageRun, stage_seed
+from cascade.tiling import TiledDenoiser
+
+FAST = {name: StageRun("ddim", 2) for name in ("base64", "sr256", "sr1024")}
+
+
+@pytest.fixture(scope="module")
+def cascade():
+    return Cascade.load(DEFAULT_WEIGHTS)  # the tiny random presets
+
+
+@pytest.mark.parametrize(
+    "size,stages",
+    [(64, ["base64"]), (256, ["base64", "sr256"]), (1024, ["base64", "sr256", "sr1024"])],
+)
+def test_generate_sizes(cascade, size, stages):
+    result = cascade.generate([1], size, [5], runs=FAST)
+    assert list(result.images) == stages
+    for name, image in result.images.items():
+        side = {"base64": 64, "sr256": 256, "sr1024": 1024}[name]
+        assert image.shape == (1, 3, side, side)
+        assert image.min() >= -1 and image.max() <= 1
+    assert result.final.shape[-1] == size
+
+
+def test_generate_is_reproducible_and_batch_independent(cascade):
+    first = cascade.generate([1, 2], 256, [5, 6], runs=FAST)
+    again = cascade.generate([2], 256, [6], runs=FAST)
+    torch.testing.assert_close(first.images["sr256"][1:], again.images["sr256"], atol=1e-3, rtol=0)
+    assert not torch.allclose(first.images["base64"][0], first.images["base64"][1])
+
+
+def test_sizes_and_plans(cascade):
+    with pytest.raises(StageError, match="size must be one of"):
+        cascade.plan_generation(512)
+    assert [s.name for s in cascade.plan_upscale(64, 64, 4)] == ["sr256"]
+    assert [s.name for s in cascade.plan_upscale(256, 256, 4)] == ["sr1024"]
+    assert [s.name for s in cascade.plan_upscale(64, 64, 16)] == ["sr256", "sr1024"]
+    assert [s.name for s in cascade.plan_upscale(90, 70, 4)] == ["sr256"]
+    with pytest.raises(StageError, match="scale must be one of"):
+        cascade.plan_upscale(64, 64, 3)
+
+
+def test_upscale_any_size_with_tiling(cascade):
+    # 150 x 100 -> sr1024 territory is 256; 100x60 is nearer 64: sr256 tiled over 256 tiles.
+    image = torch.rand(1, 3, 100, 60) * 2 - 1
+    result = cascade.upscale(
+        image, [3], runs={name: StageRun("ddim", 2, color="adain") for name in FAST}
+    )
+    assert result.final.shape == (1, 3, 400, 240)
+    sixteen = cascade.upscale(torch.rand(1, 3, 64, 64) * 2 - 1, [3], scale=16, runs=FAST)
+    assert sixteen.final.shape == (1, 3, 1024, 1024)
+
+
+def test_guidance_needs_a_null_class():
+    native = Stage("base64", load("preset:base64-tiny"), FAST["base64"])
+    guided = StageRun("ddim", 2, guidance=3.0)
+    out = native.run(seeds=[1], class_ids=[3], run=guided)
+    assert out.shape == (1, 3, 64, 64)
+    adm_like = load("preset:base64-tiny")
+    adm_like.spec = type(adm_like.spec)(**{**adm_like.spec.__dict__, "null_class": None})
+    with pytest.raises(StageError, match="no null class|has none"):
+        Stage("base64", adm_like, FAST["base64"]).run(seeds=[1], class_ids=[3], run=guided)
+
+
+def test_class_ids_validated():
+    stage = Stage("base64", load("preset:base64-tiny"), FAST["base64"])
+    with pytest.raises(StageError, match="out of range"):
+        stage.run(seeds=[1], class_ids=[1000])  # 1000 is the null class, not a request
+
+
+def test_stage_seeds_differ_per_stage():
+    seeds = {stage_seed(7, name) for name in ("base64", "sr256", "sr1024")}
+    assert len(seeds) == 3 and stage_seed(7, "base64") == 7
+
+
+class LocalDenoiser:
+    """eps from a fixed convolution of [x, upsampled low_res]: a pure function of local content."""
+
+    def __init__(self, kernel: int, scale: int = 4):
+        generator = torch.Generator().manual_seed(0)
+        self.weight = torch.randn(3, 6, kernel, kernel, generator=generator) * 0.1
+        self.scale = scale
+
+    def __call__(self, x, t, schedule, cond):
+        low = F.interpolate(cond["low_res"], scale_factor=self.scale, mode="nearest")
+        h = torch.cat([x, low], 1)
+        return Prediction(eps=torch.tanh(F.conv2d(h, self.weight, padding="same")))
+
+
+def _inner_edge_mask(size: int, tiled: TiledDenoiser, radius: int) -> torch.Tensor:
+    """True where a pixel is at least `radius` from every tile edge inside the image."""
+    keep = torch.ones(size, dtype=torch.bool)
+    for start, window in tiled._windows(size):
+        for edge in (start, start + len(window)):
+            if 0 < edge < size:
+                keep[max(0, edge - radius) : edge + radius] = False
+    return keep
+
+
+@pytest.mark.parametrize("kernel", [1, 3])
+def test_tiled_denoising_matches_untiled_away_from_tile_edges(kernel):
+    height, width = 96, 160
+    x = torch.randn(1, 3, height, width)
+    cond = {"low_res": torch.rand(1, 3, height // 4, width // 4) * 2 - 1}
+    schedule = ScheduleConfig("sr3", "linear", 2000).build()
+    t = torch.tensor([100])
+    model = LocalDenoiser(kernel)
+    tiled = TiledDenoiser(model, tile=64, scale=4, overlap=16)
+    whole, parts = model(x, t, schedule, cond).eps, tiled(x, t, schedule, cond).eps
+    radius = kernel // 2
+    rows = _inner_edge_mask(height, tiled, radius)
+    cols = _inner_edge_mask(width, tiled, radius)
+    mask = rows[:, None] & cols[None, :]
+    assert mask.float().mean() > 0.9
+    torch.testing.assert_close(parts[..., mask], whole[..., mask], atol=1e-5, rtol=0)
+    if kernel == 1:
+        # A pointwise model is identical everywhere, so a whole tiled sampling run is too.
+        gens = generators([1])
+        noise = randn_like(x, gens)
+        settings = StageRun("ddim", 5, eta=1.0)
+        a = sample(model, noise, schedule, settings, cond=cond, generator=generators([1]))
+        b = sample(tiled, noise, schedule, settings, cond=cond, generator=generators([1]))
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+
+
+def test_fidelity_one_is_the_same_image_for_every_seed():
+    stage = Stage("sr256", load("preset:sr256-tiny"), StageRun("dpmpp_2m", 3))
+    low = torch.rand(1, 3, 16, 16) * 2 - 1
+    faithful = StageRun("dpmpp_2m", 3, fidelity=1.0)
+    first = stage.run(seeds=[1], low_res=low, run=faithful)
+    other = stage.run(seeds=[2], low_res=low, run=faithful)
+    assert torch.equal(first, other)
+    half = StageRun("dpmpp_2m", 3, fidelity=0.5)
+    sampled = [stage.run(seeds=[seed], low_res=low, run=half) for seed in (1, 2)]
+    assert not torch.equal(sampled[0], sampled[1])
+    assert stage.default_fidelity == DEFAULT_FIDELITY  # a residual model's default
+    with pytest.raises(ValueError, match="fidelity must lie in"):
+        StageRun("dpmpp_2m", 3, fidelity=1.5)
+
+
+def test_fidelity_trades_detail_for_faithfulness_monotonically():
+    """With an exact denoiser of a known image set (the posterior is spread over two images),
+    lower fidelity restarts from more noise: its output moves further from the faithful
+    (mean) output, on average over seeds."""
+    from cascade.samplers import sample_with_fidelity
+    from cascade.schedule import ScheduleConfig
+
+    images = torch.stack([torch.full((3, 8, 8), 0.5), torch.full((3, 8, 8), -0.5)])
+
+    def two_point(x, t, schedule, cond):
+        acp = schedule.alphas_cumprod.to(x.dtype)[t].view(-1, 1, 1, 1)
+        a, s = acp.sqrt(), (1 - acp).sqrt()
+        distance = ((x[:, None] - a[:, None] * images[None]) ** 2).flatten(2).sum(-1)
+        weights = torch.softmax(-distance / (2 * s.view(-1, 1) ** 2), dim=1)
+        x0 = torch.einsum("bk,kchw->bchw", weights, images)
+        return Prediction(eps=(x - a * x0) / s)
+
+    schedule = ScheduleConfig("sr3", "linear", 2000, 1e-6, 1e-2).build()
+    distances = []
+    for fidelity in (1.0, 0.9, 0.5, 0.0):
+        spread = []
+        for seed in range(8):
+            gens = [torch.Generator().manual_seed(seed)]
+            x = torch.randn(1, 3, 8, 8, generator=torch.Generator().manual_seed(100 + seed))
+            out = sample_with_fidelity(
+                two_point,
+                x,
+                schedule,
+                StageRun("ddim", 20),
+                fidelity,
+                cond={},
+                generator=gens,
+            )
+            spread.append(float(out.abs().mean()))  # the mean output is ~0, samples are +-0.5
+        distances.append(sum(spread) / len(spread))
+    assert distances[0] < 0.05
+    assert distances == sorted(distances), distances
+    assert distances[-1] > 0.45

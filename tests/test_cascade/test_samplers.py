@@ -1,0 +1,221 @@
+"""Samplers over the denoiser contract: shapes, determinism, batching, cancellation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from cascade.checkpoints import load
+from cascade.samplers import (
+    SAMPLERS,
+    SamplingCanceled,
+    generators,
+    randn_like,
+    sample,
+)
+from cascade.schedule import ScheduleConfig
+from cascade.stages import StageRun
+
+ALL = sorted(SAMPLERS)
+
+
+@pytest.fixture(scope="module")
+def sr_model():
+    return load("preset:sr256-tiny")
+
+
+def _run(model, settings, seeds, low_res, callback=None):
+    gens = generators(seeds)
+    x = randn_like(torch.empty(len(seeds), 3, 64, 64), gens)
+    cond = {"low_res": low_res, "aug_level": torch.zeros(len(seeds))}
+    schedule = model.spec.schedule.build()
+    return sample(
+        model.denoiser, x, schedule, settings, cond=cond, generator=gens, callback=callback
+    )
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_same_seed_same_image_and_batch_item_equals_single(sr_model, name):
+    low_res = torch.rand(2, 3, 16, 16) * 2 - 1
+    settings = StageRun(name, steps=4, eta=1.0 if name == "ddim" else 0.0)
+    batch = _run(sr_model, settings, [11, 12], low_res)
+    again = _run(sr_model, settings, [11, 12], low_res)
+    alone = _run(sr_model, settings, [12], low_res[1:])
+    assert batch.shape == (2, 3, 64, 64)
+    assert torch.equal(batch, again)
+    # Convolution kernels sum in a batch-size-dependent order: equal to float32 rounding
+    # (1e-3 is 1/8 of one 8-bit grey level in [-1, 1]).
+    torch.testing.assert_close(batch[1:], alone, atol=1e-3, rtol=0)
+    other = _run(sr_model, settings, [13], low_res[1:])
+    assert not torch.allclose(other, alone)
+
+
+@pytest.mark.parametrize("steps", [1, 3, 7, 50])
+def test_any_step_count(sr_model, steps):
+    calls = []
+    _run(
+        sr_model,
+        StageRun("dpmpp_2m", steps),
+        [0],
+        torch.zeros(1, 3, 16, 16),
+        callback=lambda step, total, x0: calls.append((step, total)),
+    )
+    assert calls == [(k, steps) for k in range(1, steps + 1)]
+
+
+def test_steps_beyond_schedule_refused(sr_model):
+    with pytest.raises(ValueError, match="steps must be <= 2000"):
+        _run(sr_model, StageRun("ddim", 2001), [0], torch.zeros(1, 3, 16, 16))
+    with pytest.raises(ValueError, match="unknown sampler"):
+        StageRun("euler", 10)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_callback_cancels_within_one_step(sr_model, name):
+    seen = []
+
+    def cancel_at_two(step, total, x0):
+        seen.append(step)
+        assert x0.shape == (1, 3, 64, 64)
+        if step == 2:
+            raise SamplingCanceled
+
+    with pytest.raises(SamplingCanceled):
+        _run(sr_model, StageRun(name, 10), [0], torch.zeros(1, 3, 16, 16), cancel_at_two)
+    assert seen == [1, 2]
+
+
+class Oracle:
+    """A perfect denoiser for data that is one known image: eps from the true x_0."""
+
+    def __init__(self, x0):
+        self.x0 = x0
+
+    def __call__(self, x, t, schedule, cond):
+        from cascade.denoiser import Prediction
+
+        acp = schedule.alphas_cumprod.to(x.dtype)[t].view(-1, 1, 1, 1)
+        return Prediction(eps=(x - acp.sqrt() * self.x0) / (1 - acp).sqrt())
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_samplers_recover_the_data_with_a_perfect_denoiser(name):
+    x0 = torch.rand(1, 3, 8, 8) * 1.6 - 0.8
+    schedule = ScheduleConfig("adm", "cosine", 1000).build()
+    gens = generators([3])
+    out = sample(
+        Oracle(x0),
+        randn_like(x0, gens),
+        schedule,
+        StageRun(name, 20),
+        cond={},
+        generator=gens,
+    )
+    # Ancestral samplers add posterior noise at every step; at the end it is tiny.
+    tolerance = 5e-3 if name in ("ddim", "dpmpp_2m") else 0.1
+    assert (out - x0).abs().max() < tolerance
+
+
+SCHEDULES = {
+    "sr3": ScheduleConfig("sr3", "linear", 2000, 1e-6, 1e-2),
+    "adm": ScheduleConfig("adm", "cosine", 1000),
+}
+
+
+class RawOracle:
+    """A perfect network in a given parameterisation: outputs the exact eps, v or x0 of the
+    diffused variable (the image, or the residual over the upsampled condition)."""
+
+    def __init__(self, clean, prediction):
+        self.clean, self.prediction = clean, prediction
+
+    def __call__(self, x, t, schedule, cond):
+        from cascade.denoiser import Prediction
+
+        acp = schedule.alphas_cumprod.to(x.dtype)[t].view(-1, 1, 1, 1)
+        a, s = acp.sqrt(), (1 - acp).sqrt()
+        eps = (x - a * self.clean) / s
+        raw = {"eps": eps, "x0": self.clean, "v": a * eps - s * self.clean}[self.prediction]
+        return Prediction(eps=raw)
+
+
+@pytest.mark.parametrize("schedule_name", sorted(SCHEDULES))
+@pytest.mark.parametrize("diffused", ["image", "residual"])
+@pytest.mark.parametrize("prediction", ["eps", "v", "x0"])
+@pytest.mark.parametrize("name", ALL)
+def test_every_parameterisation_recovers_the_data_through_every_sampler(
+    name, prediction, diffused, schedule_name
+):
+    from cascade.degradations import bicubic_degrade, upsample_condition
+    from cascade.denoiser import Parameterization
+
+    generator = torch.Generator().manual_seed(5)
+    image = torch.rand(1, 3, 16, 16, generator=generator) * 1.6 - 0.8
+    low_res = bicubic_degrade(image, 4)
+    scale = 4.0
+    clean = (
+        image if diffused == "image" else scale * (image - upsample_condition(low_res, (16, 16)))
+    )
+    model = Parameterization(RawOracle(clean, prediction), prediction, diffused, scale)
+    gens = generators([3])
+    out = sample(
+        model,
+        randn_like(image, gens),
+        SCHEDULES[schedule_name].build(),
+        StageRun(name, 20),
+        cond={"low_res": low_res},
+        generator=gens,
+    )
+    out = model.to_image(out, low_res)
+    # Ancestral samplers add posterior noise at every step; at the end it is tiny. `ddpm` (SR3's
+    # Algorithm 2) adds the larger beta_t variance and never clips.
+    tolerance = {"ddim": 5e-3, "dpmpp_2m": 5e-3, "ancestral": 0.1, "ddpm": 0.25}[name]
+    assert (out - image).abs().max() < tolerance
+
+
+class GaussianOracle:
+    """The exact denoiser for data x_0 ~ N(mu, sigma^2) per pixel: E[x_0 | x_t] is linear in
+    x_t, and it changes with t (unlike a single-image oracle), so solver order shows."""
+
+    def __init__(self, mu: float, sigma: float):
+        self.mu, self.sigma = mu, sigma
+
+    def x0(self, x, acp):
+        a, var = acp.sqrt(), self.sigma**2
+        return self.mu + a * var / (acp * var + 1 - acp) * (x - a * self.mu)
+
+    def __call__(self, x, t, schedule, cond):
+        from cascade.denoiser import Prediction
+
+        acp = schedule.alphas_cumprod.to(x.dtype)[t].view(-1, 1, 1, 1)
+        return Prediction(eps=(x - acp.sqrt() * self.x0(x, acp)) / (1 - acp).sqrt())
+
+    def flow(self, x_top, acp_top, acp_end):
+        """The probability-flow ODE solution: the standardised deviation is carried along."""
+        spread = lambda acp: (acp * self.sigma**2 + 1 - acp).sqrt()  # noqa: E731
+        return acp_end.sqrt() * self.mu + spread(acp_end) * (
+            x_top - acp_top.sqrt() * self.mu
+        ) / spread(acp_top)
+
+
+@pytest.mark.parametrize("schedule_name", sorted(SCHEDULES))
+def test_dpmpp_2m_error_falls_with_steps(schedule_name):
+    """DPM-Solver++(2M)'s first-order last step: with an exact denoiser its error falls
+    monotonically with the step count (a second-order step into index 0 made it grow on the SR3
+    schedule, whose last step is ~10x longer than the one before)."""
+    # One sigma per pixel over a range of scales, as in images: a single scale can hide the
+    # error behind a cancellation at one step count.
+    sigma = torch.linspace(0.05, 0.3, 3 * 8 * 8, dtype=torch.float64).view(1, 3, 8, 8)
+    oracle = GaussianOracle(0.1, sigma)
+    schedule = SCHEDULES[schedule_name].build()
+    errors = []
+    for steps in (10, 20, 50, 100):
+        spaced = schedule.respace(steps)
+        gens = generators([3, 4])
+        x_top = randn_like(torch.empty(2, 3, 8, 8, dtype=torch.float64), gens)
+        acp = spaced.alphas_cumprod
+        exact = oracle.x0(oracle.flow(x_top, acp[-1], acp[0]), acp[0])
+        out = sample(oracle, x_top, schedule, StageRun("dpmpp_2m", steps), cond={}, generator=gens)
+        errors.append(float((out - exact).square().mean().sqrt()))
+    assert errors == sorted(errors, reverse=True), errors
+    assert errors[-1] < 5e-3, errors

@@ -1,0 +1,85 @@
+"""`cascade serve` with nothing configured: embedded Redis, a worker and the API, one command;
+SIGINT stops every process it started."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+
+pytestmark = pytest.mark.service
+
+CASCADE = str(Path(__file__).resolve().parents[2] / ".venv" / "bin" / "cascade")
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def poll(check, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if value := check():
+                return value
+        except httpx.TransportError:
+            pass  # not listening yet
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def stopped(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def test_cascade_serve_runs_everything_and_stops_it(tmp_path: Path):
+    port = free_port()
+    env = {key: value for key, value in os.environ.items() if not key.startswith("CASCADE_")}
+    env.update(
+        CASCADE_STORE=str(tmp_path / "results"),
+        CASCADE_EMBEDDED_REDIS=str(tmp_path / "redis" / "cascade.rdb"),
+        CASCADE_TORCH_THREADS="1",
+        CASCADE_STEPS_BASE64="2",
+        **{f"CASCADE_WEIGHTS_{name}": f"preset:{name.lower()}-tiny" for name in ("BASE64",)},
+    )
+    log_path = tmp_path / "serve.log"
+    with open(log_path, "w") as log:
+        serve = subprocess.Popen(
+            [CASCADE, "serve", "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT
+        )
+    http = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10)
+    try:
+        poll(lambda: http.get("/readyz").status_code == 200, 60, "the service to be ready")
+        children = [child.pid for child in psutil.Process(serve.pid).children(recursive=True)]
+        assert len(children) >= 2  # the worker and the API
+        redis_pid = int(re.search(r"embedded redis-server \(pid (\d+)\)", log_path.read_text())[1])
+        response = http.post("/v1/generations", json={"class_name": "tabby", "size": 64})
+        assert response.status_code == 202, response.text
+        job_url = response.json()["links"]["self"]
+        job = poll(
+            lambda: (j := http.get(job_url).json())["status"] == "succeeded" and j, 30, "job"
+        )
+        assert http.get(job["result"]).headers["content-type"] == "image/png"
+        assert (tmp_path / "results" / job["id"] / "result.png").is_file()
+    finally:
+        serve.send_signal(signal.SIGINT)
+        assert serve.wait(30) == 0
+        http.close()
+    for pid in [*children, redis_pid]:
+        poll(lambda pid=pid: stopped(pid), 10, f"process {pid} to stop")
+    text = log_path.read_text()
+    assert f"cascade serving on http://127.0.0.1:{port}" in text
+    assert "run RANDOM weights" in text

@@ -1,0 +1,177 @@
+"""The stage job and the job record, in-process against a real (embedded) Redis: success,
+resuming after a crash, failures users can read, retries, and ending a job exactly once."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
+
+import pytest
+import torch
+from rq.exceptions import AbandonedJobError
+from rq.job import Job
+from rq.serializers import JSONSerializer
+
+from cascade.stages import StageRun
+from jobs.connection import EmbeddedRedis
+from jobs.plan import PlannedStage
+from jobs.queues import enqueue_stage, stage_job_id, stage_queue
+from jobs.record import Jobs, NewJob
+from jobs.settings import Settings
+from jobs.stats import read_stage, record_stage
+from workers import runtime as runtime_module
+from workers.runtime import Runtime
+from workers.stage import on_stage_failure, run_stage
+
+TINY = {f"weights_{stage}": f"preset:{stage}-tiny" for stage in ("base64", "sr256", "sr1024")}
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedRedis]:
+    server = EmbeddedRedis(tmp_path_factory.mktemp("redis") / "stage.rdb")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def runtime(redis_server: EmbeddedRedis, tmp_path: Path) -> Iterator[Runtime]:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as a worker sharing the CPU would (see CASCADE_TORCH_THREADS)
+    redis_server.client().flushdb()
+    settings = Settings(redis_url=redis_server.url, store=str(tmp_path), retries=1, **TINY)
+    runtime = Runtime(settings, redis_server.client())
+    runtime_module.install(runtime)
+    yield runtime
+    runtime_module.install(None)  # type: ignore[arg-type]
+    torch.set_num_threads(threads)
+
+
+def new_job(runtime: Runtime, size: int = 256, kind: str = "generation") -> str:
+    stages = [("base64", 64), ("sr256", 256)][: 1 if size == 64 else 2]
+    plan = [PlannedStage(name, side, side, StageRun("ddim", 2)) for name, side in stages]
+    if kind == "upscale":
+        plan = [PlannedStage("sr256", 256, 256, StageRun("ddim", 2))]
+    job = NewJob(f"job{size}{kind}", kind, {"class_id": 1}, 11, plan, (size, size))  # type: ignore[arg-type]
+    runtime.jobs.create(job)
+    return job.id
+
+
+def test_two_stages_in_process(runtime: Runtime):
+    job_id = new_job(runtime)
+    run_stage(job_id, "base64")
+    queued = stage_queue(runtime.connection, "sr256").job_ids
+    assert queued == [stage_job_id(job_id, "sr256")]  # handed on through the next queue
+    assert runtime.jobs.get_tensor(job_id, "base64") is not None  # float tensor, not a PNG
+    run_stage(job_id, "sr256")
+    record = runtime.jobs.get(job_id)
+    assert record.status == "succeeded"
+    store = Path(runtime.settings.store) / job_id
+    assert {path.name for path in store.iterdir()} == {
+        "base64.png",
+        "sr256.png",
+        "result.png",
+        "job.json",
+    }
+    assert runtime.jobs.get_tensor(job_id, "base64") is None  # freed once the job ended
+    run_stage(job_id, "sr256")  # a duplicate delivery changes nothing
+    assert runtime.jobs.get(job_id).fields == record.fields
+
+
+def test_retry_of_a_finished_stage_hands_on(runtime: Runtime):
+    """A worker killed after finishing a stage but before queueing the next one: the retry
+    queues the next stage instead of losing the job."""
+    job_id = new_job(runtime)
+    run_stage(job_id, "base64")
+    stage_queue(runtime.connection, "sr256").empty()
+    runtime.jobs.write(job_id, {"sr256.status": "queued"})  # as if the enqueue never happened
+    run_stage(job_id, "base64")
+    assert stage_queue(runtime.connection, "sr256").job_ids == [stage_job_id(job_id, "sr256")]
+
+
+class Receiver(BaseHTTPRequestHandler):
+    received: list[dict] = []
+
+    def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+        Receiver.received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+def test_missing_input_fails_with_a_sentence_and_a_webhook(runtime: Runtime):
+    server = HTTPServer(("127.0.0.1", 0), Receiver)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    plan = [PlannedStage("sr256", 256, 256, StageRun("ddim", 2))]
+    url = f"http://127.0.0.1:{server.server_port}/hook"
+    job = NewJob("lost", "upscale", {"scale": 4}, 1, plan, (256, 256), webhook_url=url)
+    runtime.jobs.create(job)  # no uploaded tensor stored
+    try:
+        run_stage(job.id, "sr256")
+    finally:
+        server.shutdown()
+    record = runtime.jobs.get(job.id)
+    assert record.status == "failed"
+    assert "stage sr256 failed" in record.fields["error"] and "expired" in record.fields["error"]
+    assert read_stage(runtime.connection, "sr256").outcomes["failed"] == 1
+    assert [(hook["id"], hook["status"]) for hook in Receiver.received] == [("lost", "failed")]
+    assert Receiver.received[0]["error"] == record.fields["error"]
+
+
+def test_canceled_job_does_not_start_its_stage(runtime: Runtime):
+    job_id = new_job(runtime)
+    assert runtime.jobs.finish(job_id, "canceled")
+    run_stage(job_id, "base64")
+    record = runtime.jobs.get(job_id)
+    assert record.status == "canceled" and record.stage("base64", "status") == "canceled"
+    assert record.stage("base64", "step") is None  # never sampled
+
+
+def test_failure_callback_retries_then_fails(runtime: Runtime):
+    job_id = new_job(runtime)
+    enqueue_stage(runtime.connection, runtime.settings, job_id, "base64")
+    rq_job = Job.fetch(
+        stage_job_id(job_id, "base64"), connection=runtime.connection, serializer=JSONSerializer
+    )
+    assert rq_job.retries_left == 1
+    error = RuntimeError("CUDA fell over")
+    runtime.jobs.stage_started(job_id, "base64", {"model": "m"}, "worker-a")
+    on_stage_failure(rq_job, runtime.connection, RuntimeError, error, None)
+    record = runtime.jobs.get(job_id)
+    assert record.status == "running" and record.stage("base64", "status") == "queued"
+    assert record.stage("base64", "error") == "retrying: RuntimeError: CUDA fell over"
+    rq_job.retries_left = 0
+    runtime.jobs.stage_started(job_id, "base64", {"model": "m"}, "worker-b")
+    on_stage_failure(rq_job, runtime.connection, AbandonedJobError, AbandonedJobError(), None)
+    record = runtime.jobs.get(job_id)
+    assert record.status == "failed"
+    assert record.fields["error"] == (
+        "stage base64 failed: the worker running it stopped (killed, crashed or lost its "
+        "connection) (attempt 2, no retries left)"
+    )
+
+
+def test_a_job_ends_once(runtime: Runtime):
+    jobs = Jobs(runtime.connection, 60)
+    job_id = new_job(runtime)
+    assert jobs.finish(job_id, "canceled")
+    assert not jobs.finish(job_id, "succeeded")
+    assert not jobs.update(job_id, {"status": "running"})
+    assert jobs.get(job_id).status == "canceled"
+    assert not jobs.finish("no-such-job", "failed")
+    assert 0 < runtime.connection.ttl(f"cascade:job:{job_id}") <= 60
+
+
+def test_stage_statistics(runtime: Runtime):
+    record_stage(runtime.connection, "sr1024", 0.3, "succeeded")
+    record_stage(runtime.connection, "sr1024", 7.0, "succeeded")
+    record_stage(runtime.connection, "sr1024", 0.0, "failed")
+    stats = read_stage(runtime.connection, "sr1024")
+    buckets = dict(stats.buckets)
+    assert buckets[0.5] == 1 and buckets[5] == 1 and buckets[10] == 2 and buckets[float("inf")] == 2
+    assert stats.total_seconds == pytest.approx(7.3)
+    assert stats.outcomes == {"succeeded": 2, "failed": 1, "canceled": 0, "retried": 0}
