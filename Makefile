@@ -33,4 +33,4 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 
 bench: $(STAMP)
-	$(BIN)/cascade bench --json bench.json
+	$(BIN)/cascade bench --out runs/bench

@@ -34,7 +34,6 @@ from cascade.pipeline import DEFAULT_WEIGHTS, Stage, default_weights
 
 log = logging.getLogger(__name__)
 
-REPO = Path(__file__).resolve().parents[1]
 Results = dict[str, Any]  # the JSON: machine, command, setup, then one entry per section
 
 
@@ -263,9 +262,12 @@ def keep_earlier(results: Results, path: Path) -> Results:
 
 
 def main(args: argparse.Namespace) -> None:
-    """`cascade bench`: measure, then write the JSON, its markdown and plot, and BENCHMARKS.md."""
+    """`cascade bench`: measure, then write bench.json, its markdown and plot into `--out`;
+    the repository's BENCHMARKS.md only when `--report` names it."""
     logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per request drowns the rest
-    path = Path(args.json)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = Path(args.json) if args.json else out / "bench.json"
     if args.report_only:
         results = json.loads(path.read_text())
     else:
@@ -278,21 +280,27 @@ def main(args: argparse.Namespace) -> None:
         path.write_text(json.dumps(results, indent=2) + "\n")
         log.info("wrote %s", path)
     merged = [json.loads(Path(other).read_text()) for other in args.merge]
-    report = Path(args.report) if args.report else REPO / "BENCHMARKS.md"
-    write_reports(results, merged, path.with_suffix(".png"), report)
+    report = Path(args.report) if args.report else None
+    write_reports(results, merged, out / "bench.png", report)
 
 
 def register(commands: argparse._SubParsersAction) -> None:
     """`cascade bench` (a `cascade.commands` entry point of the bench package)."""
     bench = commands.add_parser("bench", help="run the benchmark suite")
-    bench.add_argument("--json", default="bench.json", help="results (plot and markdown beside)")
+    bench.add_argument("--out", default="runs/bench", help="folder for bench.json, .md and .png")
+    bench.add_argument(
+        "--json",
+        help="results file (default: OUT/bench.json; with --report-only, the run to report)",
+    )
     bench.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     bench.add_argument("--quick", action="store_true", help="fewer repeats and sizes")
     sections = ",".join(SECTIONS)
     bench.add_argument("--only", metavar="SECTIONS", help=f"run only these of {sections}")
     bench.add_argument("--skip", metavar="SECTIONS", help="run all but these")
     bench.add_argument("--data", help="held-out photos for the sampler figures")
-    bench.add_argument("--report", help="markdown report (default: BENCHMARKS.md in the repo)")
+    bench.add_argument(
+        "--report", help="also rewrite this markdown report with the run (e.g. BENCHMARKS.md)"
+    )
     bench.add_argument(
         "--merge",
         action="append",

@@ -227,10 +227,13 @@ def draw(results: dict, path: Path) -> None:
     plt.close(figure)
 
 
-def write_reports(results: dict, merged: list[dict], plot: Path, report: Path) -> None:
-    """The plot, the run's own markdown beside it, and the whole report."""
+def write_reports(results: dict, merged: list[dict], plot: Path, report: Path | None) -> None:
+    """The plot, the run's own markdown beside it, and the whole report when one is named."""
     draw(results, plot)
     plot.with_suffix(".md").write_text(section(results, plot.name) + "\n")
+    if report is None:
+        log.info("wrote %s and %s", plot, plot.with_suffix(".md"))
+        return
     try:
         link = str(plot.resolve().relative_to(report.resolve().parent))
     except ValueError:  # the plot lives outside the report's folder: no link

@@ -88,3 +88,30 @@ def test_minimal_run_has_every_figure(tmp_path: Path, one_thread: None):
     assert text.count("## CPU:") == 2 and "not comparable" in text
     assert "overhead fraction" in text and "![benchmark plot](bench.png)" in text
     assert (tmp_path / "bench.png").stat().st_size > 0 and (tmp_path / "bench.md").is_file()
+
+
+def test_report_only_writes_the_out_folder_not_the_repository_report(tmp_path: Path):
+    from cascade.cli import main
+
+    repository = Path(__file__).resolve().parents[2]
+    repository_report = repository / "BENCHMARKS.md"
+    before = repository_report.read_text()
+    run_file = repository / "bench.json"  # the last CPU run, as `cascade bench` wrote it
+    out = tmp_path / "out"
+    main(["bench", "--report-only", "--json", str(run_file), "--out", str(out)])
+    assert (out / "bench.png").is_file() and (out / "bench.md").is_file()
+    assert repository_report.read_text() == before
+    named = tmp_path / "REPORT.md"
+    main(
+        [
+            "bench",
+            "--report-only",
+            "--json",
+            str(run_file),
+            "--out",
+            str(out),
+            "--report",
+            str(named),
+        ]
+    )
+    assert named.is_file()
