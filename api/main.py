@@ -8,14 +8,15 @@ from fastapi import FastAPI
 
 from api import errors
 from api.limits import UploadLimit
-from api.routes import generations, jobs, service, upscales
+from api.routes import events, generations, jobs, service, upscales
 from jobs.settings import Settings, get_settings
 
 DESCRIPTION = """Generate and upscale images with a cascade of diffusion models
 (64x64 class-conditional base, then 4x upscalers to 256 and 1024).
 
-Submit a job, poll it, fetch its PNGs. Each stage runs on its own queue; a stage's image is
-available as soon as the stage finishes."""
+Submit a job (or ask for a quote with `dry_run`), follow it (poll, or Server-Sent Events), fetch
+its PNGs. Each stage runs on its own queue; a stage's image is available as soon as the stage
+finishes."""
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -33,7 +34,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.add_middleware(UploadLimit, settings=current_settings)
     errors.install(app)
-    for module in (generations, upscales, jobs, service):
+    for module in (generations, upscales, jobs, events, service):
         app.include_router(module.router)
     logging.getLogger(__name__).info("cascade API ready (store %s)", current_settings().store)
     return app
