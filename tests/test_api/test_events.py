@@ -1,5 +1,5 @@
 """Following a job over HTTP against a real (embedded) Redis, without workers: Server-Sent
-Events (replay, `Last-Event-ID`, live), quotes (`dry_run`) and the limits."""
+Events (replay, `Last-Event-ID`, live), quotes (`dry_run`), the limits and the web page."""
 
 from __future__ import annotations
 
@@ -249,3 +249,13 @@ def test_limits(client: TestClient, settings: Settings):
     assert limits["max_output_pixels"] == settings.max_output_pixels
     assert limits["defaults"]["base64"] == {"sampler": "ddim", "steps": 10}
     assert "dpmpp_2m" in limits["samplers"] and "wavelet" in limits["color_fixes"]
+
+
+def test_the_page_and_its_files(client: TestClient):
+    page = client.get("/")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    for name, kind in (("app.js", "javascript"), ("style.css", "text/css")):
+        assert f"/static/{name}" in page.text
+        response = client.get(f"/static/{name}")
+        assert response.status_code == 200 and kind in response.headers["content-type"]
+    assert client.get("/static/nothing.js").status_code == 404
