@@ -248,6 +248,30 @@ def test_a_bad_upload_shows_the_api_message(page, tmp_path: Path):
     assert error.get_attribute("role") == "alert"
 
 
+def test_an_api_key_is_sent_and_the_job_polled(page):
+    page.wait_for_load_state("networkidle")  # the earlier jobs, loaded without a key
+    page.click("summary:has-text('API key')")
+    page.fill("#api-key", "not-a-real-key")
+    page.keyboard.press("Tab")  # stored when the field changes
+    sent: list[tuple[str, str | None]] = []
+    page.on(
+        "request", lambda request: sent.append((request.url, request.headers.get("authorization")))
+    )
+    page.fill("#gen-class", "goldfish")
+    page.click("#generate button[type=submit]")
+    job = newest_job(page)
+    job.locator(".badge").filter(has_text="succeeded").wait_for()
+    job_id = job.get_attribute("data-id")
+    calls = [(url, auth) for url, auth in sent if "/v1/" in url]
+    assert calls and all(auth == "Bearer not-a-real-key" for _, auth in calls), calls
+    # EventSource cannot send the header, so this job was polled.
+    assert not any(url.endswith(f"/v1/jobs/{job_id}/events") for url, _ in calls)
+    assert any(url.endswith(f"/v1/jobs/{job_id}") for url, _ in calls)
+    page.fill("#api-key", "")
+    page.keyboard.press("Tab")
+    assert page.evaluate("localStorage.getItem('cascade.apiKey')") is None
+
+
 def test_the_page_fits_a_phone(page, tmp_path: Path):
     page.set_viewport_size({"width": 375, "height": 740})
     page.reload()
