@@ -9,6 +9,7 @@ import threading
 import time
 import warnings
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,6 +22,8 @@ from jobs.queues import stage_queue
 from jobs.record import Jobs
 from jobs.settings import Settings
 from jobs.stats import record_stage, stats_key
+
+REPO = Path(__file__).resolve().parents[2]
 
 with warnings.catch_warnings():  # starlette nudges towards httpx2, which is not installed here
     warnings.simplefilter("ignore")
@@ -258,4 +261,8 @@ def test_the_page_and_its_files(client: TestClient):
         assert f"/static/{name}" in page.text
         response = client.get(f"/static/{name}")
         assert response.status_code == 200 and kind in response.headers["content-type"]
+    # The script's ES modules, each served as JavaScript (a module script needs that type).
+    for module in (REPO / "api" / "static").glob("*.js"):
+        response = client.get(f"/static/{module.name}")
+        assert response.status_code == 200 and "javascript" in response.headers["content-type"]
     assert client.get("/static/nothing.js").status_code == 404
