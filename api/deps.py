@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated
 
 from fastapi import Depends, Request
 from redis import Redis
+from redis.asyncio import Redis as AsyncRedis
 
-from jobs.connection import connect
+from jobs.connection import connect, connect_async
 from jobs.record import Jobs
 from jobs.settings import Settings, get_settings
 from jobs.store import Store, open_store
@@ -24,6 +26,17 @@ def get_redis(request: Request, settings: SettingsDep) -> Redis:
 
 
 RedisDep = Annotated[Redis, Depends(get_redis)]
+
+
+async def get_async_redis(request: Request, settings: SettingsDep) -> AsyncRedis:
+    """One asyncio client per app and event loop (its connections belong to the loop)."""
+    state, loop = request.app.state, asyncio.get_running_loop()
+    if getattr(state, "async_redis_loop", None) is not loop:
+        state.async_redis, state.async_redis_loop = connect_async(settings), loop
+    return state.async_redis
+
+
+AsyncRedisDep = Annotated[AsyncRedis, Depends(get_async_redis)]
 
 
 def get_jobs(connection: RedisDep, settings: SettingsDep) -> Jobs:

@@ -5,17 +5,20 @@ from __future__ import annotations
 import logging
 
 from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
 
 from api import errors
 from api.limits import UploadLimit
-from api.routes import generations, jobs, service, upscales
+from api.routes import events, generations, jobs, page, service, upscales
+from api.routes.page import STATIC
 from jobs.settings import Settings, get_settings
 
 DESCRIPTION = """Generate and upscale images with a cascade of diffusion models
 (64x64 class-conditional base, then 4x upscalers to 256 and 1024).
 
-Submit a job, poll it, fetch its PNGs. Each stage runs on its own queue; a stage's image is
-available as soon as the stage finishes."""
+Submit a job (or ask for a quote with `dry_run`), follow it (poll, or Server-Sent Events), fetch
+its PNGs. Each stage runs on its own queue; a stage's image is available as soon as the stage
+finishes. The web page at `/` does all of this in a browser."""
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -33,7 +36,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.add_middleware(UploadLimit, settings=current_settings)
     errors.install(app)
-    for module in (generations, upscales, jobs, service):
+    for module in (generations, upscales, jobs, events, service, page):
         app.include_router(module.router)
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
     logging.getLogger(__name__).info("cascade API ready (store %s)", current_settings().store)
     return app

@@ -15,6 +15,10 @@ MAX_SEED = 2**63 - 1  # stage seeds are taken modulo 2**63 (cascade.pipeline.sta
 Seed = Annotated[int, Field(ge=0, le=MAX_SEED, description="reproduces the image when reused")]
 Steps = Annotated[int, Field(ge=1, le=1000, description="sampler steps for every stage")]
 ClassId = Annotated[int, Field(ge=0, le=999, description="ImageNet class index")]
+DRY_RUN = (
+    "true: queue nothing and answer 200 with a quote (the stages it would run, their cost and "
+    "estimated seconds)"
+)
 
 
 def _scale(value: int) -> int:
@@ -41,6 +45,7 @@ class GenerationRequest(BaseModel):
         "none", description="colour correction of each upscaling stage against its input"
     )
     webhook_url: AnyHttpUrl | None = Field(None, strict=False)
+    dry_run: bool = Field(False, description=DRY_RUN)
 
     @model_validator(mode="after")
     def _one_class(self) -> GenerationRequest:
@@ -76,6 +81,7 @@ class UpscaleForm(BaseModel):
     )
     class_id: ClassId | None = Field(None, description="for class-conditional upscalers only")
     webhook_url: AnyHttpUrl | None = None
+    dry_run: bool = Field(False, description=DRY_RUN)
 
     @model_validator(mode="after")
     def _one_size(self) -> UpscaleForm:
@@ -89,6 +95,7 @@ class Links(BaseModel):
     result: str
     stages: dict[str, str]
     cancel: str
+    events: str = Field(description="Server-Sent Events: the job's event log, live")
 
 
 class JobAccepted(BaseModel):
@@ -145,6 +152,55 @@ class JobView(BaseModel):
     stages: list[StageView]
     result: str | None
     links: Links
+
+
+class StageQuote(BaseModel):
+    name: str
+    height: int
+    width: int
+    sampler: str
+    steps: int
+    cost: int = Field(description="sampler steps x output pixels")
+    queue_depth: int = Field(description="stage jobs waiting in this stage's queue now")
+    workers: int = Field(description="workers serving this stage now")
+    measured_runs: int = Field(description="runs of this stage the estimate is measured from")
+    seconds_per_megapixel_step: float | None = Field(
+        description="measured seconds per sampler step per million output pixels"
+    )
+    wait_seconds: float | None = Field(description="queue wait at this stage; None: unknown")
+    run_seconds: float | None = Field(description="sampling time; None: not measured yet")
+
+
+class Quote(BaseModel):
+    """What a request would run and cost, answered for `dry_run`; nothing is queued."""
+
+    dry_run: Literal[True] = True
+    kind: Literal["generation", "upscale"]
+    request: dict[str, object] = Field(description="the request as it would be queued")
+    seed: int | None = Field(description="the seed given; None: one would be drawn")
+    output: dict[str, int]
+    stages: list[StageQuote]
+    cost: int = Field(description="sampler steps x output pixels, every stage")
+    wait_seconds: float | None
+    run_seconds: float | None
+    total_seconds: float | None
+    random_weights: bool | None
+    notes: list[str] = Field(description="why a figure is missing, and other caveats")
+
+
+class Limits(BaseModel):
+    """What the service accepts: sizes, scales, choices, limits and per-stage defaults."""
+
+    sizes: list[int]
+    scales: list[int]
+    samplers: list[str]
+    color_fixes: list[str]
+    max_upload_bytes: int
+    max_input_pixels: int
+    max_output_pixels: int
+    max_steps: int
+    default_fidelity: float
+    defaults: dict[str, dict[str, object]] = Field(description="stage -> sampler and steps")
 
 
 class ClassInfo(BaseModel):

@@ -1,4 +1,5 @@
-"""Requests become jobs: plan the stages, write the record, queue the first stage."""
+"""Requests become jobs: plan the stages, write the record, queue the first stage; or, for a
+dry run, a quote of what the job would run and cost."""
 
 from __future__ import annotations
 
@@ -10,10 +11,11 @@ import numpy as np
 from fastapi import HTTPException
 from redis import Redis
 
-from api.schemas import GenerationRequest, JobAccepted, Links, UpscaleForm
+from api.schemas import GenerationRequest, JobAccepted, Links, Quote, UpscaleForm
 from cascade.classes import class_names, resolve_class
 from cascade.stages import ColorFix, SamplerName, StageRun
 from jobs.catalog import announced
+from jobs.estimate import quote_stages
 from jobs.plan import (
     PlannedStage,
     generation_stages,
@@ -104,7 +106,7 @@ def generation_job(
         guidance=body.guidance,
         color=body.color_fix,
     )
-    request = body.model_dump(mode="json", exclude_none=True)
+    request = body.model_dump(mode="json", exclude_none=True, exclude={"dry_run"})
     request.update(class_id=class_id, class_name=class_names()[class_id], seed=seed)
     return NewJob(
         id=new_job_id(),
@@ -141,7 +143,7 @@ def upscale_job(form: UpscaleForm, pixels: np.ndarray, settings: Settings) -> Ne
         color=form.color_fix,
         fidelity=form.fidelity,
     )
-    request = form.model_dump(mode="json", exclude={"file"}, exclude_none=True)
+    request = form.model_dump(mode="json", exclude={"file", "dry_run"}, exclude_none=True)
     request.update(
         seed=seed,
         scale=scale,
@@ -172,16 +174,14 @@ def accept(
     jobs.create(job)
     enqueue_stage(connection, settings, job.id, job.plan[0].name)
     names = [stage.name for stage in job.plan]
-    models = announced(connection)
-    random_stages = [name for name in names if models.get(name, {}).get("random_weights")]
-    known = all(name in models for name in names)
+    random_weights, warning = weights_warning(connection, names)
     log.info(
         "job %s accepted: %s %s, seed %s%s",
         job.id,
         job.kind,
         "+".join(names),
         job.seed,
-        f" [RANDOM weights: {', '.join(random_stages)}]" if random_stages else "",
+        " [RANDOM weights]" if random_weights else "",
     )
     return JobAccepted(
         id=job.id,
@@ -189,11 +189,38 @@ def accept(
         seed=job.seed,
         stages=names,
         links=Links(**links(job.id, names)),
-        random_weights=True if random_stages else (False if known else None),
-        warning=RANDOM_WEIGHTS_WARNING.format(stages=", ".join(random_stages))
-        if random_stages
-        else None,
+        random_weights=random_weights,
+        warning=warning,
     )
+
+
+def quote(connection: Redis, job: NewJob, seed: int | None) -> Quote:
+    """What `job` would run and cost, queuing nothing (`seed`: the one the request gave)."""
+    names = [stage.name for stage in job.plan]
+    random_weights, warning = weights_warning(connection, names)
+    estimate = quote_stages(connection, job.plan)
+    height, width = job.output
+    return Quote.model_validate(
+        {
+            **estimate,
+            "kind": job.kind,
+            "request": {key: value for key, value in job.request.items() if key != "seed"},
+            "seed": seed,
+            "output": {"height": height, "width": width},
+            "random_weights": random_weights,
+            "notes": [*estimate["notes"], *([warning] if warning else [])],
+        }
+    )
+
+
+def weights_warning(connection: Redis, names: list[str]) -> tuple[bool | None, str | None]:
+    """Whether a planned stage's workers run random weights (None: no worker announced one),
+    and the warning that says so."""
+    models = announced(connection)
+    random_stages = [name for name in names if models.get(name, {}).get("random_weights")]
+    if random_stages:
+        return True, RANDOM_WEIGHTS_WARNING.format(stages=", ".join(random_stages))
+    return (False if all(name in models for name in names) else None), None
 
 
 def new_seed() -> int:

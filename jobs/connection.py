@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 from redis import Redis
+from redis.asyncio import Redis as AsyncRedis
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.retry import Retry
@@ -22,6 +23,14 @@ def connect(settings: Settings) -> Redis:
     if settings.redis_url:
         return Redis.from_url(settings.redis_url)
     return EmbeddedRedis(settings.embedded_redis).client()
+
+
+def connect_async(settings: Settings) -> AsyncRedis:
+    """An asyncio client for the same server as `connect` (long waits on streams, such as a
+    Server-Sent Events response, must not hold a thread each)."""
+    if settings.redis_url:
+        return AsyncRedis.from_url(settings.redis_url)
+    return AsyncRedis(unix_socket_path=EmbeddedRedis(settings.embedded_redis).socket)
 
 
 class EmbeddedRedis:

@@ -4,6 +4,8 @@ The API creates and reads it; stage workers update it (stage status, step, timin
 Per-stage fields are named `{stage}.{field}` so a worker updates its stage without reading and
 rewriting the rest. Ending a job (succeeded, failed, canceled) happens once: a Lua script refuses
 to change a record that has already ended, so a cancel racing a finishing stage has one winner.
+Every state change written here also goes to the job's event log (`jobs.events`), ending with
+one terminal event that carries the job's view at its end.
 """
 
 from __future__ import annotations
@@ -16,9 +18,12 @@ from typing import Literal
 
 from redis import Redis
 
+from jobs.events import PROGRESS_INTERVAL, EventLog, EventType
 from jobs.plan import PlannedStage
+from jobs.view import describe
 
 JobStatus = Literal["queued", "running", "succeeded", "failed", "canceled"]
+TerminalStatus = Literal["succeeded", "failed", "canceled"]
 TERMINAL: tuple[str, ...] = ("succeeded", "failed", "canceled")
 
 _UPDATE_IF_ACTIVE = """
@@ -111,6 +116,12 @@ class Jobs:
         self.connection = connection
         self.ttl = ttl
         self._update_if_active = connection.register_script(_UPDATE_IF_ACTIVE)
+        self.events = EventLog(connection, ttl)
+        self._progress_sent: dict[tuple[str, str], float] = {}  # (job, stage) -> monotonic time
+
+    def _event(self, job_id: str, type: EventType, data: dict[str, object]) -> str | None:
+        """Log an event of a job still active (nothing follows a job's terminal event)."""
+        return self.events.append(job_key(job_id), job_id, type, data)
 
     def create(self, job: NewJob) -> None:
         fields: dict[str, str] = {
@@ -132,6 +143,8 @@ class Jobs:
             pipeline.hset(job_key(job.id), mapping=fields)
             pipeline.expire(job_key(job.id), self.ttl)
             pipeline.execute()
+        stages = [stage.to_dict() for stage in job.plan]
+        self._event(job.id, "queued", {"status": "queued", "kind": job.kind, "stages": stages})
 
     def get(self, job_id: str) -> JobRecord | None:
         fields = self.connection.hgetall(job_key(job_id))
@@ -157,7 +170,7 @@ class Jobs:
         now = repr(time.time())
         self.connection.hsetnx(job_key(job_id), "started_at", now)
         attempts = self.connection.hincrby(job_key(job_id), f"{stage}.attempts", 1)
-        return self.update(
+        started = self.update(
             job_id,
             {
                 "status": "running",
@@ -167,15 +180,28 @@ class Jobs:
                 f"{stage}.started_at": now,
                 f"{stage}.ended_at": "",
                 f"{stage}.step": 0,
+                f"{stage}.total": "",
                 f"{stage}.model": model.get("model"),
                 f"{stage}.random_weights": int(bool(model.get("random_weights"))),
                 f"{stage}.worker": worker,
             },
         )
+        if started:
+            self._progress_sent.pop((job_id, stage), None)
+            data = {
+                "stage": stage,
+                "attempt": attempts,
+                "worker": worker,
+                "model": model.get("model"),
+                "random_weights": bool(model.get("random_weights")),
+            }
+            self._event(job_id, "stage_started", data)
+        return started
 
     def progress(self, job_ids: Sequence[str], stage: str, step: int, total: int) -> list[str]:
         """Record a finished sampler step of the jobs sampled together (one round trip); the
-        ids of those that have ended meanwhile (canceled)."""
+        ids of those that have ended meanwhile (canceled). A progress event is logged for a
+        stage's first and last step, and in between at most every `PROGRESS_INTERVAL` s."""
         fields = {f"{stage}.step": step, f"{stage}.total": total, f"{stage}.batch": len(job_ids)}
         with self.connection.pipeline() as pipeline:
             for job_id in job_ids:
@@ -183,35 +209,91 @@ class Jobs:
                 pipeline.hget(job_key(job_id), "status")
             replies = pipeline.execute()
         statuses = replies[1::2]
-        return [
+        ended = [
             job_id
             for job_id, status in zip(job_ids, statuses, strict=True)
             if status is None or _text(status) in TERMINAL
         ]
+        now = time.monotonic()
+        for job_id in job_ids:
+            sent = self._progress_sent.get((job_id, stage))
+            due = step <= 1 or step >= total or sent is None or now - sent >= PROGRESS_INTERVAL
+            if job_id in ended or not due:
+                continue
+            if step >= total:
+                self._progress_sent.pop((job_id, stage), None)
+            else:
+                self._progress_sent[(job_id, stage)] = now
+            record = self.get(job_id)
+            if record is not None:
+                view = describe(record)
+                data = {
+                    "stage": stage,
+                    "step": step,
+                    "steps": total,
+                    "progress": view["progress"],
+                    "eta_seconds": view["eta_seconds"],
+                }
+                self._event(job_id, "progress", data)
+        return ended
 
     def stage_ended(self, job_id: str, stage: str, status: str, error: str | None = None) -> None:
-        """A stage's outcome: succeeded, failed, canceled, or queued again for a retry."""
-        self.write(
-            job_id,
-            {
-                f"{stage}.status": status,
-                f"{stage}.ended_at": repr(time.time()),
-                f"{stage}.error": error,
-            },
+        """A stage's outcome: succeeded, failed or canceled. A success is logged with the
+        stage's preview; a failure or cancel is told by the job's terminal event."""
+        self._progress_sent.pop((job_id, stage), None)
+        now = time.time()
+        fields = {
+            f"{stage}.status": status,
+            f"{stage}.ended_at": repr(now),
+            f"{stage}.error": error,
+        }
+        self.write(job_id, fields)
+        if status == "succeeded":
+            started = self.connection.hget(job_key(job_id), f"{stage}.started_at")
+            data = {
+                "stage": stage,
+                "seconds": round(now - float(started), 3) if started else None,
+                "preview": f"/v1/jobs/{job_id}/stages/{stage}",
+            }
+            self._event(job_id, "stage_finished", data)
+
+    def stage_retrying(self, job_id: str, stage: str, reason: str) -> bool:
+        """A crashed stage queued again; False when the job has ended meanwhile."""
+        self._progress_sent.pop((job_id, stage), None)
+        retrying = self.update(
+            job_id, {f"{stage}.status": "queued", f"{stage}.error": f"retrying: {reason}"}
         )
+        if retrying:
+            self._event(job_id, "stage_retrying", {"stage": stage, "error": reason})
+        return retrying
 
     def advance(self, job_id: str, next_stage: str) -> bool:
         """Mark the next stage queued; False when the job has ended (do not enqueue it)."""
         return self.update(job_id, {"stage": next_stage, f"{next_stage}.status": "queued"})
 
-    def finish(self, job_id: str, status: str, error: str | None = None) -> bool:
-        """End the job once (the first caller wins); the record then lives `ttl` more seconds."""
-        ended = self.update(
-            job_id, {"status": status, "ended_at": repr(time.time()), "error": error}
-        )
-        if ended:
-            self.connection.expire(job_key(job_id), self.ttl)
-        return ended
+    def finish(self, job_id: str, status: TerminalStatus, error: str | None = None) -> bool:
+        """End the job once (the first caller wins): a cancel also marks the stages that never
+        started canceled, then the job's view at its end becomes its terminal event. The record
+        and its log then live `ttl` more seconds."""
+        now = repr(time.time())
+        ended = self.update(job_id, {"status": status, "ended_at": now, "error": error})
+        if not ended:
+            return False
+        self.connection.expire(job_key(job_id), self.ttl)
+        record = self.get(job_id)
+        if record is None:
+            return True
+        if status == "canceled":
+            waiting: dict[str, object] = {}
+            for planned in record.plan:
+                if record.stage(planned.name, "status") in ("queued", "pending"):
+                    waiting[f"{planned.name}.status"] = "canceled"
+                    waiting[f"{planned.name}.ended_at"] = now
+            if waiting:
+                self.write(job_id, waiting)
+                record = self.get(job_id) or record
+        self.events.append(job_key(job_id), job_id, status, describe(record), while_active=False)
+        return True
 
     def put_tensor(self, job_id: str, name: str, data: bytes, ttl: int) -> None:
         self.connection.set(tensor_key(job_id, name), data, ex=ttl)

@@ -1,7 +1,9 @@
-"""Stage statistics kept in Redis: workers record, the API's /metrics reads.
+"""Stage statistics kept in Redis: workers record, the API's /metrics and quotes read.
 
 Workers are other processes (often other machines), so their durations and failures cannot live
-in the API's prometheus registry; each stage's counters are one Redis hash instead.
+in the API's prometheus registry; each stage's counters are one Redis hash instead. Successful
+runs also add their work (sampler steps x output pixels, `PlannedStage.cost`), so a quote can
+price a new job at the measured seconds per unit of work.
 """
 
 from __future__ import annotations
@@ -20,8 +22,12 @@ def stats_key(stage: str) -> str:
     return f"cascade:stats:{stage}"
 
 
-def record_stage(connection: Redis, stage: str, seconds: float, outcome: str) -> None:
-    """Count one stage run; durations are recorded for successful runs only."""
+def record_stage(
+    connection: Redis, stage: str, seconds: float, outcome: str, work: int = 0, batch: int = 1
+) -> None:
+    """Count one stage run; durations are recorded for successful runs only. A run that gives
+    its `work` also adds its share of the wall time: the `batch` jobs sampled in one call
+    share its seconds, so measured rates are per job, batched or not."""
     key = stats_key(stage)
     with connection.pipeline() as pipeline:
         pipeline.hincrby(key, f"outcome:{outcome}", 1)
@@ -30,16 +36,35 @@ def record_stage(connection: Redis, stage: str, seconds: float, outcome: str) ->
             pipeline.hincrby(key, f"bucket:{bound}", 1)
             pipeline.hincrbyfloat(key, "sum", seconds)
             pipeline.hincrby(key, "count", 1)
+            if work > 0:
+                pipeline.hincrby(key, "work", work)
+                pipeline.hincrbyfloat(key, "work_seconds", seconds / batch)
+                pipeline.hincrby(key, "work_runs", 1)
         pipeline.execute()
 
 
 @dataclass(frozen=True)
 class StageStats:
-    """One stage's counters: cumulative histogram buckets, duration sum, outcome counts."""
+    """One stage's counters: cumulative histogram buckets, duration sum, outcome counts, and
+    the work (steps x pixels), seconds (each job's share of its batch) and number of the runs
+    that reported their work."""
 
     buckets: list[tuple[float, int]]
     total_seconds: float
     outcomes: dict[str, int]
+    work: int = 0
+    work_seconds: float = 0.0
+    work_runs: int = 0
+
+    @property
+    def seconds_per_work(self) -> float | None:
+        """Measured seconds per sampler step per output pixel; None before any measured run."""
+        return self.work_seconds / self.work if self.work > 0 else None
+
+    @property
+    def seconds_per_run(self) -> float | None:
+        """Measured seconds one job holds a worker (its share of a batch); None before any."""
+        return self.work_seconds / self.work_runs if self.work_runs > 0 else None
 
 
 def read_stage(connection: Redis, stage: str) -> StageStats:
@@ -52,4 +77,11 @@ def read_stage(connection: Redis, stage: str) -> StageStats:
         cumulative += int(fields.get(f"bucket:{bound}", 0))
         buckets.append((bound, cumulative))
     outcomes = {name: int(fields.get(f"outcome:{name}", 0)) for name in OUTCOMES}
-    return StageStats(buckets, fields.get("sum", 0.0), outcomes)
+    return StageStats(
+        buckets,
+        fields.get("sum", 0.0),
+        outcomes,
+        int(fields.get("work", 0)),
+        fields.get("work_seconds", 0.0),
+        int(fields.get("work_runs", 0)),
+    )

@@ -1,6 +1,7 @@
 """What a client sees of a job: status, per-stage progress and timings, progress and ETA, links.
 
-Shared by `GET /v1/jobs/{id}` and the webhooks workers send, so both say the same thing.
+Shared by `GET /v1/jobs/{id}` and the job's terminal event (`jobs.events`), which webhooks post,
+so all of them say the same thing.
 Links are paths relative to the API's root.
 """
 
@@ -8,8 +9,10 @@ from __future__ import annotations
 
 import time
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
-from jobs.record import JobRecord
+if TYPE_CHECKING:  # for annotations only: jobs.record logs this view when a job ends
+    from jobs.record import JobRecord
 
 RANDOM_WEIGHTS_WARNING = (
     "RANDOM weights in stage(s) {stages}: images are noise-like, not meaningful pictures "
@@ -24,6 +27,7 @@ def links(job_id: str, stages: list[str]) -> dict[str, object]:
         "result": f"{base}/result",
         "stages": {name: f"{base}/stages/{name}" for name in stages},
         "cancel": base,
+        "events": f"{base}/events",
     }
 
 
@@ -36,11 +40,11 @@ def describe(record: JobRecord, now: float | None = None) -> dict[str, object]:
     for planned in plan:
         status = record.stage(planned.name, "status", "pending")
         step = int(record.stage(planned.name, "step") or 0)
+        # The sampler's own count once it runs (an upscale's fidelity can shorten it).
+        steps = int(record.stage(planned.name, "total") or planned.run.steps)
         started = _float(record.stage(planned.name, "started_at"))
         ended = _float(record.stage(planned.name, "ended_at"))
-        fraction = {"succeeded": 1.0, "running": min(step / planned.run.steps, 1.0)}.get(
-            status, 0.0
-        )
+        fraction = {"succeeded": 1.0, "running": min(step / steps, 1.0)}.get(status, 0.0)
         done += planned.cost * fraction
         random_weights = record.stage(planned.name, "random_weights")
         stages.append(
@@ -48,7 +52,7 @@ def describe(record: JobRecord, now: float | None = None) -> dict[str, object]:
                 "name": planned.name,
                 "status": status,
                 "step": step,
-                "steps": planned.run.steps,
+                "steps": steps,
                 "sampler": planned.run.sampler,
                 "height": planned.height,
                 "width": planned.width,

@@ -32,7 +32,7 @@ from jobs.settings import get_settings
 from jobs.stats import record_stage
 from jobs.store import RECORD, RESULT, object_name, stage_preview
 from jobs.view import describe
-from jobs.webhooks import send_webhook
+from jobs.webhooks import send_end
 from workers.batching import Member, sample_each
 from workers.runtime import Runtime, current
 
@@ -78,7 +78,8 @@ def run_jobs(runtime: Runtime, job_ids: list[str], stage: str) -> dict[str, Exce
     started = time.monotonic()
     results = sample_each(runtime, model, members) if members else {}
     for member in members:
-        outcomes[member.id] = _caught(finish, runtime, member, model, results[member.id], started)
+        result = results[member.id]
+        outcomes[member.id] = _caught(finish, runtime, member, model, result, started, len(members))
     return outcomes
 
 
@@ -134,10 +135,16 @@ def load_input(runtime: Runtime, record: JobRecord, stage: str) -> Tensor | None
 
 
 def finish(
-    runtime: Runtime, member: Member, model: Stage, result: Tensor | Exception, started: float
+    runtime: Runtime,
+    member: Member,
+    model: Stage,
+    result: Tensor | Exception,
+    started: float,
+    batch: int = 1,
 ) -> Exception | None:
     """Store the sampled image and hand on, or end the stage as the error says: an error no
-    retry can mend fails the job, any other is returned for RQ to retry."""
+    retry can mend fails the job, any other is returned for RQ to retry. `batch` jobs were
+    sampled with this one (they share the time recorded for a quote's per-step costs)."""
     jobs, stage, job_id = runtime.jobs, model.name, member.id
     if isinstance(result, SamplingCanceled):
         jobs.stage_ended(job_id, stage, "canceled")
@@ -151,7 +158,8 @@ def finish(
         return result
     save_outputs(runtime, member.record, stage, result)
     seconds = time.monotonic() - started
-    record_stage(runtime.connection, stage, seconds, "succeeded")
+    work = next(planned.cost for planned in member.record.plan if planned.name == stage)
+    record_stage(runtime.connection, stage, seconds, "succeeded", work, batch)
     jobs.stage_ended(job_id, stage, "succeeded")
     log.info("job %s: stage %s finished in %.2f s%s", job_id, stage, seconds, _tag(model))
     hand_on(runtime, job_id, stage)
@@ -205,7 +213,7 @@ def hand_on(runtime: Runtime, job_id: str, stage: str) -> None:
         finished = jobs.get(job_id)
         if finished is not None:
             save_record(runtime, finished)
-            announce_end(runtime.settings.webhook_timeout, finished)
+            announce_end(jobs, finished, runtime.settings.webhook_timeout)
 
 
 def save_record(runtime: Runtime, record: JobRecord) -> None:
@@ -218,9 +226,10 @@ def save_record(runtime: Runtime, record: JobRecord) -> None:
     )
 
 
-def announce_end(timeout: float, record: JobRecord) -> None:
+def announce_end(jobs: Jobs, record: JobRecord, timeout: float) -> None:
+    """The job's webhook, if it has one: its terminal event."""
     if record.webhook_url:
-        send_webhook(record.webhook_url, describe(record), timeout)
+        send_end(jobs.events, record.id, record.webhook_url, timeout)
 
 
 def fail(connection: Redis, jobs: Jobs, job_id: str, stage: str, reason: str) -> None:
@@ -231,7 +240,7 @@ def fail(connection: Redis, jobs: Jobs, job_id: str, stage: str, reason: str) ->
     if jobs.finish(job_id, "failed", f"stage {stage} failed: {reason}"):
         record = jobs.get(job_id)
         if record is not None:
-            announce_end(get_settings().webhook_timeout, record)
+            announce_end(jobs, record, get_settings().webhook_timeout)
 
 
 def on_stage_failure(
@@ -254,6 +263,6 @@ def on_stage_failure(
             "job %s stage %s attempt %s failed (%s); retrying", job_id, stage, attempt, reason
         )
         record_stage(connection, stage, 0.0, "retried")
-        jobs.update(job_id, {f"{stage}.status": "queued", f"{stage}.error": f"retrying: {reason}"})
+        jobs.stage_retrying(job_id, stage, reason)
         return
     fail(connection, jobs, job_id, stage, f"{reason} (attempt {attempt}, no retries left)")

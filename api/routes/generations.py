@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Response
+from fastapi.responses import JSONResponse
 
 from api.deps import JobsDep, RedisDep, SettingsDep
-from api.schemas import ErrorBody, GenerationRequest, JobAccepted
-from api.submit import accept, generation_job, known_classes
+from api.schemas import ErrorBody, GenerationRequest, JobAccepted, Quote
+from api.submit import accept, generation_job, known_classes, quote
 
 router = APIRouter(tags=["jobs"])
 
@@ -15,7 +16,11 @@ router = APIRouter(tags=["jobs"])
     "/v1/generations",
     status_code=202,
     response_model=JobAccepted,
-    responses={422: {"model": ErrorBody}, 503: {"model": ErrorBody}},
+    responses={
+        200: {"model": Quote, "description": "`dry_run`: the quote; nothing was queued"},
+        422: {"model": ErrorBody},
+        503: {"model": ErrorBody},
+    },
 )
 def create_generation(
     body: GenerationRequest,
@@ -23,9 +28,12 @@ def create_generation(
     settings: SettingsDep,
     connection: RedisDep,
     jobs: JobsDep,
-) -> JobAccepted:
-    """Queue a generation; poll the returned `links.self` for progress."""
+) -> JobAccepted | JSONResponse:
+    """Queue a generation; poll the returned `links.self` for progress, or follow
+    `links.events`. With `dry_run`, queue nothing and answer what it would run and cost."""
     job = generation_job(body, settings, known_classes(connection))
+    if body.dry_run:
+        return JSONResponse(quote(connection, job, body.seed).model_dump(mode="json"))
     accepted = accept(connection, settings, jobs, job)
     response.headers["Location"] = accepted.links.self
     return accepted

@@ -13,7 +13,7 @@ from jobs.queues import cancel_stage
 from jobs.record import JobRecord, Jobs
 from jobs.store import RESULT, object_name, stage_preview
 from jobs.view import describe
-from jobs.webhooks import send_webhook
+from jobs.webhooks import send_end
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["jobs"])
@@ -93,20 +93,18 @@ def cancel_job(
     record = find(jobs, job_id)
     if record.status == "canceled":
         return JSONResponse(describe(record), status_code=200)
-    if not jobs.finish(job_id, "canceled"):
+    if not jobs.finish(job_id, "canceled"):  # also marks the stages that never started
         record = find(jobs, job_id)
         if record.status == "canceled":
             return JSONResponse(describe(record), status_code=200)
         raise HTTPException(409, f"job {job_id} has already {record.status}; nothing to cancel")
     for planned in record.plan:
-        status = record.stage(planned.name, "status")
-        if status in ("queued", "pending"):
+        if record.stage(planned.name, "status") == "queued":
             cancel_stage(connection, job_id, planned.name)
-            jobs.stage_ended(job_id, planned.name, "canceled")
     jobs.drop_tensors(job_id, ["input", *(planned.name for planned in record.plan)])
     log.info("job %s canceled by request", job_id)
     record = find(jobs, job_id)
-    view = describe(record)
     if record.webhook_url:
-        background.add_task(send_webhook, record.webhook_url, view, settings.webhook_timeout)
-    return view
+        timeout = settings.webhook_timeout
+        background.add_task(send_end, jobs.events, job_id, record.webhook_url, timeout)
+    return describe(record)

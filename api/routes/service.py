@@ -7,12 +7,13 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from rq import Worker
 
-from api.deps import RedisDep
+from api.deps import RedisDep, SettingsDep
 from api.metrics import StageCollector
-from api.schemas import ClassInfo, ErrorBody
+from api.schemas import ClassInfo, ErrorBody, Limits
 from api.submit import known_classes
 from cascade.classes import class_names
-from jobs.plan import STAGES
+from cascade.stages import COLOR_FIXES, DEFAULT_FIDELITY, SAMPLER_NAMES
+from jobs.plan import SCALES, SIZES, STAGES
 from jobs.queues import stage_queue
 
 router = APIRouter(tags=["service"])
@@ -24,6 +25,27 @@ def list_classes(connection: RedisDep) -> list[dict[str, object]]:
     on (as its worker announced it), or all 1000 ImageNet classes."""
     names = class_names()
     return [{"id": index, "name": names[index]} for index in known_classes(connection)]
+
+
+@router.get("/v1/limits", response_model=Limits)
+def limits(settings: SettingsDep) -> dict[str, object]:
+    """What a request may ask for: sizes, scales, samplers and colour fixes, the upload, input,
+    output and step limits, and each stage's default sampler and steps."""
+    return {
+        "sizes": list(SIZES),
+        "scales": list(SCALES),
+        "samplers": list(SAMPLER_NAMES),
+        "color_fixes": list(COLOR_FIXES),
+        "max_upload_bytes": settings.max_upload_bytes,
+        "max_input_pixels": settings.max_input_pixels,
+        "max_output_pixels": settings.max_output_pixels,
+        "max_steps": settings.max_steps,
+        "default_fidelity": DEFAULT_FIDELITY,
+        "defaults": {
+            name: {"sampler": settings.sampler_for(name), "steps": settings.steps_for(name)}
+            for name in STAGES
+        },
+    }
 
 
 @router.get("/healthz")

@@ -5,10 +5,11 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Form, HTTPException, Response
+from fastapi.responses import JSONResponse
 
 from api.deps import JobsDep, RedisDep, SettingsDep
-from api.schemas import ErrorBody, JobAccepted, UpscaleForm
-from api.submit import accept, upscale_job
+from api.schemas import ErrorBody, JobAccepted, Quote, UpscaleForm
+from api.submit import accept, quote, upscale_job
 from api.uploads import UploadError, decode, probe, tensor_bytes
 
 router = APIRouter(tags=["jobs"])
@@ -18,7 +19,10 @@ router = APIRouter(tags=["jobs"])
     "/v1/upscales",
     status_code=202,
     response_model=JobAccepted,
-    responses={code: {"model": ErrorBody} for code in (413, 415, 422, 503)},
+    responses={
+        200: {"model": Quote, "description": "`dry_run`: the quote; nothing was queued"},
+        **{code: {"model": ErrorBody} for code in (413, 415, 422, 503)},
+    },
 )
 def create_upscale(
     form: Annotated[UpscaleForm, Form(media_type="multipart/form-data")],
@@ -26,8 +30,10 @@ def create_upscale(
     settings: SettingsDep,
     connection: RedisDep,
     jobs: JobsDep,
-) -> JobAccepted:
-    """Queue an upscale of `file` (PNG, JPEG or WebP); poll `links.self` for progress."""
+) -> JobAccepted | JSONResponse:
+    """Queue an upscale of `file` (PNG, JPEG or WebP); poll `links.self` for progress, or
+    follow `links.events`. With `dry_run`, queue nothing and answer what it would run and
+    cost (the file is checked as for a real upscale)."""
     data = form.file.file.read(settings.max_upload_bytes + 1)
     if len(data) > settings.max_upload_bytes:
         raise HTTPException(413, f"file is larger than {settings.max_upload_bytes} bytes")
@@ -37,6 +43,8 @@ def create_upscale(
     except UploadError as error:
         raise HTTPException(error.status_code, str(error)) from None
     job = upscale_job(form, pixels, settings)
+    if form.dry_run:
+        return JSONResponse(quote(connection, job, form.seed).model_dump(mode="json"))
     accepted = accept(connection, settings, jobs, job, tensor_bytes(pixels))
     response.headers["Location"] = accepted.links.self
     return accepted

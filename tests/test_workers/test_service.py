@@ -212,6 +212,43 @@ def test_generate_64_and_256_across_two_workers(service: Service, webhook):
     assert received[0]["id"] == small and received[0]["status"] == "succeeded"
 
 
+def read_events(lines: Iterator[str]) -> list[dict]:
+    """Server-Sent Events as they arrive: id, event type and JSON data (pings skipped)."""
+    events, fields = [], {}
+    for line in lines:
+        if line:
+            if not line.startswith(":"):
+                name, _, value = line.partition(":")
+                fields[name] = value.removeprefix(" ")
+            continue
+        if "event" in fields:
+            events.append({**fields, "data": json.loads(fields["data"])})
+        fields = {}
+    return events
+
+
+def test_events_follow_a_job_across_workers(service: Service, webhook):
+    url, received = webhook
+    job_id = service.submit(size=256, seed=4, webhook_url=url)
+    with service.http.stream("GET", f"/v1/jobs/{job_id}/events", timeout=60) as response:
+        assert response.status_code == 200
+        events = read_events(response.iter_lines())  # ends with the terminal event
+    assert [event["event"] for event in events if event["event"] != "progress"] == [
+        "queued",
+        *("stage_started", "stage_finished") * 2,
+        "succeeded",
+    ]
+    started = [event["data"] for event in events if event["event"] == "stage_started"]
+    assert started[0]["worker"] != started[1]["worker"]  # two processes, one story
+    progress = [event["data"]["progress"] for event in events if event["event"] == "progress"]
+    assert progress == sorted(progress) and 0 < progress[0] and progress[-1] <= 1
+    # Polling, the stream and the webhook say the same thing about the end.
+    end = events[-1]
+    assert service.job(job_id) == end["data"]
+    wait_for(lambda: received, 10, "the webhook")
+    assert received == [end["data"]]
+
+
 def test_generate_1024_with_previews_before_the_end(service: Service):
     job_id = service.submit(size=1024, seed=3, steps=8)  # sr1024 takes seconds at 8 steps
 

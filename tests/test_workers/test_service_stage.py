@@ -80,6 +80,40 @@ def test_two_stages_in_process(runtime: Runtime):
     assert runtime.jobs.get(job_id).fields == record.fields
 
 
+def test_events_of_a_job_run_by_a_worker(runtime: Runtime):
+    job_id = new_job(runtime)
+    run_stage(job_id, "base64")
+    run_stage(job_id, "sr256")
+    events = runtime.jobs.events.read(job_id)
+    story = [event.type for event in events if event.type != "progress"]
+    assert story == [
+        "queued",
+        *("stage_started", "stage_finished") * 2,
+        "succeeded",
+    ]
+    for stage in ("base64", "sr256"):
+        steps = [
+            (event.data["step"], event.data["steps"])
+            for event in events
+            if event.type == "progress" and event.data["stage"] == stage
+        ]
+        assert steps and steps[0][0] == 1 and steps[-1][0] == steps[-1][1]  # first and last
+    # Every progress event sits between its stage's start and finish.
+    stage_of = None
+    for event in events:
+        if event.type == "stage_started":
+            stage_of = event.data["stage"]
+        elif event.type == "progress":
+            assert event.data["stage"] == stage_of
+        elif event.type == "stage_finished":
+            assert event.data["stage"] == stage_of
+            preview = Path(runtime.settings.store) / job_id / f"{stage_of}.png"
+            assert preview.is_file()  # stored before it is announced
+    stored = json.loads((Path(runtime.settings.store) / job_id / "job.json").read_text())
+    assert events[-1].data["status"] == stored["status"] == "succeeded"
+    assert events[-1].data["stages"] == stored["stages"]
+
+
 def test_retry_of_a_finished_stage_hands_on(runtime: Runtime):
     """A worker killed after finishing a stage but before queueing the next one: the retry
     queues the next stage instead of losing the job."""
@@ -93,9 +127,11 @@ def test_retry_of_a_finished_stage_hands_on(runtime: Runtime):
 
 class Receiver(BaseHTTPRequestHandler):
     received: list[dict] = []
+    headers_received: list[dict] = []
 
     def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
         Receiver.received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+        Receiver.headers_received.append(dict(self.headers))
         self.send_response(204)
         self.end_headers()
 
@@ -120,6 +156,11 @@ def test_missing_input_fails_with_a_sentence_and_a_webhook(runtime: Runtime):
     assert read_stage(runtime.connection, "sr256").outcomes["failed"] == 1
     assert [(hook["id"], hook["status"]) for hook in Receiver.received] == [("lost", "failed")]
     assert Receiver.received[0]["error"] == record.fields["error"]
+    # The webhook posts the job's terminal event, as its log holds it.
+    end = runtime.jobs.events.last(job.id)
+    assert Receiver.received[0] == end.data
+    assert Receiver.headers_received[0]["X-Cascade-Event"] == "failed"
+    assert Receiver.headers_received[0]["X-Cascade-Event-Id"] == end.id
 
 
 def test_canceled_job_does_not_start_its_stage(runtime: Runtime):
@@ -175,3 +216,18 @@ def test_stage_statistics(runtime: Runtime):
     assert buckets[0.5] == 1 and buckets[5] == 1 and buckets[10] == 2 and buckets[float("inf")] == 2
     assert stats.total_seconds == pytest.approx(7.3)
     assert stats.outcomes == {"succeeded": 2, "failed": 1, "canceled": 0, "retried": 0}
+
+
+def test_stage_statistics_price_work(runtime: Runtime):
+    assert read_stage(runtime.connection, "sr256").seconds_per_work is None  # nothing measured
+    record_stage(runtime.connection, "sr256", 4.0, "succeeded", work=1000, batch=2)
+    record_stage(runtime.connection, "sr256", 3.0, "succeeded", work=2000)
+    record_stage(runtime.connection, "sr256", 9.0, "succeeded")  # no work given: not priced
+    stats = read_stage(runtime.connection, "sr256")
+    assert stats.work == 3000 and stats.work_runs == 2
+    assert stats.seconds_per_work == pytest.approx((2.0 + 3.0) / 3000)  # a batch shares its time
+    assert stats.seconds_per_run == pytest.approx(2.5)
+    job_id = new_job(runtime)
+    run_stage(job_id, "base64")
+    measured = read_stage(runtime.connection, "base64")
+    assert measured.work == 64 * 64 * 2 and measured.seconds_per_work > 0

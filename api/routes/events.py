@@ -1,0 +1,60 @@
+"""GET /v1/jobs/{id}/events: the job's event log as Server-Sent Events, live."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+from fastapi import APIRouter, Header, HTTPException, Query, Response
+from sse_starlette import EventSourceResponse, ServerSentEvent
+
+from api.deps import AsyncRedisDep
+from api.schemas import ErrorBody
+from jobs.events import EVENT_TYPES, Event, follow, latest, parse_event_id
+from jobs.record import job_key
+
+router = APIRouter(tags=["jobs"])
+PING_SECONDS = 15  # a comment line this often keeps proxies from closing a quiet stream
+DESCRIPTION = f"""The job's events from the start (or after `Last-Event-ID`), then live until
+its terminal event. Each has an `id` (send it back as `Last-Event-ID` to resume), an `event`
+type and JSON `data`. Types: {", ".join(EVENT_TYPES)}. The terminal event's data is the job as
+`GET /v1/jobs/{{id}}` shows it, and is what a webhook receives."""
+
+
+@router.get(
+    "/v1/jobs/{job_id}/events",
+    response_class=EventSourceResponse,
+    description=DESCRIPTION,
+    responses={
+        200: {"content": {"text/event-stream": {}}, "description": "the events, as they come"},
+        204: {"description": "the job has ended and `Last-Event-ID` was its last event"},
+        404: {"model": ErrorBody},
+        422: {"model": ErrorBody},
+    },
+)
+async def job_events(
+    job_id: str,
+    connection: AsyncRedisDep,
+    last_event_id: Annotated[str | None, Header(description="resume after this event")] = None,
+    after: Annotated[
+        str | None, Query(description="resume after this event id (for clients without headers)")
+    ] = None,
+) -> Response:
+    """Server-Sent Events: replay, then follow, the job's event log (DESCRIPTION)."""
+    if not await connection.exists(job_key(job_id)):
+        raise HTTPException(404, f"no job {job_id!r} (unknown, or expired from the job list)")
+    start = last_event_id or after or "0-0"
+    try:
+        position = parse_event_id(start)
+    except ValueError as error:
+        raise HTTPException(422, f"cannot resume: {error}") from None
+    last = await latest(connection, job_id)
+    if last is not None and last.terminal and position >= parse_event_id(last.id):
+        return Response(status_code=204)  # EventSource clients stop reconnecting on a 204
+    return EventSourceResponse(_stream(follow(connection, job_id, start)), ping=PING_SECONDS)
+
+
+async def _stream(events: AsyncIterator[Event]) -> AsyncIterator[ServerSentEvent]:
+    async for event in events:
+        yield ServerSentEvent(data=json.dumps(event.data), event=event.type, id=event.id)

@@ -1,0 +1,288 @@
+"""The web page in a real browser (Playwright driving Chromium) against a real `cascade serve`
+(embedded Redis, a worker, the API) with tiny random presets: generate and watch the progress,
+upscale and compare, cancel, and a bad upload.
+
+Skipped when Playwright or a Chromium binary is missing (`make test` installs Debian's
+chromium where apt-get can; CASCADE_BROWSER names another binary). Screenshots go to each
+test's tmp dir; with CASCADE_SCREENSHOT_DIR set the service runs the demo weights instead and
+the finished upscale is saved there as page.png (how docs/page.png was made).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+pytestmark = pytest.mark.service
+
+playwright_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+
+REPO = Path(__file__).resolve().parents[2]
+CASCADE = str(REPO / ".venv" / "bin" / "cascade")
+BROWSER = (
+    os.environ.get("CASCADE_BROWSER")
+    or shutil.which("chromium")
+    or shutil.which("chromium-browser")
+    or shutil.which("google-chrome")
+)
+SCREENSHOTS = os.environ.get("CASCADE_SCREENSHOT_DIR")
+STAGES = ("base64", "sr256", "sr1024")
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+TIMEOUT_MS = 60_000 if SCREENSHOTS else 30_000  # the demo weights sample more slowly
+
+if BROWSER is None:
+    pytest.skip(
+        "no Chromium found (install Debian's `chromium`, or set CASCADE_BROWSER)",
+        allow_module_level=True,
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    root = tmp_path_factory.mktemp("page")
+    port = free_port()
+    env = {key: value for key, value in os.environ.items() if not key.startswith("CASCADE_")}
+    env.update(
+        CASCADE_STORE=str(root / "results"),
+        CASCADE_EMBEDDED_REDIS=str(root / "redis" / "cascade.rdb"),
+        CASCADE_TORCH_THREADS="1",
+    )
+    if not SCREENSHOTS:
+        env.update(
+            CASCADE_STEPS_BASE64="8",
+            CASCADE_STEPS_SR256="4",
+            CASCADE_STEPS_SR1024="2",
+            **{f"CASCADE_WEIGHTS_{name.upper()}": f"preset:{name}-tiny" for name in STAGES},
+        )
+    log = open(root / "serve.log", "w")  # noqa: SIM115 (closed below)
+    serve = subprocess.Popen(
+        [CASCADE, "serve", "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert serve.poll() is None, (root / "serve.log").read_text()[-3000:]
+            try:
+                if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "cascade serve did not become ready"
+            time.sleep(0.2)
+        yield base
+    finally:
+        serve.send_signal(signal.SIGINT)
+        try:
+            serve.wait(30)
+        except subprocess.TimeoutExpired:
+            serve.kill()
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def context(tmp_path_factory: pytest.TempPathFactory):
+    with playwright_api.sync_playwright() as playwright:
+        context = playwright.chromium.launch_persistent_context(
+            str(tmp_path_factory.mktemp("chromium-profile")),  # a fresh profile
+            executable_path=BROWSER,
+            headless=True,
+            args=ARGS,
+            viewport={"width": 1280, "height": 900},
+        )
+        context.set_default_timeout(TIMEOUT_MS)
+        yield context
+        context.close()
+
+
+@pytest.fixture
+def page(context, server: str, tmp_path: Path, request: pytest.FixtureRequest):
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.goto(server)
+    yield page
+    page.screenshot(path=str(tmp_path / f"{request.node.name}.png"), full_page=True)
+    page.close()
+    assert not errors, f"the page's script failed: {errors}"
+
+
+def newest_job(page):
+    return page.locator("#jobs > li").first
+
+
+def test_generate_shows_progress_and_the_image(page):
+    page.fill("#gen-class", "tabby")
+    page.check("input[name=size][value='64']")
+    page.click("#generate summary")  # the advanced fold
+    if not SCREENSHOTS:
+        page.fill("#gen-steps", "40")  # long enough to see it running
+    page.locator("#gen-quote").get_by_text("Quote: base64 64×64").wait_for()
+    page.click("#generate button[type=submit]")
+    job = newest_job(page)
+    badge = job.locator(".badge")
+    badge.filter(has_text="succeeded").wait_for()
+    assert job.locator(".overall progress").evaluate("node => node.value") == 1
+    assert job.locator(".percent").inner_text() == "100%"
+    assert job.locator(".status-line .live").inner_text().startswith("Done in")
+    final = job.locator("img.final")
+    final.wait_for()
+    assert final.evaluate("img => img.complete && img.naturalWidth") == 64
+    preview = job.locator(".stage img")
+    assert preview.evaluate("img => img.naturalWidth") == 64
+    assert job.locator(".stage-name").inner_text().startswith("base64 · 64×64 · succeeded")
+    # It followed the job by Server-Sent Events, not by polling.
+    resources = page.evaluate("performance.getEntriesByType('resource').map(e => e.name)")
+    assert any(name.endswith("/events") for name in resources), resources
+    # Copy as curl: the request again, with the seed the job drew.
+    job.locator("button.curl").click()
+    command = job.locator(".curl-text").input_value()
+    assert "/v1/generations" in command and '"class_name":"tabby"' in command
+    assert '"seed":' in command
+
+
+def chelsea_crop(path: Path, side: int = 64) -> Path:
+    """scikit-image's chelsea (a photo that ships with it): the cat's face, reduced 4x with
+    antialiasing as the upscalers' training inputs were, as a PNG."""
+    from skimage import data
+
+    face = Image.fromarray(np.asarray(data.chelsea())[20:276, 120:376])
+    face.resize((side, side), Image.Resampling.BICUBIC, reducing_gap=None).save(path)
+    return path
+
+
+def test_upscale_shows_sizes_and_the_comparison(page, tmp_path: Path):
+    page.click("#tab-upscale")
+    page.set_input_files("#up-file", str(chelsea_crop(tmp_path / "cat.png")))
+    page.locator("#up-sizes").get_by_text("Input 64×64 → output 256×256").wait_for()
+    page.locator("#up-quote").get_by_text("Quote: sr256 256×256").wait_for()
+    assert "Limits: files up to" in page.inner_text("#up-limits")
+    if not SCREENSHOTS:  # the demo weights keep their own fidelity default (their model card)
+        page.fill("#up-fidelity", "0.8")
+    page.select_option("#up-color", "wavelet")
+    page.click("#upscale button[type=submit]")
+    job = newest_job(page)
+    job.locator(".badge").filter(has_text="succeeded").wait_for()
+    job.locator("figure.compare").wait_for()
+    canvas = job.locator("canvas.before")
+    assert canvas.evaluate("c => [c.width, c.height]") == [256, 256]
+    after = job.locator("img.after")
+    assert after.evaluate("img => img.complete && img.naturalWidth") == 256
+    # The bicubic half is drawn: not a blank canvas.
+    spread = canvas.evaluate(
+        "c => { const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;"
+        " let lo = 255, hi = 0; for (let i = 0; i < d.length; i += 4) {"
+        " lo = Math.min(lo, d[i]); hi = Math.max(hi, d[i]); } return hi - lo; }"
+    )
+    assert spread > 50
+    job.locator("input.slider").fill("20")
+    assert "20%" in after.evaluate("img => img.style.clipPath")
+    download = job.locator("a.download")
+    assert download.get_attribute("download").endswith(".png")
+    request = page.evaluate("JSON.parse(localStorage.getItem('cascade.jobs'))[0].request")
+    if SCREENSHOTS:
+        job.locator("input.slider").fill("50")
+        page.evaluate("window.scrollTo(0, 0)")
+        clip = {"x": 0, "y": 0, "width": 1280, "height": 1060}
+        page.screenshot(path=str(Path(SCREENSHOTS) / "page.png"), full_page=True, clip=clip)
+    else:
+        assert request == {"scale": 4, "fidelity": 0.8, "color_fix": "wavelet"}
+
+
+def test_cancel_a_running_job(page):
+    page.fill("#gen-class", "tabby")
+    page.check("input[name=size][value='256']")
+    page.click("#generate summary")
+    page.fill("#gen-steps", "1000")  # still running when the cancel comes
+    page.click("#generate button[type=submit]")
+    job = newest_job(page)
+    job.locator(".badge").filter(has_text="running").wait_for()
+    job.locator("button.cancel").click()
+    job.locator(".badge").filter(has_text="canceled").wait_for()
+    assert job.locator("button.cancel").is_hidden()
+    assert job.locator(".status-line .live").inner_text() == "Canceled"
+    assert "sr256 · 256×256 · canceled" in job.locator(".stages").inner_text()
+    # The running stage stops within a step, and the page shows that too.
+    job.locator(".stage-name").get_by_text("base64 · 64×64 · canceled").wait_for()
+
+
+def test_a_bad_upload_shows_the_api_message(page, tmp_path: Path):
+    page.focus("#tab-generate")
+    page.keyboard.press("ArrowRight")  # the tabs work from the keyboard
+    assert page.locator("#upscale").is_visible() and page.locator("#generate").is_hidden()
+    fake = tmp_path / "notes.png"
+    fake.write_text("these are notes, not an image")
+    page.set_input_files("#up-file", str(fake))
+    message = "the uploaded file is not an image (PNG, JPEG or WebP)"
+    page.locator("#up-quote").get_by_text(message).wait_for()
+    page.click("#upscale button[type=submit]")
+    error = page.locator("#up-error")
+    error.get_by_text(message).wait_for()
+    assert error.inner_text() == message  # the API's own words
+    assert error.get_attribute("role") == "alert"
+
+
+def test_an_api_key_is_sent_and_the_job_polled(page):
+    page.wait_for_load_state("networkidle")  # the earlier jobs, loaded without a key
+    page.click("summary:has-text('API key')")
+    page.fill("#api-key", "not-a-real-key")
+    page.keyboard.press("Tab")  # stored when the field changes
+    sent: list[tuple[str, str | None]] = []
+    page.on(
+        "request", lambda request: sent.append((request.url, request.headers.get("authorization")))
+    )
+    page.fill("#gen-class", "goldfish")
+    page.click("#generate button[type=submit]")
+    job = newest_job(page)
+    job.locator(".badge").filter(has_text="succeeded").wait_for()
+    job_id = job.get_attribute("data-id")
+    calls = [(url, auth) for url, auth in sent if "/v1/" in url]
+    assert calls and all(auth == "Bearer not-a-real-key" for _, auth in calls), calls
+    # EventSource cannot send the header, so this job was polled.
+    assert not any(url.endswith(f"/v1/jobs/{job_id}/events") for url, _ in calls)
+    assert any(url.endswith(f"/v1/jobs/{job_id}") for url, _ in calls)
+    page.fill("#api-key", "")
+    page.keyboard.press("Tab")
+    assert page.evaluate("localStorage.getItem('cascade.apiKey')") is None
+
+
+def test_the_page_fits_a_phone(page, tmp_path: Path):
+    page.set_viewport_size({"width": 375, "height": 740})
+    page.reload()
+    page.locator("#jobs > li").first.wait_for()
+    overflow = page.evaluate("document.documentElement.scrollWidth")
+    assert overflow <= 375
+    for control in ("#gen-class", "#gen-seed-random", "button[type=submit]"):
+        assert page.locator(control).first.bounding_box()["width"] > 0
+    unlabeled = page.evaluate(
+        "[...document.querySelectorAll('input, select, textarea')]"
+        ".filter(e => e.type !== 'hidden' && !e.labels?.length && !e.getAttribute('aria-label'))"
+        ".map(e => e.id || e.className)"
+    )
+    assert unlabeled == []
