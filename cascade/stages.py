@@ -27,7 +27,7 @@ SIZES: tuple[int, ...] = tuple(STAGE_OUTPUT.values())
 SCALES: tuple[int, ...] = (4, 16)
 # Upscales' fidelity-realism default (1: the most faithful output, 0: the full sample), chosen by
 # measurement on held-out photos (weights/demo/sr256.md).
-DEFAULT_FIDELITY = 0.5
+DEFAULT_FIDELITY = 0.8
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from cascade.degradations import bicubic_degrade, upsample_condition
 from cascade.evaluation import evaluate, evaluate_image, format_table, grid
 from cascade.metrics import image_metrics
 from cascade.pipeline import Stage
-from cascade.stages import StageRun
+from cascade.stages import DEFAULT_FIDELITY, StageRun
 
 SAMPLER = StageRun("ddim", 2)
 
@@ -127,7 +127,7 @@ def test_cli_eval_writes_json_and_grid(tmp_path: Path, capsys: pytest.CaptureFix
     assert report["stage"] == "sr256" and report["steps"] == 2 and report["sampler"] == "ddim"
     assert [Path(item["name"]).name for item in report["images"]] == ["0.png", "1.png"]
     assert set(report["mean"]) == {"model", "fidelity1", "bicubic"}
-    assert report["fidelity"] == 0.5  # the default for a residual model
+    assert report["fidelity"] == DEFAULT_FIDELITY  # the default for a residual model
     with Image.open(out / "grid.png") as picture:
         assert picture.size == (5 * 256, 2 * 256)
     assert "MEAN" in capsys.readouterr().out

@@ -25,3 +25,19 @@ train sr256 "$data/sr/train" &
 train sr1024 "$data/sr/train" &
 train base64 "$data/base" &
 wait
+# The shipped files: the EMA weights in float16 with the training metadata (loads as float32).
+for stage in sr256 sr1024 base64; do
+    python3 - "$out/run-$stage/model.safetensors" "$out/$stage.safetensors" <<'PY'
+import sys
+
+import torch
+
+from cascade.checkpoints import load_model, read_spec, save_model
+
+source, destination = sys.argv[1:]
+model = load_model(source)
+_, metadata = read_spec(source)
+metadata = {k: v for k, v in metadata.items() if k not in ("cascade.spec", "cascade.format")}
+save_model(destination, model.spec, model.network.state_dict(), torch.float16, metadata)
+PY
+done
