@@ -10,6 +10,8 @@ from fastapi.responses import JSONResponse
 from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException
 
+from api.limits import TOO_LARGE, too_large
+
 log = logging.getLogger(__name__)
 
 
@@ -58,6 +60,8 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(HTTPException)
     async def _http(request: Request, exc: HTTPException) -> JSONResponse:
         message = exc.detail if isinstance(exc.detail, str) else "request failed"
+        if exc.status_code == 413 and exc.detail == TOO_LARGE:
+            message = too_large(request.scope)
         detail = None if isinstance(exc.detail, str) else exc.detail
         return error_response(exc.status_code, message, detail)
 

@@ -8,7 +8,7 @@ from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
 from api import errors
-from api.limits import UploadLimit
+from api.limits import BodyLimit
 from api.routes import events, generations, jobs, page, service, upscales
 from api.routes.page import STATIC
 from jobs.settings import Settings, get_settings
@@ -34,7 +34,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     def current_settings() -> Settings:
         return app.dependency_overrides.get(get_settings, get_settings)()
 
-    app.add_middleware(UploadLimit, settings=current_settings)
+    app.add_middleware(BodyLimit, settings=current_settings)
     errors.install(app)
     for module in (generations, upscales, jobs, events, service, page):
         app.include_router(module.router)

@@ -35,6 +35,7 @@ class Settings(BaseSettings):
 
     # Limits checked by the API before any work is queued.
     max_upload_bytes: int = Field(10 * 2**20, gt=0)
+    max_json_bytes: int = Field(64 * 2**10, gt=0)  # every other body (a request is ~300 bytes)
     max_input_pixels: int = Field(1024 * 1024, gt=0)  # checked from the header, before decoding
     max_output_pixels: int = Field(2048 * 2048, gt=0)  # an upscale's output (16x grows fast)
     max_steps: int = Field(1000, ge=1, le=1000)
