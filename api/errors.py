@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -38,6 +39,8 @@ def describe_validation(errors: list[dict]) -> tuple[str, list[dict]]:
             message = f"{where}: {message}"
         sentences.append(message)
         value = error.get("input")
+        if isinstance(value, float) and not math.isfinite(value):
+            value = str(value)  # NaN and Infinity are not JSON: echoed as text
         details.append(
             {
                 "loc": [str(part) for part in error.get("loc", ())],
@@ -55,6 +58,8 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         message, details = describe_validation(list(exc.errors()))
+        if isinstance(exc.body, str | bytes) and not exc.body.strip():
+            message = "the request body is empty: send a JSON object"
         return error_response(422, message, details)
 
     @app.exception_handler(HTTPException)

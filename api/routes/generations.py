@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 
+from api.bodies import JsonObject
 from api.deps import JobsDep, RedisDep, SettingsDep
 from api.schemas import ErrorBody, GenerationRequest, JobAccepted, Quote
 from api.submit import accept, generation_job, known_classes, quote
@@ -23,6 +24,7 @@ router = APIRouter(tags=["jobs"])
     },
 )
 def create_generation(
+    _: JsonObject,
     body: GenerationRequest,
     response: Response,
     settings: SettingsDep,

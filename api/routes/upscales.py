@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Form, HTTPException, Response
 from fastapi.responses import JSONResponse
 
+from api.bodies import MultipartUpload
 from api.deps import JobsDep, RedisDep, SettingsDep
 from api.schemas import ErrorBody, JobAccepted, Quote, UpscaleForm
 from api.submit import accept, quote, upscale_job
@@ -25,6 +26,7 @@ router = APIRouter(tags=["jobs"])
     },
 )
 def create_upscale(
+    _: MultipartUpload,
     form: Annotated[UpscaleForm, Form(media_type="multipart/form-data")],
     response: Response,
     settings: SettingsDep,
