@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse
 from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException
 
+from api import request_id as request_ids
 from api.limits import TOO_LARGE, too_large
 
 log = logging.getLogger(__name__)
@@ -78,4 +79,9 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error in %s %s", request.method, request.url.path)
-        return error_response(500, "internal error; the service logged the details")
+        request_id = request_ids.current.get()
+        response = error_response(
+            500, f"internal error; the service logged the details under request id {request_id}"
+        )
+        response.headers[request_ids.HEADER] = request_id  # sent outside the id's middleware
+        return response

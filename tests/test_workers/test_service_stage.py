@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from redis.exceptions import ConnectionError as RedisConnectionError
 from rq.exceptions import AbandonedJobError
 from rq.job import Job
 from rq.serializers import JSONSerializer
@@ -179,12 +180,14 @@ def test_failure_callback_retries_then_fails(runtime: Runtime):
         stage_job_id(job_id, "base64"), connection=runtime.connection, serializer=JSONSerializer
     )
     assert rq_job.retries_left == 1
-    error = RuntimeError("CUDA fell over")
+    error = RedisConnectionError("Error 111 connecting to /srv/redis.sock")
     runtime.jobs.stage_started(job_id, "base64", {"model": "m"}, "worker-a")
-    on_stage_failure(rq_job, runtime.connection, RuntimeError, error, None)
+    on_stage_failure(rq_job, runtime.connection, RedisConnectionError, error, None)
     record = runtime.jobs.get(job_id)
     assert record.status == "running" and record.stage("base64", "status") == "queued"
-    assert record.stage("base64", "error") == "retrying: RuntimeError: CUDA fell over"
+    assert record.stage("base64", "error") == (
+        "retrying: the worker lost its connection to the job queue (Redis)"
+    )
     rq_job.retries_left = 0
     runtime.jobs.stage_started(job_id, "base64", {"model": "m"}, "worker-b")
     on_stage_failure(rq_job, runtime.connection, AbandonedJobError, AbandonedJobError(), None)
@@ -193,6 +196,27 @@ def test_failure_callback_retries_then_fails(runtime: Runtime):
     assert record.fields["error"] == (
         "stage base64 failed: the worker running it stopped (killed, crashed or lost its "
         "connection) (attempt 2, no retries left)"
+    )
+
+
+def test_deterministic_failure_is_not_retried_and_not_shown(runtime: Runtime):
+    job_id = new_job(runtime)
+    enqueue_stage(runtime.connection, runtime.settings, job_id, "base64")
+    rq_job = Job.fetch(
+        stage_job_id(job_id, "base64"), connection=runtime.connection, serializer=JSONSerializer
+    )
+    assert rq_job.retries_left == 1
+    error = RuntimeError("shape mismatch in /opt/cascade/cascade/sr3.py line 88")
+    runtime.jobs.stage_started(job_id, "base64", {"model": "m"}, "worker-a")
+    on_stage_failure(rq_job, runtime.connection, RuntimeError, error, None)
+    assert rq_job.retries_left == 0  # RQ reads it after the callback: no retry
+    record = runtime.jobs.get(job_id)
+    assert record.status == "failed"
+    assert record.fields["error"] == (
+        "stage base64 failed: an internal error in stage base64; the service logged the details"
+    )
+    assert "/opt" not in json.dumps(record.fields) and "RuntimeError" not in json.dumps(
+        record.fields
     )
 
 
