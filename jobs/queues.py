@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 from redis import Redis
-from rq import Callback, Queue, Retry
+from rq import Callback, Queue, Retry, Worker
 from rq.exceptions import NoSuchJobError
 from rq.job import Job
 from rq.serializers import JSONSerializer
@@ -21,6 +23,20 @@ def queue_name(stage: str) -> str:
 def stage_queue(connection: Redis, stage: str) -> Queue:
     """The stage's queue; JSON-serialized so no pickle ever crosses it."""
     return Queue(queue_name(stage), connection=connection, serializer=JSONSerializer)
+
+
+def live_workers(connection: Redis, stage: str, fresh_seconds: int) -> int:
+    """Workers on the stage's queue whose heartbeat is at most `fresh_seconds` old: a killed
+    worker's key outlives it by RQ's worker TTL, and must not count meanwhile."""
+    now = datetime.now(UTC)
+    count = 0
+    for worker in Worker.all(queue=stage_queue(connection, stage)):
+        beat = worker.last_heartbeat
+        if beat is not None and beat.tzinfo is None:
+            beat = beat.replace(tzinfo=UTC)  # RQ stores UTC without a zone
+        if beat is not None and (now - beat).total_seconds() <= fresh_seconds:
+            count += 1
+    return count
 
 
 def stage_job_id(job_id: str, stage: str) -> str:

@@ -64,7 +64,10 @@ class Settings(BaseSettings):
     heartbeat_interval: int = Field(10, ge=1)
     heartbeat_ttl: int = Field(60, ge=2)
     maintenance_interval: int = Field(30, ge=1)  # how often idle workers look for abandoned jobs
-    worker_ttl: int = Field(420, ge=16)  # RQ's worker key TTL; idle workers poll every ttl-15 s
+    worker_ttl: int = Field(420, ge=16)  # RQ's worker key TTL
+    redis_backoff_max: float = Field(
+        10.0, gt=0
+    )  # workers retry an absent Redis this often, at most
     # Cross-request batching: a worker taking a stage job also takes up to max_batch - 1 jobs
     # already waiting in that queue with the same settings, and samples them in one call (each
     # keeps its own seed, so its image is unchanged). 1 disables it. A batch runs under its
@@ -82,6 +85,12 @@ class Settings(BaseSettings):
     torch_threads: int | None = Field(None, ge=1)  # CPU threads per worker (None: torch's default)
 
     webhook_timeout: float = Field(10.0, gt=0)
+
+    @property
+    def worker_fresh_seconds(self) -> int:
+        """A worker counts as alive while its heartbeat is this recent: idle workers beat once
+        per maintenance interval, busy ones every heartbeat interval."""
+        return max(self.heartbeat_ttl, self.maintenance_interval + self.heartbeat_interval)
 
     def weights_for(self, stage: str) -> str | None:
         return getattr(self, f"weights_{stage}")

@@ -10,9 +10,13 @@ from __future__ import annotations
 import argparse
 import logging
 import threading
+import time
 
 import torch
+from redis import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from rq import SimpleWorker
 from rq.job import Job
 from rq.queue import Queue
@@ -52,6 +56,13 @@ class StageWorker(SimpleWorker):
 
     def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
         return self.heartbeat_ttl
+
+    @property
+    def dequeue_timeout(self) -> int:
+        """How long an idle worker blocks on its queues: RQ's worker_ttl - 15 s (405 s by
+        default) would leave a dead worker's stage unfound that long, since maintenance (which
+        retries abandoned stages) runs only between pops; so at most one maintenance interval."""
+        return max(1, min(self.maintenance_interval, self.worker_ttl - 15))
 
     def execute_job(self, job: Job, queue: Queue) -> None:
         runtime = current()
@@ -115,24 +126,49 @@ def main(args: argparse.Namespace) -> None:
     if settings.torch_threads:
         torch.set_num_threads(settings.torch_threads)  # workers sharing CPUs contend otherwise
     connection = connect(settings)
-    try:
-        connection.ping()
-    except RedisError as error:
-        raise SystemExit(f"cannot reach Redis at {settings.redis_url}: {error}") from None
+    wait_for_redis(connection, settings)
     runtime = Runtime(settings, connection)
     install(runtime)
     for name in stages:
         runtime.stage(name)
     random = [name for name in stages if runtime.stages[name].model.random_weights]
-    worker = build_worker(settings, stages, connection)
     log.info(
-        "worker %s serving %s on %s%s",
-        worker.name,
+        "serving %s on %s%s",
         ", ".join(stages),
         runtime.device,
         f"; RANDOM weights in {', '.join(random)}" if random else "",
     )
-    worker.work(burst=args.burst, logging_level="INFO")
+    work(settings, stages, connection, burst=args.burst)
+
+
+def work(settings: Settings, stages: list[str], connection: Redis, *, burst: bool) -> None:
+    """Take jobs until stopped. RQ's loop quits on any Redis error (an outage, a failover); here
+    it is restarted as a fresh worker once Redis answers again, so a worker never exits because
+    Redis went away. A stage the outage interrupted is abandoned and retried by maintenance."""
+    while True:
+        worker = build_worker(settings, stages, connection)
+        log.info("worker %s listening", worker.name)
+        try:
+            worker.work(burst=burst, logging_level="INFO")
+        except (RedisConnectionError, RedisTimeoutError) as error:  # from RQ's teardown
+            log.warning("worker %s lost Redis while stopping: %s", worker.name, error)
+        if worker._stop_requested or burst:  # SIGINT/SIGTERM (RQ's own handlers), or done
+            return
+        log.warning("worker %s stopped (Redis unreachable?); starting again", worker.name)
+        wait_for_redis(connection, settings)
+
+
+def wait_for_redis(connection: Redis, settings: Settings) -> None:
+    """Block until Redis answers, retrying with exponential backoff (capped) and logging."""
+    delay = 0.5
+    while True:
+        try:
+            connection.ping()
+            return
+        except RedisError as error:
+            log.warning("cannot reach Redis (%s); retrying in %.1f s", error, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, settings.redis_backoff_max)
 
 
 def register(commands: argparse._SubParsersAction) -> None:
