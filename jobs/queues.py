@@ -28,15 +28,23 @@ def stage_queue(connection: Redis, stage: str) -> Queue:
 def live_workers(connection: Redis, stage: str, fresh_seconds: int) -> int:
     """Workers on the stage's queue whose heartbeat is at most `fresh_seconds` old: a killed
     worker's key outlives it by RQ's worker TTL, and must not count meanwhile."""
-    now = datetime.now(UTC)
-    count = 0
-    for worker in Worker.all(queue=stage_queue(connection, stage)):
-        beat = worker.last_heartbeat
-        if beat is not None and beat.tzinfo is None:
-            beat = beat.replace(tzinfo=UTC)  # RQ stores UTC without a zone
-        if beat is not None and (now - beat).total_seconds() <= fresh_seconds:
-            count += 1
-    return count
+    workers = Worker.all(queue=stage_queue(connection, stage))
+    return sum(1 for worker in workers if _fresh(worker, fresh_seconds))
+
+
+def worker_alive(connection: Redis, name: str, fresh_seconds: int) -> bool:
+    """Whether the worker called `name` has beaten its heartbeat in the last `fresh_seconds`."""
+    worker = Worker.find_by_key(f"{Worker.redis_worker_namespace_prefix}{name}", connection)
+    return worker is not None and _fresh(worker, fresh_seconds)
+
+
+def _fresh(worker: Worker, fresh_seconds: int) -> bool:
+    beat = worker.last_heartbeat
+    if beat is None:
+        return False
+    if beat.tzinfo is None:
+        beat = beat.replace(tzinfo=UTC)  # RQ stores UTC
+    return (datetime.now(UTC) - beat).total_seconds() <= fresh_seconds
 
 
 def stage_job_id(job_id: str, stage: str) -> str:

@@ -9,10 +9,10 @@ from fastapi.responses import JSONResponse
 
 from api.deps import JobsDep, RedisDep, SettingsDep, StoreDep
 from api.schemas import ErrorBody, JobView
-from jobs.queues import cancel_stage
+from jobs.queues import cancel_stage, worker_alive
 from jobs.record import JobRecord, Jobs
 from jobs.store import RESULT, object_name, stage_preview
-from jobs.view import describe
+from jobs.view import describe, mark_orphaned
 from jobs.webhooks import send_end
 
 log = logging.getLogger(__name__)
@@ -39,9 +39,14 @@ def not_ready(record: JobRecord, what: str) -> HTTPException:
 
 
 @router.get("/v1/jobs/{job_id}", response_model=JobView, responses={404: {"model": ErrorBody}})
-def get_job(job_id: str, jobs: JobsDep) -> dict[str, object]:
+def get_job(
+    job_id: str, jobs: JobsDep, connection: RedisDep, settings: SettingsDep
+) -> dict[str, object]:
     """Status, current stage, per-stage progress and timings, progress (0..1) and ETA."""
-    return describe(find(jobs, job_id))
+    fresh = settings.worker_fresh_seconds
+    return mark_orphaned(
+        describe(find(jobs, job_id)), lambda name: worker_alive(connection, name, fresh)
+    )
 
 
 @router.get("/v1/jobs/{job_id}/result", response_class=Response, responses=PNG)

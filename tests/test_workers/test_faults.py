@@ -187,9 +187,16 @@ def test_dead_worker_stage_retried_within_the_bound(rig, tmp_path: Path):
         "/readyz to stop counting the dead worker",
     )
 
-    def retried() -> bool:
+    def said_retrying() -> bool:
         stage = job(client, job_id)["stages"][0]
-        return stage["attempts"] >= 2 or "retrying" in (stage["error"] or "")
+        return stage["status"] == "queued" and "retrying" in (stage["error"] or "")
+
+    # The view stops showing the stage frozen at its step as soon as the worker's heartbeat
+    # is stale, before maintenance has requeued it.
+    wait_for(said_retrying, settings.worker_fresh_seconds + 3, "the view to say retrying")
+
+    def retried() -> bool:
+        return job(client, job_id)["stages"][0]["attempts"] >= 2
 
     bound = HEARTBEAT_TTL + MAINTENANCE
     wait_for(retried, bound + 8, "the dead worker's stage to be retried")
