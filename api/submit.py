@@ -28,6 +28,7 @@ from jobs.queues import enqueue_stage
 from jobs.record import Jobs, NewJob
 from jobs.settings import Settings
 from jobs.view import RANDOM_WEIGHTS_WARNING, links
+from jobs.webhooks import WebhookRefused, check_destination
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +116,7 @@ def generation_job(
         seed=seed,
         plan=plan,
         output=(body.size, body.size),
-        webhook_url=str(body.webhook_url) if body.webhook_url else None,
+        webhook_url=checked_webhook(body.webhook_url, settings),
     )
 
 
@@ -157,8 +158,20 @@ def upscale_job(form: UpscaleForm, pixels: np.ndarray, settings: Settings) -> Ne
         seed=seed,
         plan=plan,
         output=upscaled_size(height, width, scale, form.target_size),
-        webhook_url=str(form.webhook_url) if form.webhook_url else None,
+        webhook_url=checked_webhook(form.webhook_url, settings),
     )
+
+
+def checked_webhook(url: object | None, settings: Settings) -> str | None:
+    """The webhook URL, refused (422) when it points at an internal address; the sender checks
+    again after resolving it at send time."""
+    if url is None:
+        return None
+    try:
+        check_destination(str(url), settings.webhook_allow, must_resolve=False)
+    except WebhookRefused as error:
+        raise HTTPException(422, str(error)) from None
+    return str(url)
 
 
 def accept(

@@ -11,6 +11,7 @@ from redis import Redis
 from redis.asyncio import Redis as AsyncRedis
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
 from redis.retry import Retry
 
 from jobs.settings import Settings
@@ -127,3 +128,22 @@ class RedisServer:
             self.directory,
         )
         return process
+
+
+def wait_for_redis(connection: Redis, settings: Settings) -> None:
+    """Block until Redis answers, retrying with exponential backoff (capped) and logging."""
+    delay = 0.5
+    while True:
+        try:
+            connection.ping()
+            return
+        except RedisError as error:
+            log.warning("cannot reach Redis (%s); retrying in %.1f s", error, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, settings.redis_backoff_max)
+
+
+def stop_requested(worker: object) -> bool:
+    """Whether an RQ worker's loop ended on SIGINT/SIGTERM (RQ's own handlers record the time;
+    an idle worker's stop does not set `_stop_requested`), not on a lost Redis."""
+    return getattr(worker, "_shutdown_requested_date", None) is not None

@@ -84,7 +84,13 @@ class Settings(BaseSettings):
     compile: bool = False  # torch.compile each stage's network (slow first job, faster after)
     torch_threads: int | None = Field(None, ge=1)  # CPU threads per worker (None: torch's default)
 
+    # Webhooks (`jobs.webhooks`): each attempt's total deadline, retries of a failed attempt,
+    # the Standard Webhooks signing secret (base64, optionally whsec_-prefixed; unset: unsigned),
+    # and hosts or networks (comma-separated) allowed although internal, e.g. "10.0.0.0/8".
     webhook_timeout: float = Field(10.0, gt=0)
+    webhook_retries: int = Field(3, ge=0)
+    webhook_secret: SecretStr | None = None
+    webhook_allow: str = ""
 
     @property
     def worker_fresh_seconds(self) -> int:

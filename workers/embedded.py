@@ -119,7 +119,8 @@ def main(args: argparse.Namespace) -> None:
         worker = [python, "-m", "cascade.cli", "worker"]
         api = [python, "-m", "uvicorn", "api.main:create_app", "--factory"]
         api += ["--host", args.host, "--port", str(args.port)]
-        for name, command in (("worker", worker), ("api", api)):
+        sender = [python, "-m", "jobs.sender"]  # webhooks, off the GPU worker
+        for name, command in (("worker", worker), ("api", api), ("webhooks", sender)):
             children[name] = Child(
                 name, lambda name=name, command=command: start(name, command, env)
             )

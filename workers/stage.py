@@ -30,11 +30,11 @@ from cascade.pipeline import Stage, StageError
 from cascade.samplers import SamplingCanceled
 from jobs.queues import enqueue_stage
 from jobs.record import JobRecord, Jobs
-from jobs.settings import get_settings
+from jobs.settings import Settings, get_settings
 from jobs.stats import record_stage
 from jobs.store import RECORD, RESULT, object_name, stage_preview
 from jobs.view import describe
-from jobs.webhooks import send_end
+from jobs.webhooks import enqueue_delivery
 from workers.batching import Member, sample_each
 from workers.runtime import Runtime, current
 
@@ -227,7 +227,7 @@ def hand_on(runtime: Runtime, job_id: str, stage: str) -> None:
         finished = jobs.get(job_id)
         if finished is not None:
             save_record(runtime, finished)
-            announce_end(jobs, finished, runtime.settings.webhook_timeout)
+            announce_end(runtime.connection, runtime.settings, finished)
 
 
 def save_record(runtime: Runtime, record: JobRecord) -> None:
@@ -240,10 +240,11 @@ def save_record(runtime: Runtime, record: JobRecord) -> None:
     )
 
 
-def announce_end(jobs: Jobs, record: JobRecord, timeout: float) -> None:
-    """The job's webhook, if it has one: its terminal event."""
+def announce_end(connection: Redis, settings: Settings, record: JobRecord) -> None:
+    """The job's webhook, if it has one: its terminal event, queued for the webhook sender (a
+    slow receiver must never hold a GPU worker)."""
     if record.webhook_url:
-        send_end(jobs.events, record.id, record.webhook_url, timeout)
+        enqueue_delivery(connection, settings, record.id, record.webhook_url)
 
 
 def fail(connection: Redis, jobs: Jobs, job_id: str, stage: str, reason: str) -> None:
@@ -254,7 +255,7 @@ def fail(connection: Redis, jobs: Jobs, job_id: str, stage: str, reason: str) ->
     if jobs.finish(job_id, "failed", f"stage {stage} failed: {reason}"):
         record = jobs.get(job_id)
         if record is not None:
-            announce_end(jobs, record, get_settings().webhook_timeout)
+            announce_end(connection, get_settings(), record)
 
 
 def on_stage_failure(

@@ -10,12 +10,10 @@ from __future__ import annotations
 import argparse
 import logging
 import threading
-import time
 
 import torch
 from redis import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from rq import SimpleWorker
 from rq.job import Job
@@ -23,7 +21,7 @@ from rq.queue import Queue
 from rq.serializers import JSONSerializer
 from rq.worker import WorkerStatus
 
-from jobs.connection import connect
+from jobs.connection import connect, stop_requested, wait_for_redis
 from jobs.plan import STAGES
 from jobs.queues import stage_queue
 from jobs.settings import Settings, get_settings
@@ -152,23 +150,10 @@ def work(settings: Settings, stages: list[str], connection: Redis, *, burst: boo
             worker.work(burst=burst, logging_level="INFO")
         except (RedisConnectionError, RedisTimeoutError) as error:  # from RQ's teardown
             log.warning("worker %s lost Redis while stopping: %s", worker.name, error)
-        if worker._stop_requested or burst:  # SIGINT/SIGTERM (RQ's own handlers), or done
+        if stop_requested(worker) or burst:  # SIGINT/SIGTERM (RQ's own handlers), or done
             return
         log.warning("worker %s stopped (Redis unreachable?); starting again", worker.name)
         wait_for_redis(connection, settings)
-
-
-def wait_for_redis(connection: Redis, settings: Settings) -> None:
-    """Block until Redis answers, retrying with exponential backoff (capped) and logging."""
-    delay = 0.5
-    while True:
-        try:
-            connection.ping()
-            return
-        except RedisError as error:
-            log.warning("cannot reach Redis (%s); retrying in %.1f s", error, delay)
-            time.sleep(delay)
-            delay = min(delay * 2, settings.redis_backoff_max)
 
 
 def register(commands: argparse._SubParsersAction) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from fastapi import APIRouter, BackgroundTasks, HTTPException, Response
+from fastapi import APIRouter, HTTPException, Response
 from fastapi.responses import JSONResponse
 
 from api.deps import JobsDep, RedisDep, SettingsDep, StoreDep
@@ -13,7 +13,7 @@ from jobs.queues import cancel_stage, worker_alive
 from jobs.record import JobRecord, Jobs
 from jobs.store import RESULT, object_name, stage_preview
 from jobs.view import describe, mark_orphaned
-from jobs.webhooks import send_end
+from jobs.webhooks import enqueue_delivery
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["jobs"])
@@ -92,7 +92,6 @@ def cancel_job(
     jobs: JobsDep,
     connection: RedisDep,
     settings: SettingsDep,
-    background: BackgroundTasks,
 ) -> JSONResponse | dict[str, object]:
     """Cancel: a running stage stops within one sampler step, later stages never start."""
     record = find(jobs, job_id)
@@ -110,6 +109,5 @@ def cancel_job(
     log.info("job %s canceled by request", job_id)
     record = find(jobs, job_id)
     if record.webhook_url:
-        timeout = settings.webhook_timeout
-        background.add_task(send_end, jobs.events, job_id, record.webhook_url, timeout)
+        enqueue_delivery(connection, settings, job_id, record.webhook_url)
     return describe(record)

@@ -5,9 +5,14 @@ maintenance interval, with RQ's default worker TTL), and /readyz counting only l
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import signal
+import socket
 import subprocess
+import sys
+import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -31,6 +36,8 @@ pytestmark = pytest.mark.service
 CASCADE = str(Path(__file__).resolve().parents[2] / ".venv" / "bin" / "cascade")
 TINY = {f"weights_{stage}": f"preset:{stage}-tiny" for stage in ("base64", "sr256", "sr1024")}
 HEARTBEAT_TTL, MAINTENANCE = 3, 2
+WEBHOOK_DEADLINE = 3
+SECRET = base64.b64encode(b"a test secret of 32 bytes.......").decode()
 
 
 def wait_for(condition: Callable[[], object], timeout: float, what: str) -> object:
@@ -83,6 +90,10 @@ def rig(tmp_path: Path) -> Iterator[tuple[RedisServer, Settings, TestClient, lis
         maintenance_interval=MAINTENANCE,
         redis_backoff_max=1.0,
         max_batch=1,
+        webhook_allow="127.0.0.1",  # the receivers below are local
+        webhook_timeout=WEBHOOK_DEADLINE,
+        webhook_retries=1,
+        webhook_secret=SECRET,
         **TINY,  # worker_ttl stays RQ's default: idle workers must still wake for maintenance
     )
     workers: list[subprocess.Popen] = []
@@ -207,3 +218,142 @@ def test_dead_worker_stage_retried_within_the_bound(rig, tmp_path: Path):
         "the job",
     )
     assert done["stages"][0]["worker"] != victim
+
+
+class Receivers:
+    """Three webhook receivers on 127.0.0.1: one that never answers, one that drips a byte a
+    second, and one that answers 500 once and then 204 (keeping what it got)."""
+
+    def __init__(self):
+        self.received: list[tuple[dict, bytes]] = []
+        self.posts = 0
+        self.sockets: list[socket.socket] = []
+        self.hanging = self._listen(self._hang)
+        self.dripping = self._listen(self._drip)
+        self.flaky = self._listen(self._flaky)
+
+    def _listen(self, handle) -> str:
+        server = socket.create_server(("127.0.0.1", 0))
+        self.sockets.append(server)
+
+        def serve() -> None:
+            while True:
+                try:
+                    connection, _ = server.accept()
+                except OSError:
+                    return
+                threading.Thread(target=handle, args=(connection,), daemon=True).start()
+
+        threading.Thread(target=serve, daemon=True).start()
+        return f"http://127.0.0.1:{server.getsockname()[1]}/hook"
+
+    @staticmethod
+    def _read_request(connection: socket.socket) -> tuple[dict, bytes]:
+        data = b""
+        while b"\r\n\r\n" not in data:
+            data += connection.recv(65536)
+        head, _, body = data.partition(b"\r\n\r\n")
+        lines = head.decode().split("\r\n")[1:]
+        headers = {
+            k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines)
+        }
+        while len(body) < int(headers.get("content-length", 0)):
+            body += connection.recv(65536)
+        return headers, body
+
+    def _hang(self, connection: socket.socket) -> None:
+        time.sleep(120)  # reads nothing, answers nothing
+        connection.close()
+
+    def _drip(self, connection: socket.socket) -> None:
+        try:
+            self._read_request(connection)
+            for byte in b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n" + b"x" * 1000:
+                connection.sendall(bytes([byte]))
+                time.sleep(1)
+        except OSError:
+            pass
+        connection.close()
+
+    def _flaky(self, connection: socket.socket) -> None:
+        headers, body = self._read_request(connection)
+        self.posts += 1
+        if self.posts == 1:
+            connection.sendall(b"HTTP/1.1 500 Oops\r\nContent-Length: 0\r\n\r\n")
+        else:
+            self.received.append((headers, body))
+            connection.sendall(b"HTTP/1.1 204 No Content\r\n\r\n")
+        connection.close()
+
+    def close(self) -> None:
+        for server in self.sockets:
+            server.close()
+
+
+def start_sender(settings: Settings, root: Path, workers: list) -> subprocess.Popen:
+    env = {key: value for key, value in os.environ.items() if not key.startswith("CASCADE_")}
+    for name, value in settings.model_dump(exclude_none=True).items():
+        value = value.get_secret_value() if hasattr(value, "get_secret_value") else value
+        env[f"CASCADE_{name.upper()}"] = str(value)
+    log = open(root / "webhooks.log", "w")  # noqa: SIM115
+    process = subprocess.Popen(
+        [sys.executable, "-m", "jobs.sender"], env=env, stdout=log, stderr=subprocess.STDOUT
+    )
+    workers.append(process)
+    return process
+
+
+def test_slow_webhook_receivers_do_not_delay_the_next_job(rig, tmp_path: Path):
+    from datetime import datetime
+
+    from standardwebhooks.webhooks import Webhook
+
+    redis, settings, client, workers = rig
+    receivers = Receivers()
+    worker = start_worker(settings, tmp_path, workers)
+    sender = start_sender(settings, tmp_path, workers)
+    wait_for(lambda: listening(redis, worker), 90, "the worker to listen")
+    try:
+        hooks = [receivers.hanging, receivers.dripping, receivers.flaky, None]
+        job_ids = []
+        for hook in hooks:
+            body = {
+                "class_id": 1,
+                "size": 64,
+                "steps": 3,
+                **({"webhook_url": hook} if hook else {}),
+            }
+            response = client.post("/v1/generations", json=body)
+            assert response.status_code == 202, response.text
+            job_ids.append(response.json()["id"])
+        ends = []
+        for job_id in job_ids:
+            done = wait_for(
+                lambda job_id=job_id: (
+                    job(client, job_id).get("status") == "succeeded" and job(client, job_id)
+                ),
+                60,
+                job_id,
+            )
+            ends.append(datetime.fromisoformat(done["ended_at"]).timestamp())
+        # One worker ran them in order; no webhook's time sits between them (it used to hold
+        # the worker for each receiver: >= 2 x the deadline here).
+        assert max(ends) - min(ends) < WEBHOOK_DEADLINE, ends
+        # The flaky receiver got the terminal event on the retry, signed.
+        wait_for(lambda: receivers.received, 30, "the retried webhook")
+        headers, body = receivers.received[0]
+        assert json.loads(body)["id"] == job_ids[2]
+        Webhook(SECRET).verify(body, headers)  # raises on a bad signature
+        # The hanging and dripping receivers were cut at the deadline; the sender lives on.
+        log = tmp_path / "webhooks.log"
+        for job_id in job_ids[:2]:
+            wait_for(
+                lambda job_id=job_id: (
+                    f"webhook for job {job_id} failed (JobTimeoutException" in log.read_text()
+                ),
+                4 * WEBHOOK_DEADLINE + 10,
+                f"{job_id}'s deadline",
+            )
+        assert sender.poll() is None
+    finally:
+        receivers.close()

@@ -21,7 +21,8 @@ from jobs.connection import EmbeddedRedis
 from jobs.plan import PlannedStage
 from jobs.queues import enqueue_stage, stage_job_id, stage_queue
 from jobs.record import Jobs, NewJob
-from jobs.settings import Settings
+from jobs.sender import deliver_pending
+from jobs.settings import Settings, get_settings
 from jobs.stats import read_stage, record_stage
 from workers import runtime as runtime_module
 from workers.runtime import Runtime
@@ -140,7 +141,11 @@ class Receiver(BaseHTTPRequestHandler):
         pass
 
 
-def test_missing_input_fails_with_a_sentence_and_a_webhook(runtime: Runtime):
+def test_missing_input_fails_with_a_sentence_and_a_webhook(
+    runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.setenv("CASCADE_WEBHOOK_ALLOW", "127.0.0.1")  # the receiver below is local
+    get_settings.cache_clear()
     server = HTTPServer(("127.0.0.1", 0), Receiver)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     plan = [PlannedStage("sr256", 256, 256, StageRun("ddim", 2))]
@@ -149,8 +154,11 @@ def test_missing_input_fails_with_a_sentence_and_a_webhook(runtime: Runtime):
     runtime.jobs.create(job)  # no uploaded tensor stored
     try:
         run_stage(job.id, "sr256")
+        assert Receiver.received == []  # queued for the sender, not sent by the stage job
+        deliver_pending(runtime.connection, runtime.settings)
     finally:
         server.shutdown()
+        get_settings.cache_clear()
     record = runtime.jobs.get(job.id)
     assert record.status == "failed"
     assert "stage sr256 failed" in record.fields["error"] and "expired" in record.fields["error"]
