@@ -112,6 +112,9 @@ class JobAccepted(BaseModel):
         None, description="whether a planned stage's workers run random weights (None: unknown)"
     )
     warning: str | None = None
+    replayed: bool = Field(
+        False, description="true: an earlier request with this Idempotency-Key made this job"
+    )
 
 
 class StageView(BaseModel):

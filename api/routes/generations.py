@@ -6,9 +6,10 @@ from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 
 from api.bodies import JsonObject
-from api.deps import JobsDep, RedisDep, SettingsDep
+from api.deps import IdempotencyKeyDep, JobsDep, RedisDep, SettingsDep
 from api.schemas import ErrorBody, GenerationRequest, JobAccepted, Quote
-from api.submit import accept, generation_job, known_classes, quote
+from api.submit import Idempotency, accept, generation_job, known_classes, quote
+from jobs.idempotency import fingerprint
 
 router = APIRouter(tags=["jobs"])
 
@@ -30,12 +31,17 @@ def create_generation(
     settings: SettingsDep,
     connection: RedisDep,
     jobs: JobsDep,
+    idempotency_key: IdempotencyKeyDep = None,
 ) -> JobAccepted | JSONResponse:
     """Queue a generation; poll the returned `links.self` for progress, or follow
     `links.events`. With `dry_run`, queue nothing and answer what it would run and cost."""
     job = generation_job(body, settings, known_classes(connection))
     if body.dry_run:
         return JSONResponse(quote(connection, job, body.seed).model_dump(mode="json"))
-    accepted = accept(connection, settings, jobs, job)
+    idempotency = None
+    if idempotency_key is not None:
+        request = body.model_dump_json(exclude={"dry_run"})
+        idempotency = Idempotency(idempotency_key, "", fingerprint(request))
+    accepted = accept(connection, settings, jobs, job, idempotency=idempotency)
     response.headers["Location"] = accepted.links.self
     return accepted

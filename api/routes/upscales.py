@@ -8,10 +8,11 @@ from fastapi import APIRouter, Form, HTTPException, Response
 from fastapi.responses import JSONResponse
 
 from api.bodies import MultipartUpload
-from api.deps import JobsDep, RedisDep, SettingsDep
+from api.deps import IdempotencyKeyDep, JobsDep, RedisDep, SettingsDep
 from api.schemas import ErrorBody, JobAccepted, Quote, UpscaleForm
-from api.submit import accept, quote, upscale_job
+from api.submit import Idempotency, accept, quote, upscale_job
 from api.uploads import UploadError, decode, probe, tensor_bytes
+from jobs.idempotency import fingerprint
 
 router = APIRouter(tags=["jobs"])
 
@@ -32,6 +33,7 @@ def create_upscale(
     settings: SettingsDep,
     connection: RedisDep,
     jobs: JobsDep,
+    idempotency_key: IdempotencyKeyDep = None,
 ) -> JobAccepted | JSONResponse:
     """Queue an upscale of `file` (PNG, JPEG or WebP); poll `links.self` for progress, or
     follow `links.events`. With `dry_run`, queue nothing and answer what it would run and
@@ -47,6 +49,10 @@ def create_upscale(
     job = upscale_job(form, pixels, settings)
     if form.dry_run:
         return JSONResponse(quote(connection, job, form.seed).model_dump(mode="json"))
-    accepted = accept(connection, settings, jobs, job, tensor_bytes(pixels))
+    idempotency = None
+    if idempotency_key is not None:
+        fields = form.model_dump_json(exclude={"file", "dry_run"})
+        idempotency = Idempotency(idempotency_key, "", fingerprint(fields, data))
+    accepted = accept(connection, settings, jobs, job, tensor_bytes(pixels), idempotency)
     response.headers["Location"] = accepted.links.self
     return accepted
