@@ -74,9 +74,12 @@ class Settings(BaseSettings):
     # first job's timeout, so max_batch x one job's time must fit CASCADE_TIMEOUT_<STAGE>.
     max_batch: int = Field(4, ge=1, le=64)
 
-    # Lifetimes in Redis. Stored PNGs and job.json files in the store are never expired here.
+    # Lifetimes in Redis.
     result_ttl: int = Field(7 * 86400, gt=0)  # job records
     tensor_ttl: int = Field(86400, gt=0)  # float tensors handed from one stage to the next
+    # Stored PNGs and job.json files older than result_ttl are deleted by the workers'
+    # maintenance at most this often (and by `cascade gc`).
+    retention_interval: int = Field(3600, ge=1)
 
     # Worker hardware.
     device: str = "auto"  # auto: cuda when available, else cpu

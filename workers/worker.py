@@ -24,6 +24,7 @@ from rq.worker import WorkerStatus
 from jobs.connection import connect, stop_requested, wait_for_redis
 from jobs.plan import STAGES
 from jobs.queues import stage_queue
+from jobs.retention import collect_if_due
 from jobs.settings import Settings, get_settings
 from workers.batching import claim
 from workers.runtime import Batch, Runtime, current, install
@@ -54,6 +55,15 @@ class StageWorker(SimpleWorker):
 
     def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
         return self.heartbeat_ttl
+
+    def run_maintenance_tasks(self) -> None:
+        """RQ's maintenance (abandoned stages are retried here), then retention when due."""
+        super().run_maintenance_tasks()
+        try:
+            runtime = current()
+            collect_if_due(self.connection, runtime.store, runtime.settings)
+        except Exception as error:  # retention must never stop a worker
+            log.warning("retention failed: %s", error)
 
     @property
     def dequeue_timeout(self) -> int:
