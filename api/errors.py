@@ -13,6 +13,7 @@ from starlette.exceptions import HTTPException
 
 from api import request_id as request_ids
 from api.limits import TOO_LARGE, too_large
+from jobs.quotas import QuotaExceeded
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +70,17 @@ def install(app: FastAPI) -> None:
         if exc.status_code == 413 and exc.detail == TOO_LARGE:
             message = too_large(request.scope)
         detail = None if isinstance(exc.detail, str) else exc.detail
-        return error_response(exc.status_code, message, detail)
+        headers = getattr(exc, "headers", None)
+        response = error_response(exc.status_code, message, detail)
+        response.headers.update(headers or {})  # e.g. WWW-Authenticate on a 401
+        return response
+
+    @app.exception_handler(QuotaExceeded)
+    async def _quota(request: Request, exc: QuotaExceeded) -> JSONResponse:
+        response = error_response(exc.status_code, str(exc))
+        if exc.retry_after is not None:
+            response.headers["Retry-After"] = str(exc.retry_after)
+        return response
 
     @app.exception_handler(RedisError)
     async def _redis(request: Request, exc: RedisError) -> JSONResponse:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import logging
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from fastapi.staticfiles import StaticFiles
 
 from api import errors
+from api.auth import authenticate
 from api.limits import BodyLimit
 from api.request_id import RequestId, install_log_filter
 from api.routes import events, generations, jobs, page, service, upscales
@@ -40,7 +41,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(BodyLimit, settings=current_settings)
     app.add_middleware(RequestId)  # outermost: every answer carries the id, a 413 too
     errors.install(app)
-    for module in (generations, upscales, jobs, events, service, page):
+    keyed = [Depends(authenticate)]  # every /v1 route, when API keys are set
+    for module in (generations, upscales, jobs, events):
+        app.include_router(module.router, dependencies=keyed)
+    for module in (service, page):  # /v1/classes and /v1/limits take the key themselves
         app.include_router(module.router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     logging.getLogger(__name__).info("cascade API ready (store %s)", current_settings().store)

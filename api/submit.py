@@ -28,6 +28,7 @@ from jobs.plan import (
     upscaled_size,
 )
 from jobs.queues import enqueue_stage
+from jobs.quotas import check_active, check_cost, check_queue, track
 from jobs.record import JobRecord, Jobs, NewJob
 from jobs.settings import Settings
 from jobs.view import RANDOM_WEIGHTS_WARNING, links
@@ -193,9 +194,12 @@ def accept(
     job: NewJob,
     input_tensor: bytes | None = None,
     idempotency: Idempotency | None = None,
+    owner: str = "",
 ) -> JobAccepted:
     """Store the job (and an upload's tensor), queue its first stage, say what will run. With
     an Idempotency-Key an earlier request already used, answer that request's job instead."""
+    check_cost(job.plan, settings)
+    job = replace(job, owner=owner)
     if idempotency is not None:
         try:
             earlier = bind(
@@ -212,6 +216,10 @@ def accept(
                 )
             # The first request died between binding the key and storing its job: finish it.
             job = replace(job, id=earlier)
+    check_queue(connection, job.plan[0].name, settings)
+    if owner:
+        check_active(connection, settings, jobs, owner)
+        track(connection, settings, owner, job.id)
     if input_tensor is not None:
         jobs.put_tensor(job.id, "input", input_tensor, settings.tensor_ttl)
     jobs.create(job)

@@ -39,6 +39,20 @@ class Settings(BaseSettings):
     max_input_pixels: int = Field(1024 * 1024, gt=0)  # checked from the header, before decoding
     max_output_pixels: int = Field(2048 * 2048, gt=0)  # an upscale's output (16x grows fast)
     max_steps: int = Field(1000, ge=1, le=1000)
+    # A request's whole cost, sampler steps x output pixels summed over its stages (the default
+    # plans cost ~23 M; this admits e.g. 200 steps at 1024 px): more is a 422.
+    max_cost: int = Field(200 * 1024 * 1024, gt=0)
+    # Stage jobs waiting in one stage's queue before new requests get 503 + Retry-After.
+    max_queue_depth: int = Field(1000, ge=1)
+
+    # API keys (`api.auth`): the SHA-256 hex digests of the accepted keys, comma-separated (the
+    # keys themselves are never stored). Unset: no keys, no owners, no per-key quotas. Set: every
+    # /v1 route needs `Authorization: Bearer <key>`, a job is visible only to its key, and each
+    # key gets `rate_limit` requests (limits' syntax) and at most `max_queued_per_key` jobs that
+    # have not ended.
+    api_key_hashes: str = ""
+    rate_limit: str = "120/minute"
+    max_queued_per_key: int = Field(20, ge=1)
 
     # Weights per stage: a checkpoint path or preset:NAME. Unset: the demo weights under
     # weights/demo/ when present, else random tiny presets (`cascade.pipeline.default_weights`).

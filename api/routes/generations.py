@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 
+from api.auth import Owner
 from api.bodies import JsonObject
 from api.deps import IdempotencyKeyDep, JobsDep, RedisDep, SettingsDep
 from api.schemas import ErrorBody, GenerationRequest, JobAccepted, Quote
@@ -31,6 +32,7 @@ def create_generation(
     settings: SettingsDep,
     connection: RedisDep,
     jobs: JobsDep,
+    owner: Owner,
     idempotency_key: IdempotencyKeyDep = None,
 ) -> JobAccepted | JSONResponse:
     """Queue a generation; poll the returned `links.self` for progress, or follow
@@ -41,7 +43,7 @@ def create_generation(
     idempotency = None
     if idempotency_key is not None:
         request = body.model_dump_json(exclude={"dry_run"})
-        idempotency = Idempotency(idempotency_key, "", fingerprint(request))
-    accepted = accept(connection, settings, jobs, job, idempotency=idempotency)
+        idempotency = Idempotency(idempotency_key, owner, fingerprint(request))
+    accepted = accept(connection, settings, jobs, job, idempotency=idempotency, owner=owner)
     response.headers["Location"] = accepted.links.self
     return accepted

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Depends, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from api.auth import authenticate
 from api.deps import RedisDep, SettingsDep
 from api.metrics import StageCollector
 from api.schemas import ClassInfo, ErrorBody, Limits
@@ -18,7 +19,7 @@ from jobs.queues import live_workers
 router = APIRouter(tags=["service"])
 
 
-@router.get("/v1/classes", response_model=list[ClassInfo])
+@router.get("/v1/classes", dependencies=[Depends(authenticate)], response_model=list[ClassInfo])
 def list_classes(connection: RedisDep) -> list[dict[str, object]]:
     """The classes a generation can ask for, by id and name: those the loaded base was trained
     on (as its worker announced it), or all 1000 ImageNet classes."""
@@ -26,7 +27,7 @@ def list_classes(connection: RedisDep) -> list[dict[str, object]]:
     return [{"id": index, "name": names[index]} for index in known_classes(connection)]
 
 
-@router.get("/v1/limits", response_model=Limits)
+@router.get("/v1/limits", dependencies=[Depends(authenticate)], response_model=Limits)
 def limits(settings: SettingsDep) -> dict[str, object]:
     """What a request may ask for: sizes, scales, samplers and colour fixes, the upload, input,
     output and step limits, and each stage's default sampler and steps."""

@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Form, HTTPException, Response
 from fastapi.responses import JSONResponse
 
+from api.auth import Owner
 from api.bodies import MultipartUpload
 from api.deps import IdempotencyKeyDep, JobsDep, RedisDep, SettingsDep
 from api.schemas import ErrorBody, JobAccepted, Quote, UpscaleForm
@@ -33,6 +34,7 @@ def create_upscale(
     settings: SettingsDep,
     connection: RedisDep,
     jobs: JobsDep,
+    owner: Owner,
     idempotency_key: IdempotencyKeyDep = None,
 ) -> JobAccepted | JSONResponse:
     """Queue an upscale of `file` (PNG, JPEG or WebP); poll `links.self` for progress, or
@@ -52,7 +54,7 @@ def create_upscale(
     idempotency = None
     if idempotency_key is not None:
         fields = form.model_dump_json(exclude={"file", "dry_run"})
-        idempotency = Idempotency(idempotency_key, "", fingerprint(fields, data))
-    accepted = accept(connection, settings, jobs, job, tensor_bytes(pixels), idempotency)
+        idempotency = Idempotency(idempotency_key, owner, fingerprint(fields, data))
+    accepted = accept(connection, settings, jobs, job, tensor_bytes(pixels), idempotency, owner)
     response.headers["Location"] = accepted.links.self
     return accepted
