@@ -51,7 +51,7 @@ class Settings(BaseSettings):
     # key gets `rate_limit` requests (limits' syntax) and at most `max_queued_per_key` jobs that
     # have not ended.
     api_key_hashes: str = ""
-    rate_limit: str = "120/minute"
+    rate_limit: str = "600/minute"  # every /v1 call counts, polling included
     max_queued_per_key: int = Field(20, ge=1)
 
     # Weights per stage: a checkpoint path or preset:NAME. Unset: the demo weights under
