@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Header, Request
 from redis import Redis
 from redis.asyncio import Redis as AsyncRedis
 
@@ -52,3 +52,12 @@ def get_store(request: Request, settings: SettingsDep) -> Store:
 
 JobsDep = Annotated[Jobs, Depends(get_jobs)]
 StoreDep = Annotated[Store, Depends(get_store)]
+IdempotencyKeyDep = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        min_length=1,
+        max_length=255,
+        description="the same key within 24 h returns the same job instead of a new one",
+    ),
+]

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import logging
+import math
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException
+
+from api import request_id as request_ids
+from api.limits import TOO_LARGE, too_large
+from jobs.quotas import QuotaExceeded
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +41,8 @@ def describe_validation(errors: list[dict]) -> tuple[str, list[dict]]:
             message = f"{where}: {message}"
         sentences.append(message)
         value = error.get("input")
+        if isinstance(value, float) and not math.isfinite(value):
+            value = str(value)  # NaN and Infinity are not JSON: echoed as text
         details.append(
             {
                 "loc": [str(part) for part in error.get("loc", ())],
@@ -53,13 +60,27 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         message, details = describe_validation(list(exc.errors()))
+        if isinstance(exc.body, str | bytes) and not exc.body.strip():
+            message = "the request body is empty: send a JSON object"
         return error_response(422, message, details)
 
     @app.exception_handler(HTTPException)
     async def _http(request: Request, exc: HTTPException) -> JSONResponse:
         message = exc.detail if isinstance(exc.detail, str) else "request failed"
+        if exc.status_code == 413 and exc.detail == TOO_LARGE:
+            message = too_large(request.scope)
         detail = None if isinstance(exc.detail, str) else exc.detail
-        return error_response(exc.status_code, message, detail)
+        headers = getattr(exc, "headers", None)
+        response = error_response(exc.status_code, message, detail)
+        response.headers.update(headers or {})  # e.g. WWW-Authenticate on a 401
+        return response
+
+    @app.exception_handler(QuotaExceeded)
+    async def _quota(request: Request, exc: QuotaExceeded) -> JSONResponse:
+        response = error_response(exc.status_code, str(exc))
+        if exc.retry_after is not None:
+            response.headers["Retry-After"] = str(exc.retry_after)
+        return response
 
     @app.exception_handler(RedisError)
     async def _redis(request: Request, exc: RedisError) -> JSONResponse:
@@ -69,4 +90,9 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error in %s %s", request.method, request.url.path)
-        return error_response(500, "internal error; the service logged the details")
+        request_id = request_ids.current.get()
+        response = error_response(
+            500, f"internal error; the service logged the details under request id {request_id}"
+        )
+        response.headers[request_ids.HEADER] = request_id  # sent outside the id's middleware
+        return response

@@ -1,48 +1,71 @@
-"""Refuse oversized uploads from their Content-Length, before any byte of the body is read."""
+"""Request body limits, counted on the stream as the bytes arrive (chunked or not) by
+Starlette's `RequestBodyLimitMiddleware`, so no body past its limit is ever buffered in memory
+or spooled to disk; a declared Content-Length past it is refused before any byte is read."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable
 
+from starlette.datastructures import Headers
+from starlette.middleware.body_limit import MAX_BODY_SIZE_SCOPE_KEY, RequestBodyLimitMiddleware
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from jobs.settings import Settings
 
 MULTIPART_OVERHEAD = 64 * 1024  # form fields and part boundaries around the file
+UPLOAD_PATHS = frozenset({"/v1/upscales"})
+TOO_LARGE = "Content Too Large"  # the detail Starlette's limiter raises its 413 with
 
 
-class UploadLimit:
-    """ASGI middleware: a POST whose declared body exceeds the upload limit gets 413 at once
-    (the route checks the bytes it reads too, for bodies sent without a length)."""
+def body_limit(settings: Settings, path: str) -> int:
+    """An upload's whole multipart body (the file and its fields), else a JSON request's."""
+    if path in UPLOAD_PATHS:
+        return settings.max_upload_bytes + MULTIPART_OVERHEAD
+    return settings.max_json_bytes
+
+
+def too_large(scope: Scope) -> str:
+    """What a client is told when its body passed the limit."""
+    limit = scope.get(MAX_BODY_SIZE_SCOPE_KEY)
+    return "the request body is too large" + (
+        f": this endpoint accepts at most {limit} bytes" if limit is not None else ""
+    )
+
+
+class BodyLimit:
+    """ASGI middleware: each request's body limit, chosen by its path."""
 
     def __init__(self, app: ASGIApp, settings: Callable[[], Settings]):
         self.app = app
         self.settings = settings
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] == "POST":
-            limit = self.settings().max_upload_bytes + MULTIPART_OVERHEAD
-            length = dict(scope["headers"]).get(b"content-length")
-            if length is not None and length.isdigit() and int(length) > limit:
-                body = json.dumps(
-                    {
-                        "error": f"request body of {int(length)} bytes is too large: "
-                        f"files may have at most {self.settings().max_upload_bytes} bytes",
-                        "detail": None,
-                    }
-                ).encode()
-                await send(
-                    {
-                        "type": "http.response.start",
-                        "status": 413,
-                        "headers": [
-                            (b"content-type", b"application/json"),
-                            (b"content-length", str(len(body)).encode()),
-                            (b"connection", b"close"),
-                        ],
-                    }
-                )
-                await send({"type": "http.response.body", "body": body})
-                return
-        await self.app(scope, receive, send)
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit = body_limit(self.settings(), scope["path"])
+        declared = Headers(scope=scope).get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
+            await refuse(send, f"request body of {int(declared)} bytes is too large", limit)
+            return
+        await RequestBodyLimitMiddleware(self.app, limit)(scope, receive, send)
+
+
+async def refuse(send: Send, what: str, limit: int) -> None:
+    """A 413 in the API's error shape, closing the connection (the body is never read)."""
+    body = json.dumps(
+        {"error": f"{what}: this endpoint accepts at most {limit} bytes", "detail": None}
+    ).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 413,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"connection", b"close"),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})

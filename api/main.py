@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import logging
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from fastapi.staticfiles import StaticFiles
 
 from api import errors
-from api.limits import UploadLimit
+from api.auth import authenticate
+from api.limits import BodyLimit
+from api.request_id import RequestId, install_log_filter
 from api.routes import events, generations, jobs, page, service, upscales
 from api.routes.page import STATIC
 from jobs.settings import Settings, get_settings
@@ -25,8 +27,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     """The API; `settings` replaces `get_settings()` (tests, embedding)."""
     if not logging.getLogger().handlers:  # uvicorn configures only its own loggers
         logging.basicConfig(
-            level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+            level=logging.INFO,
+            format="%(asctime)s %(levelname)s %(name)s [%(request_id)s]: %(message)s",
         )
+    install_log_filter()
     app = FastAPI(title="cascade", version="0.1.0", description=DESCRIPTION)
     if settings is not None:
         app.dependency_overrides[get_settings] = lambda: settings
@@ -34,9 +38,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     def current_settings() -> Settings:
         return app.dependency_overrides.get(get_settings, get_settings)()
 
-    app.add_middleware(UploadLimit, settings=current_settings)
+    app.add_middleware(BodyLimit, settings=current_settings)
+    app.add_middleware(RequestId)  # outermost: every answer carries the id, a 413 too
     errors.install(app)
-    for module in (generations, upscales, jobs, events, service, page):
+    keyed = [Depends(authenticate)]  # every /v1 route, when API keys are set
+    for module in (generations, upscales, jobs, events):
+        app.include_router(module.router, dependencies=keyed)
+    for module in (service, page):  # /v1/classes and /v1/limits take the key themselves
         app.include_router(module.router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     logging.getLogger(__name__).info("cascade API ready (store %s)", current_settings().store)

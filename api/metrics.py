@@ -13,18 +13,18 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 from redis import Redis
-from rq import Worker
 
 from jobs.plan import STAGES
-from jobs.queues import stage_queue
+from jobs.queues import live_workers, stage_queue
 from jobs.stats import read_stage
 
 
 class StageCollector(Collector):
     """Queue depth, workers, duration histogram and outcome counters, per stage."""
 
-    def __init__(self, connection: Redis):
+    def __init__(self, connection: Redis, fresh_seconds: int):
         self.connection = connection
+        self.fresh_seconds = fresh_seconds  # workers count while their heartbeat is this recent
 
     def collect(self) -> Iterator[Metric]:
         depth = GaugeMetricFamily(
@@ -55,7 +55,7 @@ class StageCollector(Collector):
         for stage in STAGES:
             queue = stage_queue(self.connection, stage)
             depth.add_metric([stage], queue.count)
-            workers.add_metric([stage], len(Worker.all(queue=queue)))
+            workers.add_metric([stage], live_workers(self.connection, stage, self.fresh_seconds))
             stats = read_stage(self.connection, stage)
             buckets = [(_bound(bound), count) for bound, count in stats.buckets]
             durations.add_metric([stage], buckets, stats.total_seconds)

@@ -40,7 +40,9 @@ class GenerationRequest(BaseModel):
     seed: Seed | None = None
     steps: Steps | None = None
     sampler: SamplerName | None = None
-    guidance: float = Field(1.0, ge=0, le=50, description="classifier-free guidance (1 = none)")
+    guidance: float = Field(
+        1.0, ge=0, le=50, allow_inf_nan=False, description="classifier-free guidance (1 = none)"
+    )
     color_fix: ColorFix = Field(
         "none", description="colour correction of each upscaling stage against its input"
     )
@@ -110,6 +112,9 @@ class JobAccepted(BaseModel):
         None, description="whether a planned stage's workers run random weights (None: unknown)"
     )
     warning: str | None = None
+    replayed: bool = Field(
+        False, description="true: an earlier request with this Idempotency-Key made this job"
+    )
 
 
 class StageView(BaseModel):

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import logging
 import secrets
+import time
 import uuid
+from dataclasses import dataclass, replace
 
 import numpy as np
 from fastapi import HTTPException
@@ -16,6 +18,7 @@ from cascade.classes import class_names, resolve_class
 from cascade.stages import ColorFix, SamplerName, StageRun
 from jobs.catalog import announced
 from jobs.estimate import quote_stages
+from jobs.idempotency import IdempotencyConflict, bind
 from jobs.plan import (
     PlannedStage,
     generation_stages,
@@ -25,9 +28,11 @@ from jobs.plan import (
     upscaled_size,
 )
 from jobs.queues import enqueue_stage
-from jobs.record import Jobs, NewJob
+from jobs.quotas import check_active, check_cost, check_queue, track
+from jobs.record import JobRecord, Jobs, NewJob
 from jobs.settings import Settings
 from jobs.view import RANDOM_WEIGHTS_WARNING, links
+from jobs.webhooks import WebhookRefused, check_destination
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +120,7 @@ def generation_job(
         seed=seed,
         plan=plan,
         output=(body.size, body.size),
-        webhook_url=str(body.webhook_url) if body.webhook_url else None,
+        webhook_url=checked_webhook(body.webhook_url, settings),
     )
 
 
@@ -157,8 +162,29 @@ def upscale_job(form: UpscaleForm, pixels: np.ndarray, settings: Settings) -> Ne
         seed=seed,
         plan=plan,
         output=upscaled_size(height, width, scale, form.target_size),
-        webhook_url=str(form.webhook_url) if form.webhook_url else None,
+        webhook_url=checked_webhook(form.webhook_url, settings),
     )
+
+
+def checked_webhook(url: object | None, settings: Settings) -> str | None:
+    """The webhook URL, refused (422) when it points at an internal address; the sender checks
+    again after resolving it at send time."""
+    if url is None:
+        return None
+    try:
+        check_destination(str(url), settings.webhook_allow, must_resolve=False)
+    except WebhookRefused as error:
+        raise HTTPException(422, str(error)) from None
+    return str(url)
+
+
+@dataclass(frozen=True)
+class Idempotency:
+    """A POST's Idempotency-Key, whose key it is, and a fingerprint of what it asked."""
+
+    key: str
+    owner: str
+    request: str
 
 
 def accept(
@@ -167,31 +193,77 @@ def accept(
     jobs: Jobs,
     job: NewJob,
     input_tensor: bytes | None = None,
+    idempotency: Idempotency | None = None,
+    owner: str = "",
 ) -> JobAccepted:
-    """Store the job (and an upload's tensor), queue its first stage, say what will run."""
+    """Store the job (and an upload's tensor), queue its first stage, say what will run. With
+    an Idempotency-Key an earlier request already used, answer that request's job instead."""
+    check_cost(job.plan, settings)
+    job = replace(job, owner=owner)
+    if idempotency is not None:
+        try:
+            earlier = bind(
+                connection, idempotency.owner, idempotency.key, idempotency.request, job.id
+            )
+        except IdempotencyConflict as error:
+            raise HTTPException(422, str(error)) from None
+        if earlier is not None:
+            record = wait_for_record(jobs, earlier)
+            if record is not None:
+                log.info("job %s: Idempotency-Key replayed", earlier)
+                return accepted(
+                    connection, record.id, record.seed, record.plan, True, record.status
+                )
+            # The first request died between binding the key and storing its job: finish it.
+            job = replace(job, id=earlier)
+    check_queue(connection, job.plan[0].name, settings)
+    if owner:
+        check_active(connection, settings, jobs, owner)
+        track(connection, settings, owner, job.id)
     if input_tensor is not None:
         jobs.put_tensor(job.id, "input", input_tensor, settings.tensor_ttl)
     jobs.create(job)
     enqueue_stage(connection, settings, job.id, job.plan[0].name)
-    names = [stage.name for stage in job.plan]
-    random_weights, warning = weights_warning(connection, names)
+    result = accepted(connection, job.id, job.seed, job.plan)
     log.info(
         "job %s accepted: %s %s, seed %s%s",
         job.id,
         job.kind,
-        "+".join(names),
+        "+".join(result.stages),
         job.seed,
-        " [RANDOM weights]" if random_weights else "",
+        " [RANDOM weights]" if result.random_weights else "",
     )
+    return result
+
+
+def accepted(
+    connection: Redis,
+    job_id: str,
+    seed: int,
+    plan: list[PlannedStage],
+    replayed: bool = False,
+    status: str = "queued",
+) -> JobAccepted:
+    names = [stage.name for stage in plan]
+    random_weights, warning = weights_warning(connection, names)
     return JobAccepted(
-        id=job.id,
-        status="queued",
-        seed=job.seed,
+        id=job_id,
+        status=status,
+        seed=seed,
         stages=names,
-        links=Links(**links(job.id, names)),
+        links=Links(**links(job_id, names)),
         random_weights=random_weights,
         warning=warning,
+        replayed=replayed,
     )
+
+
+def wait_for_record(jobs: Jobs, job_id: str, seconds: float = 2.0) -> JobRecord | None:
+    """The job an earlier request with the same key made, once that request has stored it."""
+    deadline = time.monotonic() + seconds
+    while (record := jobs.get(job_id)) is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return record
 
 
 def quote(connection: Redis, job: NewJob, seed: int | None) -> Quote:

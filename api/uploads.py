@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 from safetensors.numpy import save as save_tensors
 
+SIXTEEN_BIT_GREY = frozenset({"I;16", "I;16B", "I;16L", "I"})  # PNG's 16-bit greyscale
 FORMATS = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp"}
 
 
@@ -31,6 +32,7 @@ class ImageHeader:
     format: str
     height: int
     width: int
+    frames: int = 1
 
 
 def probe(data: bytes, max_pixels: int) -> ImageHeader:
@@ -41,7 +43,9 @@ def probe(data: bytes, max_pixels: int) -> ImageHeader:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data)) as image:
-                header = ImageHeader(image.format or "?", image.height, image.width)
+                header = ImageHeader(
+                    image.format or "?", image.height, image.width, getattr(image, "n_frames", 1)
+                )
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
         raise UploadError(413, f"image refused as a decompression bomb: {error}") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
@@ -49,6 +53,11 @@ def probe(data: bytes, max_pixels: int) -> ImageHeader:
     if header.format not in FORMATS:
         raise UploadError(
             415, f"image format {header.format} is not accepted: send PNG, JPEG or WebP"
+        )
+    if header.frames > 1:
+        raise UploadError(
+            422,
+            f"the image is animated ({header.frames} frames); send a still PNG, JPEG or WebP",
         )
     pixels = header.height * header.width
     if pixels > max_pixels:
@@ -61,12 +70,28 @@ def probe(data: bytes, max_pixels: int) -> ImageHeader:
 
 
 def decode(data: bytes) -> np.ndarray:
-    """Pixels as float32 [1, 3, H, W] in [-1, 1] (EXIF rotation applied, alpha dropped)."""
+    """Pixels as float32 [1, 3, H, W] in [-1, 1] (EXIF rotation applied, alpha dropped).
+
+    16-bit greyscale PNGs open as integer modes that PIL's RGB conversion would clip at 255;
+    they are scaled from their full range instead (16-bit colour PNGs PIL already reduces to
+    8 bits per channel correctly)."""
     try:
         with Image.open(io.BytesIO(data)) as image:
-            image = ImageOps.exif_transpose(image).convert("RGB")
-            array = np.asarray(image, dtype=np.float32)
-    except (OSError, SyntaxError, ValueError):
+            image = ImageOps.exif_transpose(image)
+            if image.mode in SIXTEEN_BIT_GREY:
+                grey = np.clip(np.asarray(image, dtype=np.float32) / 65535.0, 0.0, 1.0)
+                array = np.repeat(grey[..., None], 3, axis=-1) * 255.0
+            elif image.mode in ("RGB", "RGBA", "RGBX", "L", "LA", "P", "PA", "1", "CMYK", "YCbCr"):
+                array = np.asarray(image.convert("RGB"), dtype=np.float32)
+            else:
+                raise UploadError(
+                    422,
+                    f"images in PIL mode {image.mode} are not accepted: send 8- or "
+                    "16-bit RGB or greyscale",
+                )
+    except (OSError, SyntaxError, ValueError) as error:
+        if isinstance(error, UploadError):
+            raise
         raise UploadError(422, "the image data is corrupt or truncated") from None
     return (array.transpose(2, 0, 1)[None] / 127.5 - 1.0).astype(np.float32)
 

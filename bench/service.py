@@ -101,6 +101,7 @@ class Service:
             key: value for key, value in os.environ.items() if not key.startswith("CASCADE_")
         }
         self.env.update(env, CASCADE_REDIS_URL=self.redis.url, CASCADE_STORE=str(root / "store"))
+        self.env["CASCADE_WEBHOOK_ALLOW"] = "127.0.0.1"  # the bench's own receiver
         self.workers: list[subprocess.Popen] = []
         self.hooks = Webhooks()
         with socket.socket() as probe:
@@ -109,6 +110,8 @@ class Service:
         api = [sys.executable, "-m", "uvicorn", "api.main:create_app", "--factory"]
         api += ["--port", str(port), "--log-level", "warning"]
         self.api = self._start("api", api, self.env)
+        # Webhooks are posted by the sender, as in `cascade serve`, never by the workers.
+        self.sender = self._start("webhooks", [sys.executable, "-m", "jobs.sender"], self.env)
         self.http = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)
         self._until(lambda: self._answers("/healthz"), 60, "the API to start")
 
@@ -177,8 +180,9 @@ class Service:
 
     def close(self) -> None:
         self.stop_workers()
-        self.api.terminate()
-        self.api.wait(30)
+        for process in (self.api, self.sender):
+            process.terminate()
+            process.wait(30)
         self.http.close()
         self.hooks.close()
         self.redis.stop()

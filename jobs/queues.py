@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 from redis import Redis
-from rq import Callback, Queue, Retry
+from rq import Callback, Queue, Retry, Worker
 from rq.exceptions import NoSuchJobError
 from rq.job import Job
 from rq.serializers import JSONSerializer
@@ -21,6 +23,28 @@ def queue_name(stage: str) -> str:
 def stage_queue(connection: Redis, stage: str) -> Queue:
     """The stage's queue; JSON-serialized so no pickle ever crosses it."""
     return Queue(queue_name(stage), connection=connection, serializer=JSONSerializer)
+
+
+def live_workers(connection: Redis, stage: str, fresh_seconds: int) -> int:
+    """Workers on the stage's queue whose heartbeat is at most `fresh_seconds` old: a killed
+    worker's key outlives it by RQ's worker TTL, and must not count meanwhile."""
+    workers = Worker.all(queue=stage_queue(connection, stage))
+    return sum(1 for worker in workers if _fresh(worker, fresh_seconds))
+
+
+def worker_alive(connection: Redis, name: str, fresh_seconds: int) -> bool:
+    """Whether the worker called `name` has beaten its heartbeat in the last `fresh_seconds`."""
+    worker = Worker.find_by_key(f"{Worker.redis_worker_namespace_prefix}{name}", connection)
+    return worker is not None and _fresh(worker, fresh_seconds)
+
+
+def _fresh(worker: Worker, fresh_seconds: int) -> bool:
+    beat = worker.last_heartbeat
+    if beat is None:
+        return False
+    if beat.tzinfo is None:
+        beat = beat.replace(tzinfo=UTC)  # RQ stores UTC
+    return (datetime.now(UTC) - beat).total_seconds() <= fresh_seconds
 
 
 def stage_job_id(job_id: str, stage: str) -> str:

@@ -56,6 +56,7 @@ class NewJob:
     plan: list[PlannedStage]
     output: tuple[int, int]  # final (height, width), after any resize to a target size
     webhook_url: str | None = None
+    owner: str = ""  # the API key's id that made it ("" without keys)
 
 
 class JobRecord:
@@ -92,6 +93,10 @@ class JobRecord:
     def output(self) -> tuple[int, int]:
         height, width = json.loads(self.fields["output"])
         return height, width
+
+    @property
+    def owner(self) -> str:
+        return self.fields.get("owner", "")
 
     @property
     def webhook_url(self) -> str | None:
@@ -135,6 +140,7 @@ class Jobs:
             "stage": job.plan[0].name,
             "created_at": repr(time.time()),
             "webhook_url": job.webhook_url or "",
+            "owner": job.owner,
         }
         for index, stage in enumerate(job.plan):
             fields[f"{stage.name}.status"] = "queued" if index == 0 else "pending"

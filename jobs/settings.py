@@ -35,9 +35,24 @@ class Settings(BaseSettings):
 
     # Limits checked by the API before any work is queued.
     max_upload_bytes: int = Field(10 * 2**20, gt=0)
+    max_json_bytes: int = Field(64 * 2**10, gt=0)  # every other body (a request is ~300 bytes)
     max_input_pixels: int = Field(1024 * 1024, gt=0)  # checked from the header, before decoding
     max_output_pixels: int = Field(2048 * 2048, gt=0)  # an upscale's output (16x grows fast)
     max_steps: int = Field(1000, ge=1, le=1000)
+    # A request's whole cost, sampler steps x output pixels summed over its stages (the default
+    # plans cost ~23 M; this admits e.g. 200 steps at 1024 px): more is a 422.
+    max_cost: int = Field(200 * 1024 * 1024, gt=0)
+    # Stage jobs waiting in one stage's queue before new requests get 503 + Retry-After.
+    max_queue_depth: int = Field(1000, ge=1)
+
+    # API keys (`api.auth`): the SHA-256 hex digests of the accepted keys, comma-separated (the
+    # keys themselves are never stored). Unset: no keys, no owners, no per-key quotas. Set: every
+    # /v1 route needs `Authorization: Bearer <key>`, a job is visible only to its key, and each
+    # key gets `rate_limit` requests (limits' syntax) and at most `max_queued_per_key` jobs that
+    # have not ended.
+    api_key_hashes: str = ""
+    rate_limit: str = "600/minute"  # every /v1 call counts, polling included
+    max_queued_per_key: int = Field(20, ge=1)
 
     # Weights per stage: a checkpoint path or preset:NAME. Unset: the demo weights under
     # weights/demo/ when present, else random tiny presets (`cascade.pipeline.default_weights`).
@@ -63,16 +78,22 @@ class Settings(BaseSettings):
     heartbeat_interval: int = Field(10, ge=1)
     heartbeat_ttl: int = Field(60, ge=2)
     maintenance_interval: int = Field(30, ge=1)  # how often idle workers look for abandoned jobs
-    worker_ttl: int = Field(420, ge=16)  # RQ's worker key TTL; idle workers poll every ttl-15 s
+    worker_ttl: int = Field(420, ge=16)  # RQ's worker key TTL
+    redis_backoff_max: float = Field(
+        10.0, gt=0
+    )  # workers retry an absent Redis this often, at most
     # Cross-request batching: a worker taking a stage job also takes up to max_batch - 1 jobs
     # already waiting in that queue with the same settings, and samples them in one call (each
     # keeps its own seed, so its image is unchanged). 1 disables it. A batch runs under its
     # first job's timeout, so max_batch x one job's time must fit CASCADE_TIMEOUT_<STAGE>.
     max_batch: int = Field(4, ge=1, le=64)
 
-    # Lifetimes in Redis. Stored PNGs and job.json files in the store are never expired here.
+    # Lifetimes in Redis.
     result_ttl: int = Field(7 * 86400, gt=0)  # job records
     tensor_ttl: int = Field(86400, gt=0)  # float tensors handed from one stage to the next
+    # Stored PNGs and job.json files older than result_ttl are deleted by the workers'
+    # maintenance at most this often (and by `cascade gc`).
+    retention_interval: int = Field(3600, ge=1)
 
     # Worker hardware.
     device: str = "auto"  # auto: cuda when available, else cpu
@@ -80,7 +101,19 @@ class Settings(BaseSettings):
     compile: bool = False  # torch.compile each stage's network (slow first job, faster after)
     torch_threads: int | None = Field(None, ge=1)  # CPU threads per worker (None: torch's default)
 
+    # Webhooks (`jobs.webhooks`): each attempt's total deadline, retries of a failed attempt,
+    # the Standard Webhooks signing secret (base64, optionally whsec_-prefixed; unset: unsigned),
+    # and hosts or networks (comma-separated) allowed although internal, e.g. "10.0.0.0/8".
     webhook_timeout: float = Field(10.0, gt=0)
+    webhook_retries: int = Field(3, ge=0)
+    webhook_secret: SecretStr | None = None
+    webhook_allow: str = ""
+
+    @property
+    def worker_fresh_seconds(self) -> int:
+        """A worker counts as alive while its heartbeat is this recent: idle workers beat once
+        per maintenance interval, busy ones every heartbeat interval."""
+        return max(self.heartbeat_ttl, self.maintenance_interval + self.heartbeat_interval)
 
     def weights_for(self, stage: str) -> str | None:
         return getattr(self, f"weights_{stage}")

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import logging
 import os
+import re
+import shutil
 import tempfile
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol
 
@@ -19,6 +22,7 @@ log = logging.getLogger(__name__)
 
 RESULT = "result.png"
 RECORD = "job.json"
+JOB_ID = re.compile(r"[0-9a-f]{32}")  # uuid4 hex (`api.submit.new_job_id`): all retention touches
 
 
 def object_name(job_id: str, name: str) -> str:
@@ -38,6 +42,8 @@ class Store(Protocol):
     def put(self, key: str, data: bytes, content_type: str) -> str: ...
 
     def get(self, key: str) -> bytes | None: ...
+
+    def delete_older_than(self, cutoff: float) -> list[str]: ...
 
 
 class LocalStore:
@@ -59,6 +65,21 @@ class LocalStore:
     def get(self, key: str) -> bytes | None:
         path = self.root / key
         return path.read_bytes() if path.is_file() else None
+
+    def delete_older_than(self, cutoff: float) -> list[str]:
+        """Delete each job folder whose newest file is older than `cutoff` (a Unix time); the
+        job ids deleted. Only job-id folders are touched (never `.redis/` or anything else)."""
+        deleted = []
+        if not self.root.is_dir():
+            return deleted
+        for folder in self.root.iterdir():
+            if not folder.is_dir() or not JOB_ID.fullmatch(folder.name):
+                continue
+            times = [path.stat().st_mtime for path in folder.iterdir()] or [folder.stat().st_mtime]
+            if max(times) < cutoff:
+                shutil.rmtree(folder, ignore_errors=True)
+                deleted.append(folder.name)
+        return deleted
 
 
 class S3Store:
@@ -88,6 +109,25 @@ class S3Store:
                 return None
             raise
         return response["Body"].read()
+
+    def delete_older_than(self, cutoff: float) -> list[str]:
+        """Delete each job's objects when its newest is older than `cutoff` (a Unix time)."""
+        start = f"{self.prefix}/" if self.prefix else ""
+        jobs: dict[str, list[tuple[str, datetime]]] = {}
+        paginator = self.client.get_paginator("list_objects_v2")  # type: ignore[attr-defined]
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=start):
+            for item in page.get("Contents", []):
+                job_id = item["Key"][len(start) :].partition("/")[0]
+                if JOB_ID.fullmatch(job_id):
+                    jobs.setdefault(job_id, []).append((item["Key"], item["LastModified"]))
+        limit = datetime.fromtimestamp(cutoff, UTC)
+        expired = [job for job, items in jobs.items() if max(when for _, when in items) < limit]
+        keys = [{"Key": key} for job in expired for key, _ in jobs[job]]
+        for index in range(0, len(keys), 1000):  # S3 deletes at most 1000 keys per call
+            self.client.delete_objects(  # type: ignore[attr-defined]
+                Bucket=self.bucket, Delete={"Objects": keys[index : index + 1000], "Quiet": True}
+            )
+        return expired
 
 
 def parse_s3_url(url: str) -> tuple[str, str]:

@@ -8,6 +8,7 @@ Links are paths relative to the API's root.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
@@ -120,3 +121,16 @@ def _seconds(started: float | None, ended: float | None) -> float | None:
     if started is None or ended is None:
         return None
     return round(ended - started, 3)
+
+
+ORPHANED = "retrying: its worker stopped responding; another worker will take the stage up"
+
+
+def mark_orphaned(view: dict[str, object], alive: Callable[[str], bool]) -> dict[str, object]:
+    """A running stage whose worker is no longer alive is shown as waiting to be retried (RQ's
+    maintenance requeues it within heartbeat_ttl + one maintenance interval), not frozen at
+    its last step."""
+    for stage in view["stages"]:  # type: ignore[union-attr]
+        if stage["status"] == "running" and stage["worker"] and not alive(stage["worker"]):
+            stage["status"], stage["error"] = "queued", ORPHANED
+    return view

@@ -1,48 +1,199 @@
-"""Webhooks: POST the job's terminal event (its view at its end, as the event log holds it) as
-JSON when it ends. Best effort: failures are logged only."""
+"""Webhooks: the job's terminal event (its view at its end, as the event log holds it) POSTed
+as JSON to the job's `webhook_url`, off the GPU path.
+
+A job's end only queues a delivery (`enqueue_delivery`, one RQ job on the `cascade-webhooks`
+queue); a light sender process (`cascade webhooks`, `jobs.sender`) makes the request. Each
+attempt has a total deadline (RQ's job timeout, so a receiver that hangs or sends a byte at a
+time cannot hold it longer), a 5xx, 429 or network error is retried with backoff (RQ's `Retry`),
+and every request is signed after the Standard Webhooks spec (`webhook-id`, `webhook-timestamp`,
+`webhook-signature`: HMAC-SHA256 with `CASCADE_WEBHOOK_SECRET`) so receivers can verify it.
+
+Destinations on loopback, private, link-local, multicast or otherwise non-global addresses are
+refused, at submission and again at send time after DNS resolution (the request then goes to
+the address that was checked, so a name cannot be re-pointed in between), unless
+`CASCADE_WEBHOOK_ALLOW` lists the host or its network.
+"""
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
-import urllib.error
-import urllib.request
+import socket
+from datetime import UTC, datetime
+from urllib.parse import urlsplit, urlunsplit
+
+from redis import Redis
+from rq import Callback, Queue, Retry
+from rq.serializers import JSONSerializer
 
 from jobs.events import EventLog
+from jobs.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
+WEBHOOK_QUEUE = "cascade-webhooks"
+DELIVER = "jobs.webhooks.deliver"
+ON_FAILURE = "jobs.webhooks.on_delivery_failure"
+BACKOFF = [2, 10, 30]  # seconds before the 1st, 2nd, 3rd... retry (the last repeats)
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
-def send_webhook(
-    url: str, payload: dict[str, object], timeout: float, headers: dict[str, str] | None = None
-) -> bool:
-    """POST `payload` to `url`; True on a 2xx answer. Never raises: the job's outcome is already
-    recorded, and a slow or broken receiver must not fail it."""
-    request = urllib.request.Request(
-        url,
-        data=json.dumps(payload).encode(),
-        headers={
-            "Content-Type": "application/json",
-            "User-Agent": "cascade-webhook",
-            **(headers or {}),
-        },
-        method="POST",
-    )
+class WebhookRefused(ValueError):
+    """A destination the service will not POST to."""
+
+
+class WebhookFailed(RuntimeError):
+    """A delivery a retry may mend (a 5xx, a 429, a network error)."""
+
+
+def webhook_queue(connection: Redis) -> Queue:
+    return Queue(WEBHOOK_QUEUE, connection=connection, serializer=JSONSerializer)
+
+
+def allowed(host: str, addresses: list[Address], allow: str) -> bool:
+    """Whether `CASCADE_WEBHOOK_ALLOW` (comma-separated hosts and networks) lets `host` in."""
+    entries = [entry.strip() for entry in allow.split(",") if entry.strip()]
+    if host.lower() in (entry.lower() for entry in entries):
+        return True
+    networks = []
+    for entry in entries:
+        try:
+            networks.append(ipaddress.ip_network(entry, strict=False))
+        except ValueError:
+            continue  # a host name
+    return bool(addresses) and all(any(a in net for net in networks) for a in addresses)
+
+
+def internal(address: Address) -> bool:
+    """Loopback, private, link-local, multicast, reserved or unspecified: not the internet."""
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+        address = address.ipv4_mapped
+    return address.is_multicast or not address.is_global
+
+
+def resolve(host: str, port: int) -> list[Address]:
+    """Every address `host` resolves to (an IP literal resolves to itself)."""
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return list(dict.fromkeys(ipaddress.ip_address(info[4][0].split("%")[0]) for info in infos))
+
+
+def check_destination(url: str, allow: str, *, must_resolve: bool) -> list[Address]:
+    """The addresses `url` may be POSTed to; raises WebhookRefused for an internal one. A name
+    that does not resolve is refused only when `must_resolve` (at send time)."""
+    parts = urlsplit(url)
+    host = parts.hostname
+    if parts.scheme not in ("http", "https") or not host:
+        raise WebhookRefused("webhook_url must be an http(s) URL with a host")
+    port = parts.port or (443 if parts.scheme == "https" else 80)
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            log.info("webhook %s for job %s: HTTP %s", url, payload.get("id"), response.status)
-            return True
-    except (urllib.error.URLError, OSError, ValueError) as error:
-        log.warning("webhook %s for job %s failed: %s", url, payload.get("id"), error)
-        return False
+        addresses = resolve(host, port)
+    except (socket.gaierror, UnicodeError) as error:
+        if must_resolve:
+            raise WebhookRefused(f"webhook host {host} does not resolve: {error}") from None
+        return []
+    if allowed(host, addresses, allow):
+        return addresses
+    refused = [str(address) for address in addresses if internal(address)]
+    if refused:
+        raise WebhookRefused(
+            f"webhook_url {host} points at an internal address ({', '.join(refused)}): "
+            "loopback, private, link-local and multicast destinations are refused "
+            "(an operator can allow a receiver with CASCADE_WEBHOOK_ALLOW)"
+        )
+    return addresses
 
 
-def send_end(events: EventLog, job_id: str, url: str, timeout: float) -> bool:
-    """POST the job's terminal event to `url`: its data is the body, its type and id go in the
-    `X-Cascade-Event` and `X-Cascade-Event-Id` headers (the id SSE clients see)."""
-    event = events.last(job_id)
+def enqueue_delivery(connection: Redis, settings: Settings, job_id: str, url: str) -> None:
+    """Queue the POST of the job's terminal event; the sender makes it."""
+    webhook_queue(connection).enqueue(
+        DELIVER,
+        job_id,
+        url,
+        job_id=f"{job_id}-webhook",
+        job_timeout=max(1, round(settings.webhook_timeout)),  # each attempt's total deadline
+        retry=Retry(max=settings.webhook_retries, interval=backoff(settings.webhook_retries))
+        if settings.webhook_retries
+        else None,
+        on_failure=Callback(ON_FAILURE),
+        result_ttl=3600,
+        failure_ttl=settings.result_ttl,
+        description=f"webhook of job {job_id}",
+    )
+
+
+def backoff(retries: int) -> list[int]:
+    """One wait per retry, growing (RQ takes the list from its start)."""
+    return [BACKOFF[min(index, len(BACKOFF) - 1)] for index in range(retries)]
+
+
+def deliver(job_id: str, url: str) -> None:
+    """RQ job in the sender: POST the job's terminal event to `url`, signed. A refused
+    destination or a 4xx ends here; a 5xx, 429 or network error raises for RQ to retry."""
+    import httpx  # the sender's dependency; the API only queues deliveries
+    from rq import get_current_job
+
+    settings = get_settings()
+    current = get_current_job()
+    connection = current.connection if current else None
+    if connection is None:
+        raise RuntimeError("deliver runs as an RQ job")
+    event = EventLog(connection, settings.result_ttl).last(job_id)
     if event is None or not event.terminal:
-        log.warning("webhook %s for job %s: the job has no terminal event", url, job_id)
-        return False
-    headers = {"X-Cascade-Event": event.type, "X-Cascade-Event-Id": event.id}
-    return send_webhook(url, event.data, timeout, headers)
+        log.warning("webhook for job %s: the job has no terminal event", job_id)
+        return
+    try:
+        addresses = check_destination(url, settings.webhook_allow, must_resolve=True)
+    except WebhookRefused as error:
+        log.warning("webhook for job %s not sent: %s", job_id, error)
+        return
+    body = json.dumps(event.data)
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    pinned = str(addresses[0])
+    netloc = f"[{pinned}]" if ":" in pinned else pinned
+    if parts.port:
+        netloc += f":{parts.port}"
+    headers = {
+        "Content-Type": "application/json",
+        "User-Agent": "cascade-webhook",
+        "Host": parts.netloc.rpartition("@")[2],
+        "X-Cascade-Event": event.type,
+        "X-Cascade-Event-Id": event.id,
+        **signature(settings, event.id, body),
+    }
+    try:
+        with httpx.Client(timeout=settings.webhook_timeout, follow_redirects=False) as client:
+            request = client.build_request(
+                "POST",
+                urlunsplit((parts.scheme, netloc, parts.path or "/", parts.query, "")),
+                content=body,
+                headers=headers,
+                extensions={"sni_hostname": host},  # TLS checks the name, not the pinned IP
+            )
+            response = client.send(request)
+    except httpx.HTTPError as error:
+        raise WebhookFailed(f"webhook {host} for job {job_id}: {error}") from None
+    log.info("webhook %s for job %s: HTTP %s", host, job_id, response.status_code)
+    if response.status_code >= 500 or response.status_code == 429:
+        raise WebhookFailed(f"webhook {host} for job {job_id}: HTTP {response.status_code}")
+
+
+def signature(settings: Settings, message_id: str, body: str) -> dict[str, str]:
+    """Standard Webhooks headers; only the id and timestamp when no secret is set."""
+    from standardwebhooks.webhooks import Webhook
+
+    timestamp = datetime.now(UTC)
+    headers = {"webhook-id": message_id, "webhook-timestamp": str(int(timestamp.timestamp()))}
+    if settings.webhook_secret is not None:
+        secret = settings.webhook_secret.get_secret_value()
+        headers["webhook-signature"] = Webhook(secret).sign(message_id, timestamp, body)
+    return headers
+
+
+def on_delivery_failure(job, connection: Redis, exc_type: type, exc_value: object, tb: object):
+    """RQ failure callback: say what happened (RQ retries while retries remain)."""
+    job_id, url = job.args
+    what = "retrying" if job.retries_left else "giving up"
+    log.warning(
+        "webhook for job %s failed (%s: %s); %s", job_id, exc_type.__name__, exc_value, what
+    )

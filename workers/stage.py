@@ -17,6 +17,8 @@ from typing import TypeVar
 import torch
 import torch.nn.functional as F
 from redis import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from rq import get_current_job
 from rq.exceptions import AbandonedJobError
 from rq.job import Job
@@ -24,20 +26,32 @@ from rq.timeouts import JobTimeoutException
 from torch import Tensor
 
 from cascade.images import bytes_to_tensor, tensor_to_bytes, to_png
-from cascade.pipeline import Stage
+from cascade.pipeline import Stage, StageError
 from cascade.samplers import SamplingCanceled
 from jobs.queues import enqueue_stage
 from jobs.record import JobRecord, Jobs
-from jobs.settings import get_settings
+from jobs.settings import Settings, get_settings
 from jobs.stats import record_stage
 from jobs.store import RECORD, RESULT, object_name, stage_preview
 from jobs.view import describe
-from jobs.webhooks import send_end
+from jobs.webhooks import enqueue_delivery
 from workers.batching import Member, sample_each
 from workers.runtime import Runtime, current
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+
+# Failures a retry can mend: the worker died, Redis or the store could not be reached, the GPU
+# was short of memory (a retry may run alone, outside a batch). Any other error happens again on
+# every run, so the job fails at once instead of re-running its sampling.
+TRANSIENT: tuple[type[BaseException], ...] = (
+    AbandonedJobError,
+    RedisConnectionError,
+    RedisTimeoutError,
+    OSError,
+    torch.cuda.OutOfMemoryError,
+)
 
 
 class InputMissing(RuntimeError):
@@ -151,7 +165,7 @@ def finish(
         record_stage(runtime.connection, stage, time.monotonic() - started, "canceled")
         log.info("job %s: stage %s canceled%s", job_id, stage, _tag(model))
         return None
-    if isinstance(result, ValueError):  # a StageError: this request can never succeed
+    if isinstance(result, StageError):  # this request can never succeed
         fail(runtime.connection, jobs, job_id, stage, str(result))
         return None
     if isinstance(result, Exception):
@@ -213,7 +227,7 @@ def hand_on(runtime: Runtime, job_id: str, stage: str) -> None:
         finished = jobs.get(job_id)
         if finished is not None:
             save_record(runtime, finished)
-            announce_end(jobs, finished, runtime.settings.webhook_timeout)
+            announce_end(runtime.connection, runtime.settings, finished)
 
 
 def save_record(runtime: Runtime, record: JobRecord) -> None:
@@ -226,10 +240,11 @@ def save_record(runtime: Runtime, record: JobRecord) -> None:
     )
 
 
-def announce_end(jobs: Jobs, record: JobRecord, timeout: float) -> None:
-    """The job's webhook, if it has one: its terminal event."""
+def announce_end(connection: Redis, settings: Settings, record: JobRecord) -> None:
+    """The job's webhook, if it has one: its terminal event, queued for the webhook sender (a
+    slow receiver must never hold a GPU worker)."""
     if record.webhook_url:
-        send_end(jobs.events, record.id, record.webhook_url, timeout)
+        enqueue_delivery(connection, settings, record.id, record.webhook_url)
 
 
 def fail(connection: Redis, jobs: Jobs, job_id: str, stage: str, reason: str) -> None:
@@ -240,23 +255,31 @@ def fail(connection: Redis, jobs: Jobs, job_id: str, stage: str, reason: str) ->
     if jobs.finish(job_id, "failed", f"stage {stage} failed: {reason}"):
         record = jobs.get(job_id)
         if record is not None:
-            announce_end(jobs, record, get_settings().webhook_timeout)
+            announce_end(connection, get_settings(), record)
 
 
 def on_stage_failure(
     job: Job, connection: Redis, exc_type: type, exc_value: object, tb: object
 ) -> None:
     """RQ failure callback: a stage job raised, timed out, or its worker died (abandoned).
-    RQ retries it while retries remain; after the last, the whole job fails."""
+    A transient failure is retried while retries remain; any other, and the last retry, fail
+    the whole job. Clients are told what happened in words, never the exception's text (the
+    log has it, under the stage job's id)."""
     job_id, stage = job.args
     settings = get_settings()
     jobs = Jobs(connection, settings.result_ttl)
-    if exc_type is AbandonedJobError:
-        reason = "the worker running it stopped (killed, crashed or lost its connection)"
-    elif exc_type is JobTimeoutException:
-        reason = f"it ran longer than its {settings.timeout_for(stage)} s timeout"
-    else:
-        reason = f"{exc_type.__name__}: {exc_value}"[:500]
+    reason, transient = failure_reason(stage, exc_type, settings.timeout_for(stage))
+    if not transient:
+        log.error(
+            "job %s stage %s (stage job %s) failed: %s: %s",
+            job_id,
+            stage,
+            job.id,
+            exc_type.__name__,
+            exc_value,
+            exc_info=(exc_type, exc_value, tb) if isinstance(exc_value, BaseException) else None,
+        )
+        job.retries_left = 0  # RQ reads this after the callback: no retry
     attempt = (jobs.get(job_id) or JobRecord({})).stage(stage, "attempts", "?")
     if job.retries_left:
         log.warning(
@@ -265,4 +288,21 @@ def on_stage_failure(
         record_stage(connection, stage, 0.0, "retried")
         jobs.stage_retrying(job_id, stage, reason)
         return
-    fail(connection, jobs, job_id, stage, f"{reason} (attempt {attempt}, no retries left)")
+    if transient:
+        reason = f"{reason} (attempt {attempt}, no retries left)"
+    fail(connection, jobs, job_id, stage, reason)
+
+
+def failure_reason(stage: str, exc_type: type, timeout: int) -> tuple[str, bool]:
+    """What a client is told about a stage's failure, and whether a retry may mend it."""
+    if issubclass(exc_type, AbandonedJobError):
+        return "the worker running it stopped (killed, crashed or lost its connection)", True
+    if issubclass(exc_type, JobTimeoutException):
+        return f"it ran longer than its {timeout} s timeout", False
+    if issubclass(exc_type, torch.cuda.OutOfMemoryError):
+        return "the GPU ran out of memory", True
+    if issubclass(exc_type, RedisConnectionError | RedisTimeoutError):
+        return "the worker lost its connection to the job queue (Redis)", True
+    if issubclass(exc_type, OSError):
+        return "the worker could not reach the result store", True
+    return f"an internal error in stage {stage}; the service logged the details", False

@@ -12,16 +12,19 @@ import logging
 import threading
 
 import torch
-from redis.exceptions import RedisError
+from redis import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from rq import SimpleWorker
 from rq.job import Job
 from rq.queue import Queue
 from rq.serializers import JSONSerializer
 from rq.worker import WorkerStatus
 
-from jobs.connection import connect
+from jobs.connection import connect, stop_requested, wait_for_redis
 from jobs.plan import STAGES
 from jobs.queues import stage_queue
+from jobs.retention import collect_if_due
 from jobs.settings import Settings, get_settings
 from workers.batching import claim
 from workers.runtime import Batch, Runtime, current, install
@@ -52,6 +55,22 @@ class StageWorker(SimpleWorker):
 
     def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
         return self.heartbeat_ttl
+
+    def run_maintenance_tasks(self) -> None:
+        """RQ's maintenance (abandoned stages are retried here), then retention when due."""
+        super().run_maintenance_tasks()
+        try:
+            runtime = current()
+            collect_if_due(self.connection, runtime.store, runtime.settings)
+        except Exception as error:  # retention must never stop a worker
+            log.warning("retention failed: %s", error)
+
+    @property
+    def dequeue_timeout(self) -> int:
+        """How long an idle worker blocks on its queues: RQ's worker_ttl - 15 s (405 s by
+        default) would leave a dead worker's stage unfound that long, since maintenance (which
+        retries abandoned stages) runs only between pops; so at most one maintenance interval."""
+        return max(1, min(self.maintenance_interval, self.worker_ttl - 15))
 
     def execute_job(self, job: Job, queue: Queue) -> None:
         runtime = current()
@@ -115,24 +134,36 @@ def main(args: argparse.Namespace) -> None:
     if settings.torch_threads:
         torch.set_num_threads(settings.torch_threads)  # workers sharing CPUs contend otherwise
     connection = connect(settings)
-    try:
-        connection.ping()
-    except RedisError as error:
-        raise SystemExit(f"cannot reach Redis at {settings.redis_url}: {error}") from None
+    wait_for_redis(connection, settings)
     runtime = Runtime(settings, connection)
     install(runtime)
     for name in stages:
         runtime.stage(name)
     random = [name for name in stages if runtime.stages[name].model.random_weights]
-    worker = build_worker(settings, stages, connection)
     log.info(
-        "worker %s serving %s on %s%s",
-        worker.name,
+        "serving %s on %s%s",
         ", ".join(stages),
         runtime.device,
         f"; RANDOM weights in {', '.join(random)}" if random else "",
     )
-    worker.work(burst=args.burst, logging_level="INFO")
+    work(settings, stages, connection, burst=args.burst)
+
+
+def work(settings: Settings, stages: list[str], connection: Redis, *, burst: bool) -> None:
+    """Take jobs until stopped. RQ's loop quits on any Redis error (an outage, a failover); here
+    it is restarted as a fresh worker once Redis answers again, so a worker never exits because
+    Redis went away. A stage the outage interrupted is abandoned and retried by maintenance."""
+    while True:
+        worker = build_worker(settings, stages, connection)
+        log.info("worker %s listening", worker.name)
+        try:
+            worker.work(burst=burst, logging_level="INFO")
+        except (RedisConnectionError, RedisTimeoutError) as error:  # from RQ's teardown
+            log.warning("worker %s lost Redis while stopping: %s", worker.name, error)
+        if stop_requested(worker) or burst:  # SIGINT/SIGTERM (RQ's own handlers), or done
+            return
+        log.warning("worker %s stopped (Redis unreachable?); starting again", worker.name)
+        wait_for_redis(connection, settings)
 
 
 def register(commands: argparse._SubParsersAction) -> None:

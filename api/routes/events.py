@@ -9,6 +9,7 @@ from typing import Annotated
 from fastapi import APIRouter, Header, HTTPException, Query, Response
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
+from api.auth import Owner
 from api.deps import AsyncRedisDep
 from api.schemas import ErrorBody
 from jobs.events import EVENT_TYPES, Event, follow, latest, parse_event_id
@@ -35,6 +36,7 @@ type and JSON `data`. Types: {", ".join(EVENT_TYPES)}. The terminal event's data
 )
 async def job_events(
     job_id: str,
+    owner: Owner,
     connection: AsyncRedisDep,
     last_event_id: Annotated[str | None, Header(description="resume after this event")] = None,
     after: Annotated[
@@ -42,7 +44,10 @@ async def job_events(
     ] = None,
 ) -> Response:
     """Server-Sent Events: replay, then follow, the job's event log (DESCRIPTION)."""
-    if not await connection.exists(job_key(job_id)):
+    made_by = await connection.hget(job_key(job_id), "owner")
+    if made_by is None and not await connection.exists(job_key(job_id)):
+        raise HTTPException(404, f"no job {job_id!r} (unknown, or expired from the job list)")
+    if (made_by or b"").decode() != owner:
         raise HTTPException(404, f"no job {job_id!r} (unknown, or expired from the job list)")
     start = last_event_id or after or "0-0"
     try:

@@ -5,9 +5,12 @@ from __future__ import annotations
 from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 
-from api.deps import JobsDep, RedisDep, SettingsDep
+from api.auth import Owner
+from api.bodies import JsonObject
+from api.deps import IdempotencyKeyDep, JobsDep, RedisDep, SettingsDep
 from api.schemas import ErrorBody, GenerationRequest, JobAccepted, Quote
-from api.submit import accept, generation_job, known_classes, quote
+from api.submit import Idempotency, accept, generation_job, known_classes, quote
+from jobs.idempotency import fingerprint
 
 router = APIRouter(tags=["jobs"])
 
@@ -23,17 +26,24 @@ router = APIRouter(tags=["jobs"])
     },
 )
 def create_generation(
+    _: JsonObject,
     body: GenerationRequest,
     response: Response,
     settings: SettingsDep,
     connection: RedisDep,
     jobs: JobsDep,
+    owner: Owner,
+    idempotency_key: IdempotencyKeyDep = None,
 ) -> JobAccepted | JSONResponse:
     """Queue a generation; poll the returned `links.self` for progress, or follow
     `links.events`. With `dry_run`, queue nothing and answer what it would run and cost."""
     job = generation_job(body, settings, known_classes(connection))
     if body.dry_run:
         return JSONResponse(quote(connection, job, body.seed).model_dump(mode="json"))
-    accepted = accept(connection, settings, jobs, job)
+    idempotency = None
+    if idempotency_key is not None:
+        request = body.model_dump_json(exclude={"dry_run"})
+        idempotency = Idempotency(idempotency_key, owner, fingerprint(request))
+    accepted = accept(connection, settings, jobs, job, idempotency=idempotency, owner=owner)
     response.headers["Location"] = accepted.links.self
     return accepted

@@ -4,25 +4,27 @@ from __future__ import annotations
 
 import logging
 
-from fastapi import APIRouter, BackgroundTasks, HTTPException, Response
+from fastapi import APIRouter, HTTPException, Response
 from fastapi.responses import JSONResponse
 
+from api.auth import Owner
 from api.deps import JobsDep, RedisDep, SettingsDep, StoreDep
 from api.schemas import ErrorBody, JobView
-from jobs.queues import cancel_stage
+from jobs.queues import cancel_stage, worker_alive
 from jobs.record import JobRecord, Jobs
 from jobs.store import RESULT, object_name, stage_preview
-from jobs.view import describe
-from jobs.webhooks import send_end
+from jobs.view import describe, mark_orphaned
+from jobs.webhooks import enqueue_delivery
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["jobs"])
 PNG = {200: {"content": {"image/png": {}}}, 404: {"model": ErrorBody}, 409: {"model": ErrorBody}}
 
 
-def find(jobs: Jobs, job_id: str) -> JobRecord:
+def find(jobs: Jobs, job_id: str, owner: str) -> JobRecord:
+    """The job, if the caller's key made it (another key's job is as unknown as a missing one)."""
     record = jobs.get(job_id)
-    if record is None:
+    if record is None or record.owner != owner:
         raise HTTPException(404, f"no job {job_id!r} (unknown, or expired from the job list)")
     return record
 
@@ -39,15 +41,20 @@ def not_ready(record: JobRecord, what: str) -> HTTPException:
 
 
 @router.get("/v1/jobs/{job_id}", response_model=JobView, responses={404: {"model": ErrorBody}})
-def get_job(job_id: str, jobs: JobsDep) -> dict[str, object]:
+def get_job(
+    job_id: str, owner: Owner, jobs: JobsDep, connection: RedisDep, settings: SettingsDep
+) -> dict[str, object]:
     """Status, current stage, per-stage progress and timings, progress (0..1) and ETA."""
-    return describe(find(jobs, job_id))
+    fresh = settings.worker_fresh_seconds
+    return mark_orphaned(
+        describe(find(jobs, job_id, owner)), lambda name: worker_alive(connection, name, fresh)
+    )
 
 
 @router.get("/v1/jobs/{job_id}/result", response_class=Response, responses=PNG)
-def get_result(job_id: str, jobs: JobsDep, store: StoreDep) -> Response:
+def get_result(job_id: str, owner: Owner, jobs: JobsDep, store: StoreDep) -> Response:
     """The final image as PNG, once the job has succeeded."""
-    record = find(jobs, job_id)
+    record = find(jobs, job_id, owner)
     if record.status != "succeeded":
         raise not_ready(record, "the result")
     data = store.get(object_name(job_id, RESULT))
@@ -57,9 +64,11 @@ def get_result(job_id: str, jobs: JobsDep, store: StoreDep) -> Response:
 
 
 @router.get("/v1/jobs/{job_id}/stages/{stage}", response_class=Response, responses=PNG)
-def get_stage_image(job_id: str, stage: str, jobs: JobsDep, store: StoreDep) -> Response:
+def get_stage_image(
+    job_id: str, stage: str, owner: Owner, jobs: JobsDep, store: StoreDep
+) -> Response:
     """One stage's output as PNG, available as soon as that stage has finished."""
-    record = find(jobs, job_id)
+    record = find(jobs, job_id, owner)
     names = [planned.name for planned in record.plan]
     if stage not in names:
         raise HTTPException(404, f"job {job_id} has no stage {stage!r}; its stages are {names}")
@@ -84,17 +93,17 @@ def get_stage_image(job_id: str, stage: str, jobs: JobsDep, store: StoreDep) -> 
 )
 def cancel_job(
     job_id: str,
+    owner: Owner,
     jobs: JobsDep,
     connection: RedisDep,
     settings: SettingsDep,
-    background: BackgroundTasks,
 ) -> JSONResponse | dict[str, object]:
     """Cancel: a running stage stops within one sampler step, later stages never start."""
-    record = find(jobs, job_id)
+    record = find(jobs, job_id, owner)
     if record.status == "canceled":
         return JSONResponse(describe(record), status_code=200)
     if not jobs.finish(job_id, "canceled"):  # also marks the stages that never started
-        record = find(jobs, job_id)
+        record = find(jobs, job_id, owner)
         if record.status == "canceled":
             return JSONResponse(describe(record), status_code=200)
         raise HTTPException(409, f"job {job_id} has already {record.status}; nothing to cancel")
@@ -103,8 +112,7 @@ def cancel_job(
             cancel_stage(connection, job_id, planned.name)
     jobs.drop_tensors(job_id, ["input", *(planned.name for planned in record.plan)])
     log.info("job %s canceled by request", job_id)
-    record = find(jobs, job_id)
+    record = find(jobs, job_id, owner)
     if record.webhook_url:
-        timeout = settings.webhook_timeout
-        background.add_task(send_end, jobs.events, job_id, record.webhook_url, timeout)
+        enqueue_delivery(connection, settings, job_id, record.webhook_url)
     return describe(record)

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Depends, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from rq import Worker
 
+from api.auth import authenticate
 from api.deps import RedisDep, SettingsDep
 from api.metrics import StageCollector
 from api.schemas import ClassInfo, ErrorBody, Limits
@@ -14,12 +14,12 @@ from api.submit import known_classes
 from cascade.classes import class_names
 from cascade.stages import COLOR_FIXES, DEFAULT_FIDELITY, SAMPLER_NAMES
 from jobs.plan import SCALES, SIZES, STAGES
-from jobs.queues import stage_queue
+from jobs.queues import live_workers
 
 router = APIRouter(tags=["service"])
 
 
-@router.get("/v1/classes", response_model=list[ClassInfo])
+@router.get("/v1/classes", dependencies=[Depends(authenticate)], response_model=list[ClassInfo])
 def list_classes(connection: RedisDep) -> list[dict[str, object]]:
     """The classes a generation can ask for, by id and name: those the loaded base was trained
     on (as its worker announced it), or all 1000 ImageNet classes."""
@@ -27,7 +27,7 @@ def list_classes(connection: RedisDep) -> list[dict[str, object]]:
     return [{"id": index, "name": names[index]} for index in known_classes(connection)]
 
 
-@router.get("/v1/limits", response_model=Limits)
+@router.get("/v1/limits", dependencies=[Depends(authenticate)], response_model=Limits)
 def limits(settings: SettingsDep) -> dict[str, object]:
     """What a request may ask for: sizes, scales, samplers and colour fixes, the upload, input,
     output and step limits, and each stage's default sampler and steps."""
@@ -55,10 +55,12 @@ def healthz() -> dict[str, str]:
 
 
 @router.get("/readyz", responses={503: {"model": ErrorBody}})
-def readyz(connection: RedisDep) -> JSONResponse:
-    """Ready when Redis answers and every stage queue has at least one worker listening."""
+def readyz(connection: RedisDep, settings: SettingsDep) -> JSONResponse:
+    """Ready when Redis answers and every stage queue has at least one worker listening whose
+    heartbeat is fresh (a killed worker's registration outlives it)."""
     connection.ping()
-    workers = {name: len(Worker.all(queue=stage_queue(connection, name))) for name in STAGES}
+    fresh = settings.worker_fresh_seconds
+    workers = {name: live_workers(connection, name, fresh) for name in STAGES}
     missing = [name for name, count in workers.items() if count == 0]
     if missing:
         message = f"no worker is serving stage(s) {', '.join(missing)}"
@@ -67,8 +69,8 @@ def readyz(connection: RedisDep) -> JSONResponse:
 
 
 @router.get("/metrics", response_class=Response)
-def metrics(connection: RedisDep) -> Response:
+def metrics(connection: RedisDep, settings: SettingsDep) -> Response:
     """Prometheus text: queue depth, stage durations, failures, workers per stage."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(StageCollector(connection))
+    registry.register(StageCollector(connection, settings.worker_fresh_seconds))
     return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

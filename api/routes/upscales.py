@@ -7,10 +7,13 @@ from typing import Annotated
 from fastapi import APIRouter, Form, HTTPException, Response
 from fastapi.responses import JSONResponse
 
-from api.deps import JobsDep, RedisDep, SettingsDep
+from api.auth import Owner
+from api.bodies import MultipartUpload
+from api.deps import IdempotencyKeyDep, JobsDep, RedisDep, SettingsDep
 from api.schemas import ErrorBody, JobAccepted, Quote, UpscaleForm
-from api.submit import accept, quote, upscale_job
+from api.submit import Idempotency, accept, quote, upscale_job
 from api.uploads import UploadError, decode, probe, tensor_bytes
+from jobs.idempotency import fingerprint
 
 router = APIRouter(tags=["jobs"])
 
@@ -25,11 +28,14 @@ router = APIRouter(tags=["jobs"])
     },
 )
 def create_upscale(
+    _: MultipartUpload,
     form: Annotated[UpscaleForm, Form(media_type="multipart/form-data")],
     response: Response,
     settings: SettingsDep,
     connection: RedisDep,
     jobs: JobsDep,
+    owner: Owner,
+    idempotency_key: IdempotencyKeyDep = None,
 ) -> JobAccepted | JSONResponse:
     """Queue an upscale of `file` (PNG, JPEG or WebP); poll `links.self` for progress, or
     follow `links.events`. With `dry_run`, queue nothing and answer what it would run and
@@ -45,6 +51,10 @@ def create_upscale(
     job = upscale_job(form, pixels, settings)
     if form.dry_run:
         return JSONResponse(quote(connection, job, form.seed).model_dump(mode="json"))
-    accepted = accept(connection, settings, jobs, job, tensor_bytes(pixels))
+    idempotency = None
+    if idempotency_key is not None:
+        fields = form.model_dump_json(exclude={"file", "dry_run"})
+        idempotency = Idempotency(idempotency_key, owner, fingerprint(fields, data))
+    accepted = accept(connection, settings, jobs, job, tensor_bytes(pixels), idempotency, owner)
     response.headers["Location"] = accepted.links.self
     return accepted

@@ -303,3 +303,14 @@ def test_redis_down_is_a_503_not_a_crash(tmp_path: Path):
         assert_error(client.get("/readyz"), 503, "Redis")
         assert_error(client.post("/v1/generations", json={"class_id": 1}), 503, "Redis")
         assert_error(client.get("/v1/jobs/abc"), 503, "Redis")
+
+
+def test_a_stage_whose_worker_is_gone_shows_as_retrying(client: TestClient, redis_server):
+    from jobs.record import Jobs
+
+    job_id = submit(client)
+    jobs = Jobs(redis_server.client(), 60)
+    assert jobs.stage_started(job_id, "base64", {"model": "m"}, "ghost-worker")
+    stage = client.get(f"/v1/jobs/{job_id}").json()["stages"][0]
+    assert stage["status"] == "queued"
+    assert stage["error"].startswith("retrying: its worker stopped responding")

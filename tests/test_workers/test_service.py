@@ -9,6 +9,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -83,6 +84,18 @@ class Service:
         self.workers.append(process)
         return process
 
+    def start_sender(self) -> subprocess.Popen:
+        """The webhook sender (`jobs.sender`), torch-free, beside the workers."""
+        log = open(self.logs / "webhooks.log", "w")  # noqa: SIM115
+        process = subprocess.Popen(
+            [sys.executable, "-m", "jobs.sender"],
+            env=environment(self.settings),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        self.workers.append(process)
+        return process
+
     def wait_listening(self, process: subprocess.Popen) -> None:
         def listening() -> bool:
             assert process.poll() is None, f"worker exited with {process.returncode}"
@@ -148,9 +161,11 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
         steps_base64=3,
         steps_sr256=3,
         steps_sr1024=2,
+        webhook_allow="127.0.0.1",  # the test's receivers are local
         **TINY,
     )
     service = Service(settings, redis, root)
+    service.start_sender()
     # Two workers split the stages, so every job below crosses from one to the other.
     workers = [service.start_worker("base64"), service.start_worker("sr256,sr1024")]
     try:

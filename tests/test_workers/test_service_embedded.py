@@ -1,5 +1,5 @@
 """`cascade serve` with nothing configured: embedded Redis, a worker and the API, one command;
-SIGINT stops every process it started."""
+a child SIGKILLed is restarted; SIGINT stops every process it started."""
 
 from __future__ import annotations
 
@@ -53,6 +53,9 @@ def test_cascade_serve_runs_everything_and_stops_it(tmp_path: Path):
         CASCADE_EMBEDDED_REDIS=str(tmp_path / "redis" / "cascade.rdb"),
         CASCADE_TORCH_THREADS="1",
         CASCADE_STEPS_BASE64="2",
+        CASCADE_HEARTBEAT_TTL="3",
+        CASCADE_MAINTENANCE_INTERVAL="2",
+        CASCADE_REDIS_BACKOFF_MAX="1",
         **{f"CASCADE_WEIGHTS_{name}": f"preset:{name.lower()}-tiny" for name in ("BASE64",)},
     )
     log_path = tmp_path / "serve.log"
@@ -74,6 +77,26 @@ def test_cascade_serve_runs_everything_and_stops_it(tmp_path: Path):
         )
         assert http.get(job["result"]).headers["content-type"] == "image/png"
         assert (tmp_path / "results" / job["id"] / "result.png").is_file()
+        assert (tmp_path / "redis" / "appendonly.aof").is_file()
+        # Each child SIGKILLed in turn comes back; the service is ready again each time.
+        for role in ("worker", "api", "redis"):
+            before = child_pids(serve)
+            os.kill(before[role], signal.SIGKILL)
+            poll(
+                lambda role=role, before=before: (
+                    child_pids(serve).get(role) not in (None, before[role])
+                ),
+                60,
+                f"{role} to be restarted",
+            )
+            poll(lambda: http.get("/readyz").status_code == 200, 90, f"ready after {role}")
+            assert serve.poll() is None
+        # The finished job survived the SIGKILL of Redis (append-only file), and new work runs.
+        assert http.get(job_url).json()["status"] == "succeeded"
+        again = http.post("/v1/generations", json={"class_name": "tabby", "size": 64})
+        again_url = again.json()["links"]["self"]
+        poll(lambda: http.get(again_url).json()["status"] == "succeeded", 60, "a new job")
+        children = [child.pid for child in psutil.Process(serve.pid).children(recursive=True)]
     finally:
         serve.send_signal(signal.SIGINT)
         assert serve.wait(30) == 0
@@ -83,3 +106,22 @@ def test_cascade_serve_runs_everything_and_stops_it(tmp_path: Path):
     text = log_path.read_text()
     assert f"cascade serving on http://127.0.0.1:{port}" in text
     assert "run RANDOM weights" in text
+    for role in ("worker", "api", "redis"):
+        assert re.search(rf"{role} \(pid \d+\) exited with code -9; restarting in", text), role
+
+
+def child_pids(serve: subprocess.Popen) -> dict[str, int]:
+    """The worker, API and redis-server processes `cascade serve` runs, by role."""
+    roles = {}
+    for child in psutil.Process(serve.pid).children():
+        try:
+            command = " ".join(child.cmdline())
+        except psutil.Error:  # a zombie the supervisor has not reaped yet, or gone
+            continue
+        if "redis-server" in command:
+            roles["redis"] = child.pid
+        elif "uvicorn" in command:
+            roles["api"] = child.pid
+        elif "worker" in command:
+            roles["worker"] = child.pid
+    return roles

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from redis.exceptions import ConnectionError as RedisConnectionError
 from rq.exceptions import AbandonedJobError
 from rq.job import Job
 from rq.serializers import JSONSerializer
@@ -20,7 +21,8 @@ from jobs.connection import EmbeddedRedis
 from jobs.plan import PlannedStage
 from jobs.queues import enqueue_stage, stage_job_id, stage_queue
 from jobs.record import Jobs, NewJob
-from jobs.settings import Settings
+from jobs.sender import deliver_pending
+from jobs.settings import Settings, get_settings
 from jobs.stats import read_stage, record_stage
 from workers import runtime as runtime_module
 from workers.runtime import Runtime
@@ -139,7 +141,11 @@ class Receiver(BaseHTTPRequestHandler):
         pass
 
 
-def test_missing_input_fails_with_a_sentence_and_a_webhook(runtime: Runtime):
+def test_missing_input_fails_with_a_sentence_and_a_webhook(
+    runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.setenv("CASCADE_WEBHOOK_ALLOW", "127.0.0.1")  # the receiver below is local
+    get_settings.cache_clear()
     server = HTTPServer(("127.0.0.1", 0), Receiver)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     plan = [PlannedStage("sr256", 256, 256, StageRun("ddim", 2))]
@@ -148,8 +154,11 @@ def test_missing_input_fails_with_a_sentence_and_a_webhook(runtime: Runtime):
     runtime.jobs.create(job)  # no uploaded tensor stored
     try:
         run_stage(job.id, "sr256")
+        assert Receiver.received == []  # queued for the sender, not sent by the stage job
+        deliver_pending(runtime.connection, runtime.settings)
     finally:
         server.shutdown()
+        get_settings.cache_clear()
     record = runtime.jobs.get(job.id)
     assert record.status == "failed"
     assert "stage sr256 failed" in record.fields["error"] and "expired" in record.fields["error"]
@@ -179,12 +188,14 @@ def test_failure_callback_retries_then_fails(runtime: Runtime):
         stage_job_id(job_id, "base64"), connection=runtime.connection, serializer=JSONSerializer
     )
     assert rq_job.retries_left == 1
-    error = RuntimeError("CUDA fell over")
+    error = RedisConnectionError("Error 111 connecting to /srv/redis.sock")
     runtime.jobs.stage_started(job_id, "base64", {"model": "m"}, "worker-a")
-    on_stage_failure(rq_job, runtime.connection, RuntimeError, error, None)
+    on_stage_failure(rq_job, runtime.connection, RedisConnectionError, error, None)
     record = runtime.jobs.get(job_id)
     assert record.status == "running" and record.stage("base64", "status") == "queued"
-    assert record.stage("base64", "error") == "retrying: RuntimeError: CUDA fell over"
+    assert record.stage("base64", "error") == (
+        "retrying: the worker lost its connection to the job queue (Redis)"
+    )
     rq_job.retries_left = 0
     runtime.jobs.stage_started(job_id, "base64", {"model": "m"}, "worker-b")
     on_stage_failure(rq_job, runtime.connection, AbandonedJobError, AbandonedJobError(), None)
@@ -193,6 +204,27 @@ def test_failure_callback_retries_then_fails(runtime: Runtime):
     assert record.fields["error"] == (
         "stage base64 failed: the worker running it stopped (killed, crashed or lost its "
         "connection) (attempt 2, no retries left)"
+    )
+
+
+def test_deterministic_failure_is_not_retried_and_not_shown(runtime: Runtime):
+    job_id = new_job(runtime)
+    enqueue_stage(runtime.connection, runtime.settings, job_id, "base64")
+    rq_job = Job.fetch(
+        stage_job_id(job_id, "base64"), connection=runtime.connection, serializer=JSONSerializer
+    )
+    assert rq_job.retries_left == 1
+    error = RuntimeError("shape mismatch in /opt/cascade/cascade/sr3.py line 88")
+    runtime.jobs.stage_started(job_id, "base64", {"model": "m"}, "worker-a")
+    on_stage_failure(rq_job, runtime.connection, RuntimeError, error, None)
+    assert rq_job.retries_left == 0  # RQ reads it after the callback: no retry
+    record = runtime.jobs.get(job_id)
+    assert record.status == "failed"
+    assert record.fields["error"] == (
+        "stage base64 failed: an internal error in stage base64; the service logged the details"
+    )
+    assert "/opt" not in json.dumps(record.fields) and "RuntimeError" not in json.dumps(
+        record.fields
     )
 
 

@@ -1,0 +1,93 @@
+"""Every response carries an X-Request-ID that the logs carry too, errors included; a 500
+tells the client only the id, never the exception's text."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from api.main import create_app
+from jobs.connection import EmbeddedRedis
+from jobs.settings import Settings
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    from fastapi.testclient import TestClient
+
+
+@pytest.fixture(scope="module")
+def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
+    redis = EmbeddedRedis(tmp_path_factory.mktemp("redis") / "ids.rdb")
+    app = create_app(Settings(redis_url=redis.url, store=str(tmp_path_factory.mktemp("store"))))
+
+    def boom() -> None:
+        raise RuntimeError("secret detail in /srv/cascade/private/path.py")
+
+    app.add_api_route("/boom", boom)
+    with TestClient(app, raise_server_exceptions=False) as client:
+        yield client
+    redis.stop()
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "kwargs", "status"),
+    [
+        ("GET", "/healthz", {}, 200),
+        ("GET", "/v1/jobs/nope", {}, 404),
+        ("POST", "/v1/generations", {"json": {"class_id": -1}}, 422),
+        (
+            "POST",
+            "/v1/generations",
+            {"content": b"x" * 100_000, "headers": {"content-type": "application/json"}},
+            413,
+        ),
+        ("GET", "/boom", {}, 500),
+    ],
+)
+def test_every_response_has_a_request_id_the_logs_carry(
+    client: TestClient, caplog: pytest.LogCaptureFixture, method, path, kwargs, status
+):
+    with caplog.at_level(logging.INFO):
+        response = client.request(method, path, **kwargs)
+    assert response.status_code == status, response.text
+    request_id = response.headers["x-request-id"]
+    assert len(request_id) == 32
+    ours = [
+        record for record in caplog.records if getattr(record, "request_id", None) == request_id
+    ]
+    assert any(
+        record.name == "api.access" and str(status) in record.getMessage() for record in ours
+    )
+
+
+def test_a_500_says_only_the_request_id(client: TestClient, caplog: pytest.LogCaptureFixture):
+    with caplog.at_level(logging.INFO):
+        response = client.get("/boom")
+    request_id = response.headers["x-request-id"]
+    assert response.json()["error"] == (
+        f"internal error; the service logged the details under request id {request_id}"
+    )
+    assert "secret" not in response.text and "/srv" not in response.text
+    logged = [record for record in caplog.records if record.exc_info]
+    assert logged and logged[0].request_id == request_id
+
+
+def test_a_sane_client_id_is_kept_and_others_replaced(client: TestClient):
+    assert (
+        client.get("/healthz", headers={"X-Request-ID": "abc-123"}).headers["x-request-id"]
+        == "abc-123"
+    )
+    replaced = client.get("/healthz", headers={"X-Request-ID": "bad id\x7f" + "x" * 200})
+    assert (
+        replaced.headers["x-request-id"] != "bad id" and len(replaced.headers["x-request-id"]) == 32
+    )
+
+
+def test_path_of_this_file_is_not_in_errors(client: TestClient):
+    response = client.post("/v1/upscales", files={"file": ("a.png", b"nope")}, data={"scale": "4"})
+    assert response.status_code == 422
+    assert str(Path(__file__).parents[2]) not in response.text
