@@ -27,7 +27,7 @@ from jobs.plan import (
     upscale_stages,
     upscaled_size,
 )
-from jobs.queues import enqueue_stage
+from jobs.queues import enqueue_stage, stage_job_exists
 from jobs.quotas import check_active, check_cost, check_queue, track
 from jobs.record import JobRecord, Jobs, NewJob
 from jobs.settings import Settings
@@ -211,6 +211,11 @@ def accept(
             record = wait_for_record(jobs, earlier)
             if record is not None:
                 log.info("job %s: Idempotency-Key replayed", earlier)
+                first = record.plan[0].name
+                if record.status == "queued" and not stage_job_exists(connection, earlier, first):
+                    # The first request died between storing its job and queuing it: queue it
+                    # now, or the job would wait forever.
+                    enqueue_stage(connection, settings, earlier, first)
                 return accepted(
                     connection, record.id, record.seed, record.plan, True, record.status
                 )

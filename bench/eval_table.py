@@ -1,6 +1,6 @@
 """Markdown rows from `cascade eval` reports, for model cards and BENCHMARKS.md.
 
-    python -m bench.eval_table runs/eval/sr256-default/eval.json [more eval.json ...]
+python -m bench.eval_table runs/eval/sr256-default/eval.json [more eval.json ...]
 """
 
 from __future__ import annotations

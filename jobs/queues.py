@@ -52,6 +52,11 @@ def stage_job_id(job_id: str, stage: str) -> str:
     return f"{job_id}-{stage}"
 
 
+def stage_job_exists(connection: Redis, job_id: str, stage: str) -> bool:
+    """Whether the stage's RQ job was ever queued (and has not expired)."""
+    return Job.exists(stage_job_id(job_id, stage), connection=connection)
+
+
 def enqueue_stage(connection: Redis, settings: Settings, job_id: str, stage: str) -> Job:
     """Queue one stage of a job; crashes and killed workers are retried `settings.retries` times."""
     retry = Retry(max=settings.retries) if settings.retries > 0 else None
