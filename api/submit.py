@@ -13,6 +13,7 @@ import numpy as np
 from fastapi import HTTPException
 from redis import Redis
 
+from api import request_id as request_ids
 from api.schemas import GenerationRequest, JobAccepted, Links, Quote, UpscaleForm
 from cascade.classes import class_names, resolve_class
 from cascade.stages import ColorFix, SamplerName, StageRun
@@ -199,7 +200,8 @@ def accept(
     """Store the job (and an upload's tensor), queue its first stage, say what will run. With
     an Idempotency-Key an earlier request already used, answer that request's job instead."""
     check_cost(job.plan, settings)
-    job = replace(job, owner=owner)
+    request_id = request_ids.current.get()
+    job = replace(job, owner=owner, request_id="" if request_id == "-" else request_id)
     if idempotency is not None:
         try:
             earlier = bind(

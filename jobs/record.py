@@ -57,6 +57,7 @@ class NewJob:
     output: tuple[int, int]  # final (height, width), after any resize to a target size
     webhook_url: str | None = None
     owner: str = ""  # the API key's id that made it ("" without keys)
+    request_id: str = ""  # the X-Request-ID of the POST that made it, for the workers' logs
 
 
 class JobRecord:
@@ -97,6 +98,10 @@ class JobRecord:
     @property
     def owner(self) -> str:
         return self.fields.get("owner", "")
+
+    @property
+    def request_id(self) -> str:
+        return self.fields.get("request_id", "")
 
     @property
     def webhook_url(self) -> str | None:
@@ -141,6 +146,7 @@ class Jobs:
             "created_at": repr(time.time()),
             "webhook_url": job.webhook_url or "",
             "owner": job.owner,
+            "request_id": job.request_id,
         }
         for index, stage in enumerate(job.plan):
             fields[f"{stage.name}.status"] = "queued" if index == 0 else "pending"

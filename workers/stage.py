@@ -124,7 +124,14 @@ def start(runtime: Runtime, job_id: str, model: Stage, worker: str) -> Member | 
         log.info("job %s has %s; stage %s not run", job_id, record.status, stage)
         jobs.stage_ended(job_id, stage, "canceled")
         return None
-    log.info("job %s: stage %s started (%s)%s", job_id, stage, model.model.id, _tag(model))
+    log.info(
+        "job %s%s: stage %s started (%s)%s",
+        job_id,
+        _request(record),
+        stage,
+        model.model.id,
+        _tag(model),
+    )
     try:
         return Member(record, load_input(runtime, record, stage))
     except InputMissing as error:
@@ -163,7 +170,9 @@ def finish(
     if isinstance(result, SamplingCanceled):
         jobs.stage_ended(job_id, stage, "canceled")
         record_stage(runtime.connection, stage, time.monotonic() - started, "canceled")
-        log.info("job %s: stage %s canceled%s", job_id, stage, _tag(model))
+        log.info(
+            "job %s%s: stage %s canceled%s", job_id, _request(member.record), stage, _tag(model)
+        )
         return None
     if isinstance(result, StageError):  # this request can never succeed
         fail(runtime.connection, jobs, job_id, stage, str(result))
@@ -175,7 +184,14 @@ def finish(
     work = next(planned.cost for planned in member.record.plan if planned.name == stage)
     record_stage(runtime.connection, stage, seconds, "succeeded", work, batch)
     jobs.stage_ended(job_id, stage, "succeeded")
-    log.info("job %s: stage %s finished in %.2f s%s", job_id, stage, seconds, _tag(model))
+    log.info(
+        "job %s%s: stage %s finished in %.2f s%s",
+        job_id,
+        _request(member.record),
+        stage,
+        seconds,
+        _tag(model),
+    )
     hand_on(runtime, job_id, stage)
     return None
 
@@ -247,11 +263,18 @@ def announce_end(connection: Redis, settings: Settings, record: JobRecord) -> No
         enqueue_delivery(connection, settings, record.id, record.webhook_url)
 
 
+def _request(record: JobRecord | None) -> str:
+    """ " (request ID)": the X-Request-ID of the POST that made the job, so an API log line and a
+    worker's lines about the same job can be found together."""
+    return f" (request {record.request_id})" if record is not None and record.request_id else ""
+
+
 def fail(connection: Redis, jobs: Jobs, job_id: str, stage: str, reason: str) -> None:
     """End the job as failed because of `stage`, and say so (once)."""
     jobs.stage_ended(job_id, stage, "failed", reason)
     record_stage(connection, stage, 0.0, "failed")
-    log.warning("job %s failed in stage %s: %s", job_id, stage, reason)
+    record = jobs.get(job_id)
+    log.warning("job %s%s failed in stage %s: %s", job_id, _request(record), stage, reason)
     if jobs.finish(job_id, "failed", f"stage {stage} failed: {reason}"):
         record = jobs.get(job_id)
         if record is not None:
@@ -271,8 +294,9 @@ def on_stage_failure(
     reason, transient = failure_reason(stage, exc_type, settings.timeout_for(stage))
     if not transient:
         log.error(
-            "job %s stage %s (stage job %s) failed: %s: %s",
+            "job %s%s stage %s (stage job %s) failed: %s: %s",
             job_id,
+            _request(jobs.get(job_id)),
             stage,
             job.id,
             exc_type.__name__,

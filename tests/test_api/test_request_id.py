@@ -13,6 +13,9 @@ import pytest
 from api.main import create_app
 from jobs.connection import EmbeddedRedis
 from jobs.settings import Settings
+from workers import runtime as runtime_module
+from workers.runtime import Runtime
+from workers.stage import run_stage
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
@@ -20,8 +23,14 @@ with warnings.catch_warnings():
 
 
 @pytest.fixture(scope="module")
-def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
-    redis = EmbeddedRedis(tmp_path_factory.mktemp("redis") / "ids.rdb")
+def redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedRedis]:
+    server = EmbeddedRedis(tmp_path_factory.mktemp("redis") / "ids.rdb")
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def client(redis: EmbeddedRedis, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
     app = create_app(Settings(redis_url=redis.url, store=str(tmp_path_factory.mktemp("store"))))
 
     def boom() -> None:
@@ -30,7 +39,6 @@ def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
     app.add_api_route("/boom", boom)
     with TestClient(app, raise_server_exceptions=False) as client:
         yield client
-    redis.stop()
 
 
 @pytest.mark.parametrize(
@@ -91,3 +99,28 @@ def test_path_of_this_file_is_not_in_errors(client: TestClient):
     response = client.post("/v1/upscales", files={"file": ("a.png", b"nope")}, data={"scale": "4"})
     assert response.status_code == 422
     assert str(Path(__file__).parents[2]) not in response.text
+
+
+def test_the_workers_logs_carry_the_request_id_of_the_post(
+    client: TestClient, redis: EmbeddedRedis, tmp_path: Path, caplog: pytest.LogCaptureFixture
+):
+    response = client.post(
+        "/v1/generations",
+        json={"class_id": 1, "size": 64, "steps": 2},
+        headers={"X-Request-ID": "req-worker-42"},
+    )
+    assert response.status_code == 202, response.text
+    job_id = response.json()["id"]
+    tiny = {f"weights_{stage}": f"preset:{stage}-tiny" for stage in ("base64", "sr256", "sr1024")}
+    runtime = Runtime(Settings(redis_url=redis.url, store=str(tmp_path), **tiny), redis.client())
+    runtime_module.install(runtime)
+    try:
+        with caplog.at_level(logging.INFO, logger="workers.stage"):
+            run_stage(job_id, "base64")
+    finally:
+        runtime_module.install(None)  # type: ignore[arg-type]
+    assert runtime.jobs.get(job_id).status == "succeeded"
+    lines = [record.getMessage() for record in caplog.records if record.name == "workers.stage"]
+    ours = f"job {job_id} (request req-worker-42): stage base64"
+    assert [line.split(" (preset")[0] for line in lines if "started" in line] == [f"{ours} started"]
+    assert [line for line in lines if line.startswith(f"{ours} finished in ")]
