@@ -26,7 +26,8 @@ from typing import Any
 
 import torch
 
-from bench.models import forward_latency, held_out_images, sampler_quality, tiled_upscale_memory
+from bench.models import batch_scaling, forward_latency, held_out_images, tiled_upscale_memory
+from bench.quality import generation_time_to_quality, sampler_quality, upscale_time_to_quality
 from bench.report import SECTIONS, write_reports
 from bench.service import SAMPLER, overhead, service, throughput
 from cascade.checkpoints import load
@@ -55,6 +56,13 @@ class BenchConfig:
     max_batch: int  # the batched throughput configuration's CASCADE_MAX_BATCH
     tiling_sizes: tuple[int, ...]
     tiling_steps: int
+    ttq_images: int = 2  # held-out photos the upscale's time-to-quality runs on
+    ttq_crop: int = 128
+    ttq_reference_steps: int = 2000  # the reference algorithm's ancestral steps
+    ttq_seeds: tuple[int, ...] = (0,)  # 256 px generations timed each way
+    compile_variant: bool = False  # also time torch.compile in the forward table (slow start)
+    scaling_batches: tuple[int, ...] = (1, 8)
+    scaling_threads: tuple[int, ...] = (1, 2)
     tiny: bool = False  # tiny random presets everywhere instead of the demo weights (tests)
 
 
@@ -68,7 +76,7 @@ def full(device: str) -> BenchConfig:
         mode="full",
         forward_cases=small + native if cuda else small,
         forward_repeats=20 if cuda else 3,
-        sampler_steps=(5, 10, 20, 50, 100, 250),
+        sampler_steps=(5, 10, 20, 50, 100, 200),
         reference_steps=1000,
         sampler_images=2,  # both held-out demo photos
         sampler_crop=256 if cuda else 128,
@@ -79,6 +87,10 @@ def full(device: str) -> BenchConfig:
         max_batch=8,
         tiling_sizes=(1024, 2048, 4096),
         tiling_steps=1,  # peak memory is reached within the first step
+        ttq_images=2,
+        ttq_crop=256 if cuda else 128,
+        ttq_seeds=(0, 1) if cuda else (0,),
+        compile_variant=True,
     )
 
 
@@ -99,6 +111,10 @@ QUICK = BenchConfig(
     max_batch=8,
     tiling_sizes=(1024,),
     tiling_steps=1,
+    ttq_images=1,
+    ttq_crop=64,
+    ttq_reference_steps=100,
+    scaling_batches=(1, 4),
 )
 
 
@@ -125,7 +141,32 @@ def weights(config: BenchConfig) -> dict[str, str]:
 
 
 def bench_forward(config: BenchConfig, device: str) -> dict[str, object]:
-    return forward_latency(config.forward_cases, device, config.forward_repeats)
+    return forward_latency(
+        config.forward_cases,
+        device,
+        config.forward_repeats,
+        compile_variant=config.compile_variant and device == "cpu",
+    )
+
+
+def bench_time_to_quality(config: BenchConfig, device: str, data: str | None) -> dict[str, object]:
+    """The reference algorithm vs the defaults: an sr256 upscale of held-out photos, and a
+    256 px generation (base + sr256)."""
+    source = weights(config)
+    with tempfile.TemporaryDirectory() as scratch:
+        folder = data or _demo_holdout(Path(scratch))
+        images = held_out_images(folder, config.ttq_crop, config.ttq_images)
+    if not images:
+        raise ValueError(f"no image of at least {config.ttq_crop} px in {folder}")
+    sr = load(source["sr256"], device)
+    upscale = upscale_time_to_quality(
+        sr, [image.to(device) for image in images], config.ttq_reference_steps
+    )
+    base = load(source["base64"], device)
+    generation = generation_time_to_quality(
+        base, sr, config.ttq_seeds, class_id=0, reference_steps=config.ttq_reference_steps
+    )
+    return {"upscale": upscale, "generate256": generation}
 
 
 def bench_samplers(config: BenchConfig, device: str, data: str | None) -> dict[str, object]:
@@ -164,8 +205,18 @@ def setup(config: BenchConfig, device: str) -> dict[str, dict[str, object]]:
             "weights": source["sr256"],
             "steps": list(config.sampler_steps),
             "reference": {"sampler": "ancestral", "steps": config.reference_steps},
+            "fidelity": 0.0,
             "images": config.sampler_images,
             "crop": config.sampler_crop,
+        },
+        "time_to_quality": {
+            "weights": {name: source[name] for name in ("base64", "sr256")},
+            "reference": f"ancestral, {config.ttq_reference_steps} steps (base: at most its "
+            "training steps), eager float32 NCHW, the reference's einsum attention, batch 1",
+            "default": "each stage's default sampler, steps and fidelity on the fast path",
+            "images": config.ttq_images,
+            "crop": config.ttq_crop,
+            "seeds": list(config.ttq_seeds),
         },
         "service": {
             "request": f"256 px generation, {SAMPLER}, steps base64={config.service_steps[0]} "
@@ -178,6 +229,10 @@ def setup(config: BenchConfig, device: str) -> dict[str, dict[str, object]]:
             "weights": source["base64"],
             "jobs": config.throughput_jobs,
             "max_batch": config.max_batch,
+            "scaling": {
+                "batches": list(config.scaling_batches),
+                "threads": list(config.scaling_threads),
+            },
         },
         "tiling": {
             "preset": "sr256-tiny",
@@ -212,6 +267,8 @@ def run(
         results["forward"] = bench_forward(config, device)
     if "samplers" in sections:
         results["samplers"] = bench_samplers(config, device, data)
+    if "time_to_quality" in sections:
+        results["time_to_quality"] = bench_time_to_quality(config, device, data)
     if "service" in sections or "throughput" in sections:
         with service(weights(config), device, config.service_steps) as running:
             if "service" in sections:
@@ -222,6 +279,10 @@ def run(
                 results["throughput"] = throughput(
                     running, config.throughput_jobs, config.throughput_steps, config.max_batch
                 )
+    if "throughput" in sections and device == "cpu":
+        results["throughput"]["per_item_forward_ms"] = batch_scaling(
+            weights(config)["base64"], config.scaling_batches, config.scaling_threads
+        )
     if "tiling" in sections:
         results["tiling"] = bench_tiling(config, device)
     return results

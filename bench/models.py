@@ -1,4 +1,5 @@
-"""Benchmarks of the core: network forward latency, sampler quality vs steps, tiled memory.
+"""Benchmarks of the core: network forward latency (against the reference code's way),
+batch scaling, tiled memory; quality against steps and time is `bench.quality`.
 
 Every comparison is measured side by side in one run (the machine may be shared and noisy);
 the service-level figures (HTTP + Redis overhead, throughput) live in `bench.main`.
@@ -21,10 +22,7 @@ import torch
 from torch import Tensor
 
 from cascade.checkpoints import Model, load
-from cascade.degradations import bicubic_degrade
-from cascade.metrics import psnr
 from cascade.pipeline import Stage
-from cascade.samplers import SAMPLERS
 from cascade.stages import StageRun
 
 log = logging.getLogger(__name__)
@@ -84,26 +82,77 @@ def forward_flops(model: Model, size: int) -> float:
     return float(counter.get_total_flops())
 
 
+def _interleaved(
+    cases: dict[str, tuple[Callable[[], None], Callable[[], object]]],
+    device: torch.device,
+    repeats: int,
+) -> dict[str, float]:
+    """Median seconds per call of each case, timed in alternation (a drifting load shifts
+    them all alike); each case's setup (its layout, say) runs before each of its calls."""
+    times: dict[str, list[float]] = {name: [] for name in cases}
+    for setup, fn in cases.values():  # warm-up
+        setup()
+        fn()
+    for _ in range(repeats):
+        for name, (setup, fn) in cases.items():
+            setup()
+            _sync(device)
+            start = time.perf_counter()
+            fn()
+            _sync(device)
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
 def _forward_case(
-    preset: str, size: int, device: torch.device, repeats: int, batch: int, precision: str
+    preset: str,
+    size: int,
+    device: torch.device,
+    repeats: int,
+    batch: int,
+    precision: str,
+    compile_variant: bool = False,
 ) -> dict:
-    """One preset at one size: plain eager float32, then the fast path, same weights."""
+    """One preset at one size, same weights and inputs: the reference code's way (eager
+    float32, NCHW, its einsum attention), ours in plain eager, and the service's fast path;
+    on the CPU also each fast-path option alone (channels-last; torch.compile when asked)."""
+    from bench.reference import reference_attention
+
     model = load(f"preset:{preset}", device)
     args = _inputs(model, size, batch, device)
     network = model.network
+    stage = Stage(preset, model, precision=precision)
+
+    def nchw() -> None:
+        network.to(memory_format=torch.contiguous_format)
+
+    def nhwc() -> None:
+        network.to(memory_format=torch.channels_last)
 
     def eager() -> Tensor:
         with torch.no_grad():
+            return network(*args)
+
+    def reference() -> Tensor:
+        with torch.no_grad(), reference_attention():
+            return network(*args)
+
+    def channels_last() -> Tensor:
+        with torch.inference_mode():
             return network(*args)
 
     # Plain float32 means no TF32 either (cuDNN enables it for convolutions by default).
     saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     try:
-        eager_s = _time(eager, device, repeats)
+        cases = {"reference": (nchw, reference), "eager": (nchw, eager)}
+        if device.type == "cpu":
+            cases["channels_last"] = (nhwc, channels_last)
+        plain = _interleaved(cases, device, repeats)
     finally:
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
-    stage = Stage(preset, model, precision=precision).optimize()
+    nchw()
+    stage.optimize()  # the service's fast path, as the workers run it
     fast_args = tuple(
         a.contiguous(memory_format=torch.channels_last)
         if isinstance(a, Tensor) and a.ndim == 4 and stage._reduced_precision()
@@ -118,13 +167,19 @@ def _forward_case(
             return network(*fast_args)
 
     fast_s = _time(fast, device, repeats)
+    variants = {name: plain[name] * 1e3 for name in plain if name not in ("reference", "eager")}
+    if compile_variant:
+        variants.update(_compiled_ms(network, args, device, repeats))
     flops = forward_flops(model, size) * batch
     entry = {
         "size": size,
         "batch": batch,
-        "eager_ms": eager_s * 1e3,
+        "reference_ms": plain["reference"] * 1e3,
+        "eager_ms": plain["eager"] * 1e3,
         "fast_ms": fast_s * 1e3,
-        "speedup": eager_s / fast_s,
+        "speedup": plain["eager"] / fast_s,
+        "vs_reference": plain["reference"] / fast_s,
+        "variants_ms": variants,
         "gflops": flops / 1e9,
         "fast_tflops_per_s": flops / fast_s / 1e12,
     }
@@ -136,19 +191,39 @@ def _forward_case(
     return entry
 
 
+def _compiled_ms(
+    network: torch.nn.Module, args: tuple, device: torch.device, repeats: int
+) -> dict[str, float]:
+    """torch.compile (inductor) of the NCHW network: its first call's seconds and then ms."""
+    network.to(memory_format=torch.contiguous_format)
+    torch._dynamo.reset()
+    compiled = torch.compile(network, dynamic=False)
+
+    def call() -> Tensor:
+        with torch.inference_mode():
+            return compiled(*args)
+
+    start = time.perf_counter()
+    call()
+    first = time.perf_counter() - start
+    return {"compile": _time(call, device, repeats) * 1e3, "compile_first_call_s": first}
+
+
 def forward_latency(
     cases: Sequence[tuple[str, int]],
     device: str = "cpu",
     repeats: int = 5,
     batch: int = 1,
     precision: str = "float32",
+    compile_variant: bool = False,
 ) -> dict[str, dict[str, float]]:
-    """Per preset and size: plain eager float32 (no_grad, TF32 off) vs the fast path
-    (inference_mode, TF32; bf16 autocast and NHWC when `precision` asks), one run."""
+    """Per preset and size, one run: the reference-equivalent eager forward, our plain eager
+    (no_grad, TF32 off), and the fast path (inference_mode, channels-last on the CPU, TF32 on
+    CUDA; bf16 autocast and NHWC when `precision` asks), plus the options measured alone."""
     results: dict[str, dict[str, float]] = {}
     for preset, size in cases:
         results[preset] = _forward_case(
-            preset, size, torch.device(device), repeats, batch, precision
+            preset, size, torch.device(device), repeats, batch, precision, compile_variant
         )
         log.info("forward %s @%d: %s", preset, size, json.dumps(results[preset]))
         if device == "cuda":
@@ -156,37 +231,35 @@ def forward_latency(
     return results
 
 
-def sampler_quality(
-    stage: Stage,
-    images: Sequence[Tensor],
-    steps: Sequence[int] = (5, 10, 20, 50, 100, 250),
-    reference_steps: int = 1000,
-    samplers: Sequence[str] = tuple(SAMPLERS),
-    seed: int = 0,
-) -> dict[str, object]:
-    """Mean PSNR vs ground truth of each sampler per step count, beside `reference_steps`-step
-    ancestral sampling (the reference code's way, respaced from its 2000 training steps)."""
-    scale = stage.scale
+def batch_scaling(
+    source: str, batches: Sequence[int] = (1, 8), threads: Sequence[int] = (1, 2), repeats: int = 3
+) -> dict[str, dict[str, float]]:
+    """Milliseconds per item of one denoiser forward of `source` (the base) at each batch size
+    and thread count, on the CPU: what cross-request batching can gain at best (the service's
+    other work only adds to the per-job time)."""
+    model = load(source, "cpu")
+    stage = Stage("base64", model).optimize()
+    size = model.spec.image_size
+    saved = torch.get_num_threads()
+    table: dict[str, dict[str, float]] = {}
+    try:
+        for count in threads:
+            torch.set_num_threads(count)
+            row: dict[str, float] = {}
+            for batch in batches:
+                args = _inputs(model, size, batch, stage.device)
 
-    def mean_psnr(settings: StageRun) -> float:
-        values = []
-        for index, hr in enumerate(images):
-            low = bicubic_degrade(hr, scale)
-            out = stage.run(seeds=[seed + index], low_res=low, run=settings)
-            values.append(psnr(out[0], hr[0]))
-        return sum(values) / len(values)
+                def forward(args: tuple = args) -> Tensor:
+                    with torch.inference_mode():
+                        return model.network(*args)
 
-    reference = mean_psnr(StageRun("ancestral", reference_steps))
-    table: dict[str, dict[str, object]] = {}
-    for name in samplers:
-        curve = {str(n): mean_psnr(StageRun(name, n)) for n in steps}
-        within = [n for n in steps if curve[str(n)] >= reference - 0.1]
-        table[name] = {"psnr": curve, "steps_within_0.1db": min(within) if within else None}
-        log.info("sampler %s: %s", name, json.dumps(table[name]))
-    return {
-        "reference": {"sampler": "ancestral", "steps": reference_steps, "psnr": reference},
-        "samplers": table,
-    }
+                row[str(batch)] = _time(forward, stage.device, repeats) * 1e3 / batch
+            row["gain"] = row[str(batches[0])] / row[str(batches[-1])]
+            table[f"threads_{count}"] = row
+            log.info("batch scaling, %d thread(s): %s", count, json.dumps(row))
+    finally:
+        torch.set_num_threads(saved)
+    return table
 
 
 def _tiled_upscale_child(size: int, steps: int, device: str) -> None:

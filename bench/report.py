@@ -11,7 +11,7 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-SECTIONS = ("forward", "samplers", "service", "throughput", "tiling")
+SECTIONS = ("forward", "samplers", "time_to_quality", "service", "throughput", "tiling")
 
 
 def _table(header: list[str], rows: list[list[object]]) -> str:
@@ -54,18 +54,44 @@ def section(results: dict, plot: str | None = None) -> str:
 
 def _forward(data: dict, given: dict) -> str:
     rows = [
-        [preset, entry["size"], entry["eager_ms"], entry["fast_ms"], entry["speedup"]]
+        [preset, entry["size"], entry.get("reference_ms"), entry["eager_ms"], entry["fast_ms"]]
+        + [entry.get("vs_reference"), entry["speedup"]]
         + [entry["gflops"], entry["fast_tflops_per_s"], entry.get("mfu")]
         for preset, entry in data.items()
     ]
-    header = ["preset", "size", "eager ms", "fast ms", "speedup", "GFLOP", "TFLOP/s", "MFU"]
-    return "\n".join(
-        [
-            "### Network forward, batch 1: eager float32 vs the service's fast path",
-            "",
-            _table(header, rows),
+    header = ["preset", "size", "reference ms", "eager ms", "fast ms", "vs reference"]
+    header += ["vs eager", "GFLOP", "TFLOP/s", "MFU"]
+    names = sorted({name for entry in data.values() for name in entry.get("variants_ms", {})})
+    options = [name for name in names if not name.endswith("_s")]
+    variant_rows = [
+        [preset]
+        + [
+            entry["eager_ms"] / entry["variants_ms"][name]
+            if name in entry.get("variants_ms", {})
+            else None
+            for name in options
         ]
-    )
+        + [entry.get("variants_ms", {}).get("compile_first_call_s")]
+        for preset, entry in data.items()
+    ]
+    out = [
+        "### Network forward, batch 1: the reference code's way vs ours",
+        "",
+        "`reference`: eager float32, NCHW, `no_grad`, with the reference code's einsum "
+        "attention (`bench/reference.py`); `eager`: the same with our attention; `fast`: the "
+        "service's fast path (`Stage.optimize`). Timed in alternation, same weights and inputs.",
+        "",
+        _table(header, rows),
+    ]
+    if options:
+        out += [
+            "",
+            "Each fast-path option alone, as a speedup over plain eager (`compile`: inductor on "
+            "the NCHW network, its first call's seconds in the last column):",
+            "",
+            _table(["preset", *options, "compile first call s"], variant_rows),
+        ]
+    return "\n".join(out)
 
 
 def _samplers(data: dict, given: dict) -> str:
@@ -73,18 +99,57 @@ def _samplers(data: dict, given: dict) -> str:
     reference = next(iter(data.values()))["reference_psnr"]
     rows = [
         [name, *(entry["psnr"][n] for n in steps), entry["steps_within_0.1db"]]
+        + [entry.get("steps_within_0.1db_of_own_limit")]
         for name, entry in data.items()
     ]
+    limit = steps[-1]
     return "\n".join(
         [
             "### Samplers: PSNR (dB) of the sr256 stage against the ground truth, by steps",
             "",
-            f"Reference: ancestral sampling with {given.get('reference', {}).get('steps')} "
-            f"steps, {reference:.2f} dB; {given.get('images')} held-out photo(s), "
-            f"{given.get('crop')} px centre crops; weights `{given.get('weights')}`. The last "
-            "column is the fewest steps within 0.1 dB of the reference, or above it.",
+            f"Full generative sampling (fidelity {given.get('fidelity', '–')}). Reference: "
+            f"ancestral sampling with {given.get('reference', {}).get('steps')} steps, "
+            f"{reference:.2f} dB; {given.get('images')} held-out photo(s), {given.get('crop')} "
+            f"px centre crops; weights `{given.get('weights')}`. The last two columns: the "
+            "fewest steps from which on a sampler stays within 0.1 dB of the reference, and "
+            f"within 0.1 dB of its own {limit}-step result.",
             "",
-            _table(["sampler", *steps, "steps within 0.1 dB"], rows),
+            _table(
+                ["sampler", *steps, "steps within 0.1 dB of reference", f"of own {limit}"], rows
+            ),
+        ]
+    )
+
+
+def _time_to_quality(data: dict, given: dict) -> str:
+    upscale, generation = data["upscale"], data["generate256"]
+    rows = [
+        [label, upscale[label]["seconds"], upscale[label]["psnr"], upscale[label]["hf_ratio"]]
+        for label in ("reference", "default")
+    ]
+    gen_rows = [
+        [label, generation[label]["seconds"], generation[label]["std"]]
+        + [generation[label]["band_power"] / generation["reference"]["band_power"]]
+        for label in ("reference", "default")
+    ]
+    return "\n".join(
+        [
+            "### Time to quality: the reference algorithm vs the defaults",
+            "",
+            f"Reference: {given.get('reference')}. Default: {given.get('default')}. Weights "
+            f"{given.get('weights')}.",
+            "",
+            f"Upscale 4x (sr256) of {given.get('images')} held-out photo(s), "
+            f"{given.get('crop')} px crops; speedup {upscale['speedup']:.1f}x, PSNR gap "
+            f"{upscale['psnr_gap_db']:+.2f} dB, hf_ratio gap {upscale['hf_ratio_gap']:+.3f}.",
+            "",
+            _table(["run", "s per image", "PSNR dB", "hf_ratio"], rows),
+            "",
+            f"256 px generation (base64 + sr256), seeds {given.get('seeds')}; speedup "
+            f"{generation['speedup']:.1f}x. No ground truth: the detail column is the result's "
+            "luminance power in the hf_ratio band relative to the reference's.",
+            "",
+            _table(["run", "s per image", "std", "detail vs reference"], gen_rows),
         ]
     )
 
@@ -117,14 +182,25 @@ def _throughput(data: dict, given: dict) -> str:
         [f"batching speedup (max batch {given.get('max_batch')})", data["batching_speedup"]],
         ["two workers' speedup", data.get("workers_speedup")],
     ]
-    return "\n".join(
-        [
-            f"### Throughput: {given.get('jobs')} jobs submitted at once "
-            f"({given.get('request', '')})",
-            "",
-            _table(["configuration", "jobs/s"], rows),
+    out = [
+        f"### Throughput: {given.get('jobs')} jobs submitted at once ({given.get('request', '')})",
+        "",
+        _table(["configuration", "jobs/s"], rows),
+    ]
+    if scaling := data.get("per_item_forward_ms"):
+        batches = [key for key in next(iter(scaling.values())) if key != "gain"]
+        table = [
+            [name.replace("_", " "), *(row[b] for b in batches), row["gain"]]
+            for name, row in scaling.items()
         ]
-    )
+        out += [
+            "",
+            "The most batching can give: one base forward's milliseconds per item, alone and in "
+            "a batch, per torch thread count (gain = per item alone / per item batched):",
+            "",
+            _table(["torch threads", *(f"batch {b}" for b in batches), "gain"], table),
+        ]
+    return "\n".join(out)
 
 
 def _tiling(data: dict, given: dict) -> str:
@@ -142,6 +218,7 @@ def _tiling(data: dict, given: dict) -> str:
 RENDERERS: dict[str, Callable[[dict, dict], str]] = {
     "forward": _forward,
     "samplers": _samplers,
+    "time_to_quality": _time_to_quality,
     "service": _service,
     "throughput": _throughput,
     "tiling": _tiling,
@@ -153,7 +230,7 @@ def document(runs: list[dict], plot: str | None = None) -> str:
     head = [
         "# Benchmarks",
         "",
-        "Written by `cascade bench` (`workers/bench.py`); the JSON it writes keeps the same names "
+        "Written by `cascade bench` (`bench/`); the JSON it writes keeps the same names "
         "from run to run. Regenerate with `make bench`; add a run from another machine (e.g. a "
         "GPU) with `cascade bench --report-only --json bench.json --merge gpu.json`.",
         "",
@@ -201,6 +278,17 @@ def draw(results: dict, path: Path) -> None:
             axis.set_xlabel("steps")
             axis.set_ylabel("PSNR (dB), sr256")
             axis.legend(fontsize=7)
+        elif name == "time_to_quality":
+            labels = ["upscale", "generate256"]
+            x = np.arange(2)
+            for offset, side in ((-0.2, "reference"), (0.2, "default")):
+                values = [data[label][side]["seconds"] for label in labels]
+                axis.bar(x + offset, values, 0.4, label=side)
+            axis.set_xticks(x, labels)
+            axis.set_yscale("log")
+            axis.set_ylabel("seconds per image")
+            axis.legend(fontsize=7)
+            title = f"time to quality: upscale x{data['upscale']['speedup']:.0f}"
         elif name == "service":
             axis.bar(["direct", "end to end"], [data["direct_s"], data["e2e_s"]])
             axis.set_ylabel("seconds per 256 px job")

@@ -32,6 +32,11 @@ MINIMAL = BenchConfig(
     max_batch=4,
     tiling_sizes=(256,),
     tiling_steps=1,
+    ttq_images=1,
+    ttq_crop=64,
+    ttq_reference_steps=6,
+    scaling_batches=(1, 2),
+    scaling_threads=(1,),
     tiny=True,
 )
 
@@ -59,12 +64,36 @@ def test_minimal_run_has_every_figure(tmp_path: Path, one_thread: None):
 
     assert results["machine"]["cores"] >= 1 and results["machine"]["cpu"]
     assert results["command"] == "cascade bench --test" and results["comparable"] is False
-    assert number(results["forward"]["sr256-tiny"]["speedup"])
+    forward = results["forward"]["sr256-tiny"]
+    assert number(forward["speedup"]) and number(forward["vs_reference"])
+    assert forward["vs_reference"] == forward["reference_ms"] / forward["fast_ms"]
+    assert number(forward["variants_ms"]["channels_last"])
     assert set(results["samplers"]) == {"ancestral", "ddpm", "ddim", "dpmpp_2m"}
     for entry in results["samplers"].values():
         within = entry["steps_within_0.1db"]
         assert within is None or within in (2, 3)
+        # Its own limit (3 steps) is always within 0.1 dB of itself.
+        assert entry["steps_within_0.1db_of_own_limit"] in (2, 3)
         assert all(number(value) for value in entry["psnr"].values())
+    ttq = results["time_to_quality"]
+    for kind in ("upscale", "generate256"):
+        entry = ttq[kind]
+        assert entry["speedup"] == entry["reference"]["seconds"] / entry["default"]["seconds"]
+        assert len(entry["per_item"]["reference"]["seconds"]) == 1
+    assert ttq["upscale"]["default_run"]["fidelity"] == 0.8  # the default, not full sampling
+    assert ttq["upscale"]["reference_run"] == {
+        "sampler": "ancestral",
+        "steps": 6,
+        "eta": 0.0,
+        "guidance": 1.0,
+        "color": "none",
+        "fidelity": 0.0,
+    }
+    assert number(ttq["upscale"]["psnr_gap_db"]) and number(
+        ttq["generate256"]["detail_vs_reference"]
+    )
+    scaling = results["throughput"]["per_item_forward_ms"]["threads_1"]
+    assert scaling["gain"] == scaling["1"] / scaling["2"]
     service = results["service"]
     for key in ("overhead_ratio", "overhead_fraction", "e2e_s", "direct_s"):
         assert number(service[key]), key
@@ -87,6 +116,7 @@ def test_minimal_run_has_every_figure(tmp_path: Path, one_thread: None):
     text = report.read_text()
     assert text.count("## CPU:") == 2 and "not comparable" in text
     assert "overhead fraction" in text and "![benchmark plot](bench.png)" in text
+    assert "Time to quality" in text and "vs reference" in text
     assert (tmp_path / "bench.png").stat().st_size > 0 and (tmp_path / "bench.md").is_file()
 
 

@@ -1,0 +1,195 @@
+"""Quality against time: the samplers' convergence, and the reference algorithm's time to its
+quality beside the service's default.
+
+The reference algorithm is SR3's and ADM's published sampling: ancestral sampling over all
+2000 (SR3) or 1000 (ADM) training steps, eager float32, NCHW, batch 1, with the reference code's
+einsum attention (`bench.reference`). The project's default is what a request without options
+gets: each stage's default sampler, steps and (upscales) fidelity, on the service's fast path.
+Both run the same weights on the same held-out photos, side by side in one process.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import statistics
+import time
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from bench.reference import reference_attention
+from cascade.checkpoints import Model
+from cascade.degradations import bicubic_degrade
+from cascade.metrics import band_power, hf_ratio, luminance, psnr
+from cascade.pipeline import Stage
+from cascade.samplers import SAMPLERS
+from cascade.stages import DEFAULT_RUNS, StageRun
+
+log = logging.getLogger(__name__)
+
+
+def sampler_quality(
+    stage: Stage,
+    images: Sequence[Tensor],
+    steps: Sequence[int] = (5, 10, 20, 50, 100, 200),
+    reference_steps: int = 1000,
+    samplers: Sequence[str] = tuple(SAMPLERS),
+    seed: int = 0,
+) -> dict[str, object]:
+    """Mean PSNR vs the ground truth of each sampler per step count, for the full generative
+    sample (fidelity 0, where samplers differ most), beside `reference_steps`-step ancestral
+    sampling. Two criteria per sampler: the fewest steps within 0.1 dB of its own result at the
+    most steps measured ("own limit"), and the fewest within 0.1 dB of the ancestral reference
+    (plus the gap to it at each step count)."""
+    scale = stage.scale
+
+    def mean_psnr(run: StageRun) -> float:
+        values = []
+        for index, hr in enumerate(images):
+            low = bicubic_degrade(hr, scale)
+            out = stage.run(seeds=[seed + index], low_res=low, run=run)
+            values.append(psnr(out[0], hr[0]))
+        return sum(values) / len(values)
+
+    reference = mean_psnr(StageRun("ancestral", reference_steps, fidelity=0.0))
+    table: dict[str, dict[str, object]] = {}
+    limit = str(max(steps))
+    for name in samplers:
+        curve = {str(n): mean_psnr(StageRun(name, n, fidelity=0.0)) for n in steps}  # type: ignore[arg-type]
+        own = curve[limit]
+        table[name] = {
+            "psnr": curve,
+            "steps_within_0.1db": _fewest(curve, lambda value: value >= reference - 0.1),
+            "steps_within_0.1db_of_own_limit": _fewest(
+                curve, lambda value, own=own: abs(value - own) <= 0.1
+            ),
+            "own_limit_steps": int(limit),
+            "gap_to_reference_db": {n: value - reference for n, value in curve.items()},
+        }
+        log.info("sampler %s: %s", name, json.dumps(table[name]))
+    return {
+        "reference": {"sampler": "ancestral", "steps": reference_steps, "psnr": reference},
+        "samplers": table,
+    }
+
+
+def _fewest(curve: dict[str, float], ok) -> int | None:  # type: ignore[no-untyped-def]
+    """The fewest steps from which on every larger count meets `ok` (None: not even the last)."""
+    fewest = None
+    for n in sorted(curve, key=int, reverse=True):
+        if not ok(curve[n]):
+            break
+        fewest = int(n)
+    return fewest
+
+
+def _reference_stage(model: Model, name: str, steps: int) -> Stage:
+    """The reference algorithm on `model`: ancestral over `steps`, full sampling, no colour
+    fix, NCHW (the stage is never `optimize`d); run it inside `reference_attention()`."""
+    model.network.to(memory_format=torch.contiguous_format)
+    return Stage(name, model, StageRun("ancestral", steps, color="none", fidelity=0.0))
+
+
+def upscale_time_to_quality(
+    model: Model, images: Sequence[Tensor], reference_steps: int = 2000, seed: int = 0
+) -> dict[str, object]:
+    """Wall time, PSNR and hf_ratio of the reference algorithm and of the default upscale on
+    the same held-out crops (LR by antialiased bicubic), batch 1 each."""
+    reference = _reference_stage(model, "sr256", reference_steps)
+    ours = Stage("sr256", model, DEFAULT_RUNS["sr256"])
+    rows: dict[str, dict[str, list[float]]] = {"reference": {}, "default": {}}
+    for label, stage, context in (
+        ("reference", reference, reference_attention),
+        ("default", ours, _optimized(ours)),
+    ):
+        with context():
+            for index, hr in enumerate(images):
+                low = bicubic_degrade(hr, stage.scale)
+                start = time.perf_counter()
+                out = stage.run(seeds=[seed + index], low_res=low)
+                seconds = time.perf_counter() - start
+                for key, value in (
+                    ("seconds", seconds),
+                    ("psnr", psnr(out[0], hr[0])),
+                    ("hf_ratio", hf_ratio(out[0], hr[0])),
+                ):
+                    rows[label].setdefault(key, []).append(value)
+                log.info("upscale %s image %d: %.1f s", label, index, seconds)
+    result = _compare(rows)
+    result["default_run"] = dataclasses.asdict(ours.effective())
+    result["reference_run"] = dataclasses.asdict(reference.defaults)
+    return result
+
+
+def generation_time_to_quality(
+    base: Model, sr: Model, seeds: Sequence[int], class_id: int, reference_steps: int = 2000
+) -> dict[str, object]:
+    """A 256 px generation (base then sr256) by the reference algorithm and by the defaults.
+    A generation has no ground truth: its figures are the wall time, the fine detail of the
+    result (luminance power in the hf_ratio band, as a ratio to the reference's) and the
+    image's spread (std; a flat image is a failure)."""
+    base_steps = min(reference_steps, len(base.spec.schedule.build()))
+    pairs = {
+        "reference": (
+            _reference_stage(base, "base64", base_steps),
+            _reference_stage(sr, "sr256", reference_steps),
+        ),
+        "default": (
+            Stage("base64", base, DEFAULT_RUNS["base64"]),
+            Stage("sr256", sr, DEFAULT_RUNS["sr256"]),
+        ),
+    }
+    rows: dict[str, dict[str, list[float]]] = {"reference": {}, "default": {}}
+    for label, (first, second) in pairs.items():
+        context = reference_attention if label == "reference" else _optimized(first, second)
+        with context():
+            for seed in seeds:
+                start = time.perf_counter()
+                low = first.run(seeds=[seed], class_ids=[class_id])
+                out = second.run(seeds=[seed], low_res=low)
+                seconds = time.perf_counter() - start
+                rows[label].setdefault("seconds", []).append(seconds)
+                rows[label].setdefault("band_power", []).append(band_power(luminance(out[0])))
+                rows[label].setdefault("std", []).append(float(out[0].std()))
+                log.info("generation %s seed %d: %.1f s", label, seed, seconds)
+    result = _compare(rows)
+    detail = statistics.mean(rows["default"]["band_power"]) / statistics.mean(
+        rows["reference"]["band_power"]
+    )
+    result["detail_vs_reference"] = detail
+    result["steps"] = {
+        "reference": [base_steps, reference_steps],
+        "default": [DEFAULT_RUNS["base64"].steps, DEFAULT_RUNS["sr256"].steps],
+    }
+    result["default_runs"] = [dataclasses.asdict(stage.effective()) for stage in pairs["default"]]
+    return result
+
+
+def _optimized(*stages: Stage):  # type: ignore[no-untyped-def]
+    """A context that puts `stages` on the service's fast path (the reference's ran NCHW)."""
+    import contextlib
+
+    @contextlib.contextmanager
+    def context():  # type: ignore[no-untyped-def]
+        for stage in stages:
+            stage.optimize()
+        yield
+
+    return context
+
+
+def _compare(rows: dict[str, dict[str, list[float]]]) -> dict[str, object]:
+    """Means per side, then the speedup (reference time / ours) and the quality gaps."""
+    means = {
+        label: {key: statistics.mean(values) for key, values in row.items()}
+        for label, row in rows.items()
+    }
+    result: dict[str, object] = {**means, "per_item": rows}
+    result["speedup"] = means["reference"]["seconds"] / means["default"]["seconds"]
+    if "psnr" in means["default"]:
+        result["psnr_gap_db"] = means["default"]["psnr"] - means["reference"]["psnr"]
+        result["hf_ratio_gap"] = means["default"]["hf_ratio"] - means["reference"]["hf_ratio"]
+    return result
