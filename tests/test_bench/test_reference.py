@@ -28,7 +28,7 @@ def test_adm_reference_attention_matches_ours(order: str):
         with reference_attention():
             assert AttentionBlock.forward is not original  # the reference's computation runs
             reference = block(x)
-        assert AttentionBlock.forward is original and block(x).equal(ours)  # the patch is undone on leaving
+        assert AttentionBlock.forward is original and block(x).equal(ours)  # undone on leaving
     assert (ours - x).abs().mean() > 0.1  # the attention changed something
     torch.testing.assert_close(reference, ours, atol=2e-5, rtol=1e-5)
 
