@@ -14,7 +14,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 from redis import Redis
 
-from jobs.plan import STAGES
+from cascade.stages import STAGES
 from jobs.queues import live_workers, stage_queue
 from jobs.stats import read_stage
 

@@ -16,18 +16,11 @@ from redis import Redis
 from api import request_id as request_ids
 from api.schemas import GenerationRequest, JobAccepted, Links, Quote, UpscaleForm
 from cascade.classes import class_names, resolve_class
-from cascade.stages import ColorFix, SamplerName, StageRun
+from cascade.stages import ColorFix, SamplerName, StageRun, generation_stages, upscale_stages
 from jobs.catalog import announced
 from jobs.estimate import quote_stages
 from jobs.idempotency import IdempotencyConflict, bind
-from jobs.plan import (
-    PlannedStage,
-    generation_stages,
-    sizes,
-    upscale_factor,
-    upscale_stages,
-    upscaled_size,
-)
+from jobs.plan import PlannedStage, sizes, upscale_factor, upscaled_size
 from jobs.queues import enqueue_stage, stage_job_exists
 from jobs.quotas import check_active, check_cost, check_queue, track
 from jobs.record import JobRecord, Jobs, NewJob

@@ -1,33 +1,15 @@
 """Which stages a request runs, at what size and cost: the cascade's plan without torch.
 
-The stage rules live in the torch-free `cascade.stages`, which `cascade.pipeline` uses too, so
-the API can plan a job without importing torch.
+The stage rules live in the torch-free `cascade.stages` (import them from there), which
+`cascade.pipeline` uses too, so the API can plan a job without importing torch.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 
-from cascade.stages import (
-    SCALES,
-    SIZES,
-    STAGE_INPUT,
-    STAGE_OUTPUT,
-    STAGES,
-    StageRun,
-    generation_stages,
-    upscale_stages,
-)
+from cascade.stages import SCALES, STAGE_OUTPUT, StageRun
 
-__all__ = [
-    "SCALES",
-    "SIZES",
-    "STAGES",
-    "STAGE_INPUT",
-    "STAGE_OUTPUT",
-    "generation_stages",
-    "upscale_stages",
-]
 RUN_FIELDS = tuple(field.name for field in fields(StageRun))
 UPSCALE_FACTOR = 4  # every upscaling stage multiplies each side by 4
 

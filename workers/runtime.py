@@ -13,10 +13,9 @@ import torch
 
 from cascade.checkpoints import load
 from cascade.pipeline import Stage, default_weights
-from cascade.stages import StageRun
+from cascade.stages import STAGES, StageRun
 from jobs.catalog import announce
 from jobs.connection import connect
-from jobs.plan import STAGES
 from jobs.record import Jobs
 from jobs.settings import Settings, get_settings
 from jobs.store import Store, open_store

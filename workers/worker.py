@@ -21,8 +21,8 @@ from rq.queue import Queue
 from rq.serializers import JSONSerializer
 from rq.worker import WorkerStatus
 
+from cascade.stages import STAGES
 from jobs.connection import connect, stop_requested, wait_for_redis
-from jobs.plan import STAGES
 from jobs.queues import stage_queue
 from jobs.retention import collect_if_due
 from jobs.settings import Settings, get_settings

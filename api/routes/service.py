@@ -12,8 +12,7 @@ from api.metrics import StageCollector
 from api.schemas import ClassInfo, ErrorBody, Limits
 from api.submit import known_classes
 from cascade.classes import class_names
-from cascade.stages import COLOR_FIXES, DEFAULT_FIDELITY, SAMPLER_NAMES
-from jobs.plan import SCALES, SIZES, STAGES
+from cascade.stages import COLOR_FIXES, DEFAULT_FIDELITY, SAMPLER_NAMES, SCALES, SIZES, STAGES
 from jobs.queues import live_workers
 
 router = APIRouter(tags=["service"])

@@ -16,8 +16,8 @@ import pytest
 from PIL import Image
 
 from api.main import create_app
+from cascade.stages import STAGES
 from jobs.connection import EmbeddedRedis
-from jobs.plan import STAGES
 from jobs.queues import stage_queue
 from jobs.record import Jobs
 from jobs.settings import Settings
