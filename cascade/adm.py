@@ -374,8 +374,9 @@ class ADMUNet(nn.Module):
             if y.dtype.is_floating_point or y.shape != (x.shape[0],):
                 got = f"{y.dtype} {tuple(y.shape)}"
                 raise ValueError(f"y must be integer class ids of shape ({x.shape[0]},), not {got}")
-            # Checked on CPU tensors only: reading a device tensor back would stall every step.
-            if y.device.type == "cpu" and y.numel():
+            # Checked on CPU tensors only: reading a device tensor back would stall every step;
+            # not while torch.compile traces (the value read would break its graph).
+            if y.device.type == "cpu" and y.numel() and not torch.compiler.is_compiling():
                 if int(y.min()) < 0 or int(y.max()) >= cfg.num_classes:
                     raise ValueError(f"class ids must lie in 0..{cfg.num_classes - 1}")
         if cfg.super_resolution and low_res is None:
