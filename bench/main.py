@@ -75,7 +75,7 @@ def full(device: str) -> BenchConfig:
     return BenchConfig(
         mode="full",
         forward_cases=small + native if cuda else small,
-        forward_repeats=20 if cuda else 3,
+        forward_repeats=20 if cuda else 5,
         sampler_steps=(5, 10, 20, 50, 100, 200),
         reference_steps=1000,
         sampler_images=2,  # both held-out demo photos

@@ -141,44 +141,57 @@ def _forward_case(
         with torch.inference_mode():
             return network(*args)
 
-    # Plain float32 means no TF32 either (cuDNN enables it for convolutions by default).
-    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
-    try:
-        cases = {"reference": (nchw, reference), "eager": (nchw, eager)}
-        if device.type == "cpu":
-            cases["channels_last"] = (nhwc, channels_last)
-        plain = _interleaved(cases, device, repeats)
-    finally:
-        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
-    nchw()
-    stage.optimize()  # the service's fast path, as the workers run it
-    fast_args = tuple(
-        a.contiguous(memory_format=torch.channels_last)
-        if isinstance(a, Tensor) and a.ndim == 4 and stage._reduced_precision()
-        else a
-        for a in args
-    )
-    if stage._reduced_precision():
-        network.to(memory_format=torch.channels_last)
+    fast_args = args
+    if stage._reduced_precision():  # bf16/fp16 kernels want NHWC inputs too
+        fast_args = tuple(
+            a.contiguous(memory_format=torch.channels_last)
+            if isinstance(a, Tensor) and a.ndim == 4
+            else a
+            for a in args
+        )
 
     def fast() -> Tensor:
         with torch.inference_mode(), stage._autocast():
             return network(*fast_args)
 
-    fast_s = _time(fast, device, repeats)
-    variants = {name: plain[name] * 1e3 for name in plain if name not in ("reference", "eager")}
+    # Plain float32 means no TF32 either (cuDNN enables it for convolutions by default).
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+
+    def plain(layout: Callable[[], None]) -> Callable[[], None]:
+        def setup() -> None:
+            torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+            layout()
+
+        return setup
+
+    def fast_path() -> None:  # the service's fast path, as the workers run it
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+        nchw()
+        stage.optimize()
+        if stage._reduced_precision():
+            network.to(memory_format=torch.channels_last)
+
+    cases = {"reference": (plain(nchw), reference), "eager": (plain(nchw), eager)}
+    if device.type == "cpu":
+        cases["channels_last"] = (plain(nhwc), channels_last)
+    cases["fast"] = (fast_path, fast)
+    try:
+        times = _interleaved(cases, device, repeats)
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+    fast_s = times["fast"]
+    variants = {name: times[name] * 1e3 for name in ("channels_last",) if name in times}
     if compile_variant:
         variants.update(_compiled_ms(network, args, device, repeats))
     flops = forward_flops(model, size) * batch
     entry = {
         "size": size,
         "batch": batch,
-        "reference_ms": plain["reference"] * 1e3,
-        "eager_ms": plain["eager"] * 1e3,
+        "reference_ms": times["reference"] * 1e3,
+        "eager_ms": times["eager"] * 1e3,
         "fast_ms": fast_s * 1e3,
-        "speedup": plain["eager"] / fast_s,
-        "vs_reference": plain["reference"] / fast_s,
+        "speedup": times["eager"] / fast_s,
+        "vs_reference": times["reference"] / fast_s,
         "variants_ms": variants,
         "gflops": flops / 1e9,
         "fast_tflops_per_s": flops / fast_s / 1e12,
