@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from cascade import demo
+from cascade import debian, demo
 
 COPYRIGHT = """Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/
 
@@ -203,20 +203,20 @@ def test_export_copies_debian_photos_with_split_and_card(
 def test_fetch_uses_the_cache_without_apt(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     root = tmp_path / "mate-backgrounds"
     root.mkdir()
-    (root / demo.CACHE_MARKER).write_text("1.26.0-1\n")
+    (root / debian.CACHE_MARKER).write_text("1.26.0-1\n")
 
     def no_apt(*args: object, **kwargs: object) -> None:
         raise AssertionError("ran a command although the package is cached")
 
-    monkeypatch.setattr(demo, "_run", no_apt)
-    package = demo.fetch_debian_package("mate-backgrounds", tmp_path)
-    assert package == demo.DebianPackage("mate-backgrounds", "1.26.0-1", root)
+    monkeypatch.setattr(debian, "_run", no_apt)
+    package = debian.fetch_debian_package("mate-backgrounds", tmp_path)
+    assert package == debian.DebianPackage("mate-backgrounds", "1.26.0-1", root)
 
 
 def test_fetch_without_apt_is_unavailable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PATH", str(tmp_path))  # no apt-get, no dpkg-deb
-    with pytest.raises(demo.DebianUnavailable, match="apt-get is not installed"):
-        demo.fetch_debian_package("mate-backgrounds", tmp_path / "cache")
+    with pytest.raises(debian.DebianUnavailable, match="apt-get is not installed"):
+        debian.fetch_debian_package("mate-backgrounds", tmp_path / "cache")
     assert not (tmp_path / "cache" / "mate-backgrounds").exists()
 
 
