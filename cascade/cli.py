@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from importlib.metadata import entry_points
 from pathlib import Path
 
-from cascade import evaluation, training
+from cascade import evaluation, train_command
 from cascade.stages import COLOR_FIXES, SAMPLER_NAMES, SIZES, STAGES
 
 COMMANDS_GROUP = "cascade.commands"
@@ -225,8 +225,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(run=_demo_data)
 
     train = commands.add_parser("train", help="train a stage")
-    training.add_arguments(train)
-    train.set_defaults(run=training.main)
+    train_command.add_arguments(train)
+    train.set_defaults(run=train_command.main)
 
     evaluate = commands.add_parser("eval", help="evaluate an upscaler against bicubic")
     evaluation.add_arguments(evaluate)

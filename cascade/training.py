@@ -1,16 +1,18 @@
-"""Training: the SR3 recipe for the upscalers, DDPM eps-MSE with label dropout for the base.
+"""Training: the SR3 recipe for the upscalers, DDPM MSE with label dropout for the base.
 
-Upscalers (SR3, Saharia et al. 2021, section 2.2 of shared/parity/sr3/ANATOMY.md): eps-prediction
-L1 (or L2) at a continuous noise level sqrt(gamma) drawn between two consecutive schedule levels
-(WaveGrad), conditioned on the bicubic-upsampled low-res image, with CDM conditioning
-augmentation. The base: eps-prediction MSE at integer timesteps (Ho et al. 2020) with labels
+The `cascade train` command that drives a `Trainer` is `cascade.train_command`.
+
+Upscalers (SR3, Saharia et al. 2021, section 2.2 of shared/parity/sr3/ANATOMY.md): the spec's
+prediction (eps with L1 as SR3, or v with L2) of the image or of its residual, at a continuous
+noise level sqrt(gamma) drawn between two consecutive schedule levels (WaveGrad), conditioned on
+the bicubic-upsampled low-res image, with CDM conditioning augmentation. The base: the spec's
+prediction with MSE at integer timesteps (Ho et al. 2020) with labels
 dropped to the null class (classifier-free guidance, Ho & Salimans 2022). Both: Adam with linear
 warm-up, gradient clipping, EMA weights, seeded, resumable to the exact same next step.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import copy
 import dataclasses
@@ -41,7 +43,7 @@ from cascade.images import save_png
 from cascade.losses import LossName, adm_loss, continuous_noise_level, sr3_loss
 from cascade.pipeline import Stage
 from cascade.presets import ModelSpec, get_preset
-from cascade.stages import PRECISIONS, STAGES, Precision, StageName, StageRun
+from cascade.stages import Precision, StageName, StageRun
 
 log = logging.getLogger(__name__)
 
@@ -379,115 +381,3 @@ def load_data(config: TrainConfig) -> ImageBank:
     if config.stage == "base64":
         return load_class_folder(config.data, size, config.hold_out)
     return load_image_folder(config.data, size, config.hold_out)
-
-
-def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """The run's settings from `cascade train` arguments."""
-    return TrainConfig(
-        stage=args.stage,
-        preset=args.preset or f"{args.stage}-small",
-        data=str(args.data),
-        batch_size=args.batch_size,
-        lr=args.lr,
-        warmup=args.warmup,
-        loss=args.loss,
-        degradation=args.degradation,
-        ema=args.ema,
-        label_dropout=args.label_dropout,
-        max_aug_level=args.max_aug_level,
-        crop=getattr(args, "crop", None),
-        hold_out=args.hold_out,
-        precision=args.precision,
-        seed=args.seed,
-        device=args.device,
-    )
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """`cascade train`'s arguments."""
-    parser.add_argument("--stage", required=True, choices=STAGES)
-    parser.add_argument("--data", required=True, help="image folder (base64: one folder/class)")
-    parser.add_argument("--preset", help="model preset (default: the stage's -small preset)")
-    parser.add_argument("--out", default="runs/train", help="output folder")
-    parser.add_argument(
-        "--steps", type=int, default=1000, help="total steps; a resume continues up to this number"
-    )
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--lr", type=float, default=1e-4)
-    parser.add_argument("--warmup", type=int, default=100)
-    parser.add_argument(
-        "--loss",
-        choices=["l1", "l2"],
-        help="upscalers only (default: l1 for eps-prediction as SR3, l2 for v); the base "
-        "always trains with MSE",
-    )
-    parser.add_argument("--degradation", choices=["bicubic", "realistic"], default="bicubic")
-    parser.add_argument("--ema", type=float, default=0.999)
-    parser.add_argument("--label-dropout", type=float, default=0.1)
-    parser.add_argument("--max-aug-level", type=float, default=0.2)
-    parser.add_argument("--sample-every", type=int, default=500)
-    parser.add_argument("--save-every", type=int, default=500)
-    parser.add_argument("--resume", help="training state file to resume from")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--precision", choices=PRECISIONS, default="float32")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--hold-out",
-        type=int,
-        default=0,
-        help="leave out the last N images (sorted by name) for evaluation",
-    )
-    parser.add_argument(
-        "--crop", type=int, help="training crop size (default: the preset's native output size)"
-    )
-    parser.add_argument(
-        "--max-minutes", type=float, help="stop (and save) after this much training time"
-    )
-
-
-def main(args: argparse.Namespace) -> None:
-    """`cascade train`: train a stage from an image folder, resumable, with sample grids."""
-    from tqdm import tqdm
-
-    out = Path(args.out)
-    state = None
-    if args.resume:
-        state = load_state(args.resume)
-        saved = TrainConfig.from_json(state["config"])
-        if saved.stage != args.stage:
-            raise ValueError(f"{args.resume} trains {saved.stage}, not {args.stage}")
-        config = dataclasses.replace(saved, data=str(args.data), device=args.device)
-        log.info("resuming at step %d with the saved settings %s", state["step"], saved.to_json())
-    else:
-        config = config_from_args(args)
-    data = load_data(config)
-    if data.held_out:
-        print(f"held out {len(data.held_out)} image(s) for evaluation:")
-        for path in data.held_out:
-            print(f"  {path}")
-    trainer = Trainer(config, data)
-    if state is not None:
-        trainer.load_state_dict(state)
-    samples = out / "samples"
-    last_sample = -1
-    with tqdm(total=args.steps, initial=trainer.step, unit="step", desc=config.stage) as bar:
-        minutes = getattr(args, "max_minutes", None)
-        deadline = time.monotonic() + 60 * minutes if minutes else None
-        while trainer.step < args.steps:
-            if deadline is not None and time.monotonic() > deadline:
-                log.info("time budget of %s min reached at step %d", minutes, trainer.step)
-                break
-            loss = trainer.train_step(trainer.draw_batch())
-            bar.set_postfix(loss=f"{loss:.4f}")
-            bar.update(1)
-            if args.save_every and trainer.step % args.save_every == 0:
-                trainer.save(out)
-            if args.sample_every and trainer.step % args.sample_every == 0:
-                trainer.sample_grid(samples / f"step_{trainer.step}.png")
-                last_sample = trainer.step
-    path = trainer.save(out)
-    if last_sample != trainer.step:
-        trainer.sample_grid(samples / f"step_{trainer.step}.png")
-    print(
-        f"step {trainer.step}, loss {trainer.last_loss:.4f}: wrote {path}, {out / 'train_state.pt'}"
-    )
