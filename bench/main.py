@@ -277,7 +277,11 @@ def run(
                 )
             if "throughput" in sections:
                 results["throughput"] = throughput(
-                    running, config.throughput_jobs, config.throughput_steps, config.max_batch
+                    running,
+                    config.throughput_jobs,
+                    config.throughput_steps,
+                    config.max_batch,
+                    weights(config)["base64"],
                 )
     if "throughput" in sections and device == "cpu":
         results["throughput"]["per_item_forward_ms"] = batch_scaling(

@@ -50,7 +50,16 @@ log = logging.getLogger(__name__)
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLER = "dpmpp_2m"  # the service's default sampler, for the timed requests
-CLASS_ID = 207  # golden retriever
+CLASS_ID = 207  # golden retriever, when the base knows every class
+
+
+def class_ids(source: str) -> tuple[int, ...]:
+    """Classes the base at `source` was trained on (the first is the one timed); a base that
+    knows every class gets CLASS_ID first."""
+    from cascade.checkpoints import load
+
+    known = load(source).spec.classes
+    return tuple(known) if known else tuple((CLASS_ID + i) % 1000 for i in range(1000))
 
 
 class Webhooks:
@@ -216,6 +225,7 @@ def overhead(
     `steps` must be the service's defaults (a request's `steps` would set both stages')."""
     running.start_workers(1, "base64,sr256")
     cascade = Cascade.load(weights, device, stages=("base64", "sr256"))
+    class_id = class_ids(weights["base64"])[0]
 
     def direct(seed: int, counts: tuple[int, int]) -> tuple[float, bytes]:
         runs = {
@@ -223,11 +233,11 @@ def overhead(
             for name, count in zip(("base64", "sr256"), counts, strict=True)
         }
         started = time.perf_counter()
-        result = cascade.generate([CLASS_ID], 256, [seed], runs=runs)
+        result = cascade.generate([class_id], 256, [seed], runs=runs)
         seconds = time.perf_counter() - started  # .cpu() in generate has synchronised
         return seconds, to_png(result.final)
 
-    request = {"class_id": CLASS_ID, "size": 256, "sampler": SAMPLER, "color_fix": "wavelet"}
+    request = {"class_id": class_id, "size": 256, "sampler": SAMPLER, "color_fix": "wavelet"}
     # Warm both paths (first calls allocate and pick kernels) with 1-step jobs.
     running.run(**request, seed=0, steps=1)
     direct(0, (1, 1))
@@ -260,8 +270,12 @@ def _same_pixels(first: bytes, second: bytes) -> bool:
     return a.shape == b.shape and int(np.abs(a - b).max()) <= 1
 
 
-def throughput(running: Service, jobs: int, steps: int, max_batch: int) -> dict[str, object]:
-    """Jobs per second for `jobs` 64 px generations submitted at once, per worker configuration."""
+def throughput(
+    running: Service, jobs: int, steps: int, max_batch: int, base: str
+) -> dict[str, object]:
+    """Jobs per second for `jobs` 64 px generations submitted at once, per worker configuration,
+    cycling through the classes the base at `base` knows."""
+    known = class_ids(base)
     cores = torch.get_num_threads()  # this process's CPU budget (by default, every core)
     configurations = {
         "workers1_batch1": (1, 1),
@@ -272,11 +286,11 @@ def throughput(running: Service, jobs: int, steps: int, max_batch: int) -> dict[
     for name, (workers, batch) in configurations.items():
         threads = max(1, cores // workers)  # workers share the cores, as deployed on a CPU
         running.start_workers(workers, "base64", max_batch=batch, torch_threads=threads)
-        warm = [running.submit(class_id=CLASS_ID, size=64, seed=i, steps=1) for i in range(workers)]
+        warm = [running.submit(class_id=known[0], size=64, seed=i, steps=1) for i in range(workers)]
         running.hooks.wait(warm, 600)
         started = time.perf_counter()
         job_ids = [
-            running.submit(class_id=(CLASS_ID + i) % 1000, size=64, seed=i, steps=steps)
+            running.submit(class_id=known[i % len(known)], size=64, seed=i, steps=steps)
             for i in range(jobs)
         ]
         ended = running.hooks.wait(job_ids, 3600)
