@@ -11,6 +11,9 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
+# In a report file, this line and everything after it survive `cascade bench --report`
+# (hand-written sections: load runs, evaluations).
+KEEP_MARKER = "<!-- cascade bench keeps this line and everything below it -->"
 SECTIONS = ("forward", "samplers", "time_to_quality", "service", "throughput", "tiling")
 
 
@@ -326,5 +329,8 @@ def write_reports(results: dict, merged: list[dict], plot: Path, report: Path | 
         link = str(plot.resolve().relative_to(report.resolve().parent))
     except ValueError:  # the plot lives outside the report's folder: no link
         link = None
-    report.write_text(document([results, *merged], link) + "\n")
+    text = document([results, *merged], link) + "\n"
+    if report.is_file() and KEEP_MARKER in (earlier := report.read_text()):
+        text += "\n" + earlier[earlier.index(KEEP_MARKER) :]
+    report.write_text(text)
     log.info("wrote %s, %s and %s", plot, plot.with_suffix(".md"), report)

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from bench.main import BenchConfig, keep_earlier, run
-from bench.report import write_reports
+from bench.report import KEEP_MARKER, write_reports
 
 pytestmark = pytest.mark.service
 
@@ -112,8 +112,11 @@ def test_minimal_run_has_every_figure(tmp_path: Path, one_thread: None):
     assert combined["service"] == results["service"] and "date" in combined["setup"]["tiling"]
 
     report = tmp_path / "BENCHMARKS.md"
+    report.write_text(f"# old run\n\n{KEEP_MARKER}\n\n## Hand-written: load run\n")
     write_reports(combined, [results], tmp_path / "bench.png", report)
     text = report.read_text()
+    assert "# old run" not in text
+    assert text.endswith(f"{KEEP_MARKER}\n\n## Hand-written: load run\n")
     assert text.count("## CPU:") == 2 and "not comparable" in text
     assert "overhead fraction" in text and "![benchmark plot](bench.png)" in text
     assert "Time to quality" in text and "vs reference" in text
