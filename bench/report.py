@@ -234,8 +234,9 @@ def document(runs: list[dict], plot: str | None = None) -> str:
         "# Benchmarks",
         "",
         "Written by `cascade bench` (`bench/`); the JSON it writes keeps the same names "
-        "from run to run. Regenerate with `make bench`; add a run from another machine (e.g. a "
-        "GPU) with `cascade bench --report-only --json bench.json --merge gpu.json`.",
+        "from run to run. Regenerate with `cascade bench --out runs/bench --report BENCHMARKS.md` "
+        "(`--only SECTIONS` measures some and keeps the rest of the run in `--out`); add a run "
+        "from another machine (e.g. a GPU) with `--merge gpu.json`.",
         "",
     ]
     parts = [section(runs[0], plot)] + [section(other) for other in runs[1:]]
