@@ -121,11 +121,14 @@ class Stage:
         return description
 
     def optimize(self, compile: bool = False, channels_last: bool | None = None) -> Stage:
-        """The fast path: TF32 tensor cores on CUDA; channels-last (NHWC) weights on the CPU,
-        where oneDNN's convolutions run faster in that layout (`cascade bench`'s forward table:
-        1.1x for sr256-small at 256 px, 1.35x for sr1024-small at 1024 px, even for the base);
-        optional torch.compile of the forward. Sampling already runs under inference_mode with
-        scaled_dot_product_attention.
+        """The fast path. CUDA: TF32 tensor cores. CPU: channels-last (NHWC) weights, where
+        oneDNN's convolutions run faster in that layout (`cascade bench`, 2-core AVX2 CPU, batch
+        1, vs plain eager: base64-small 1.28x, sr256-small 1.06x, sr1024-small 1.33x).
+        `compile` (CASCADE_COMPILE) adds torch.compile of the forward; on the CPU it runs on the
+        NCHW network, where inductor measured base64-small 1.72x (sr256-small 1.08x, sr1024-small
+        1.41x) but NHWC gained nothing. It stays opt-in: each new input shape costs one compile
+        (60-80 s cold on 2 cores, a few seconds from inductor's disk cache). Sampling already
+        runs under inference_mode with scaled_dot_product_attention.
 
         float32 stays the default on CUDA: on an H100, bf16 autocast with channels_last ran
         0.69-0.87x the speed of float32/TF32 for these UNets at batch 8 (BENCHMARKS.md), the
@@ -134,7 +137,7 @@ class Stage:
         if self.device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = True  # convolutions use TF32 by default
         if channels_last is None:
-            channels_last = self.device.type == "cpu"
+            channels_last = self.device.type == "cpu" and not compile
         if channels_last:  # the convolutions' outputs follow their weights' layout
             self.model.network.to(memory_format=torch.channels_last)
         if compile:

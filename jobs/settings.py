@@ -98,7 +98,9 @@ class Settings(BaseSettings):
     # Worker hardware.
     device: str = "auto"  # auto: cuda when available, else cpu
     precision: Literal["auto"] | Precision = "auto"  # auto: float32 (TF32 on CUDA)
-    compile: bool = False  # torch.compile each stage's network (slow first job, faster after)
+    # torch.compile each stage's network: slow first job per input shape, faster after (on the
+    # CPU, the base; `Stage.optimize` has the figures)
+    compile: bool = False
     torch_threads: int | None = Field(None, ge=1)  # CPU threads per worker (None: torch's default)
 
     # Webhooks (`jobs.webhooks`): each attempt's total deadline, retries of a failed attempt,

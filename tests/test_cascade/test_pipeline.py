@@ -190,3 +190,16 @@ def test_fidelity_trades_detail_for_faithfulness_monotonically():
     assert distances[0] < 0.05
     assert distances == sorted(distances), distances
     assert distances[-1] > 0.45
+
+
+def test_cpu_fast_path_is_channels_last_and_samples_the_same_images():
+    low = torch.rand(1, 3, 16, 16) * 2 - 1
+    plain = Stage("sr256", load("preset:sr256-tiny"), StageRun("ddim", 3))
+    fast = Stage("sr256", load("preset:sr256-tiny"), StageRun("ddim", 3)).optimize()
+    weight = next(p for p in fast.model.network.parameters() if p.ndim == 4)
+    assert weight.is_contiguous(memory_format=torch.channels_last)
+    assert not weight.is_contiguous()  # NHWC strides, not NCHW
+    expected = plain.run(seeds=[3], low_res=low)
+    torch.testing.assert_close(fast.run(seeds=[3], low_res=low), expected, atol=1e-4, rtol=0)
+    nchw = Stage("sr256", load("preset:sr256-tiny")).optimize(channels_last=False)
+    assert next(p for p in nchw.model.network.parameters() if p.ndim == 4).is_contiguous()
