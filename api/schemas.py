@@ -79,7 +79,9 @@ class UpscaleForm(BaseModel):
         allow_inf_nan=False,
         description="1: the most faithful output (the same for every seed); 0: the full "
         "generative sample; between: more generated detail and less fidelity as it falls "
-        f"(default: the stage's own, {DEFAULT_FIDELITY} for the project's upscalers)",
+        "(default: each stage's own; for the project's upscalers "
+        + ", ".join(f"{stage} {value}" for stage, value in DEFAULT_FIDELITY.items())
+        + ")",
     )
     class_id: ClassId | None = Field(None, description="for class-conditional upscalers only")
     webhook_url: AnyHttpUrl | None = None
@@ -204,8 +206,10 @@ class Limits(BaseModel):
     max_input_pixels: int
     max_output_pixels: int
     max_steps: int
-    default_fidelity: float
-    defaults: dict[str, dict[str, object]] = Field(description="stage -> sampler and steps")
+    default_fidelity: float = Field(description="the first upscaling stage's (sr256) default")
+    defaults: dict[str, dict[str, object]] = Field(
+        description="stage -> sampler and steps (upscalers: and their default fidelity)"
+    )
 
 
 class ClassInfo(BaseModel):

@@ -26,11 +26,11 @@ from cascade.degradations import noise_augment
 from cascade.denoiser import Denoiser
 from cascade.samplers import Callback, generators, randn_like, sample_with_fidelity
 from cascade.stages import (
-    DEFAULT_FIDELITY,
     DEFAULT_RUNS,
     STAGES,
     Precision,
     StageRun,
+    default_fidelity,
     generation_stages,
     stage_seed,
     upscale_stages,
@@ -66,8 +66,8 @@ class Stage:
     defaults: StageRun = field(default_factory=StageRun)
     aug_level: float = 0.0  # CDM level given to SR models trained with augmentation
     precision: Precision = "float32"  # autocast dtype on CUDA; CPU always runs float32
-    # Upscales: 1 the most faithful output, 0 the full sample. None: DEFAULT_FIDELITY for a
-    # residual model; 0 for eps-on-image weights (released ones), whose one-step x0 at the top
+    # Upscales: 1 the most faithful output, 0 the full sample. None: the stage's DEFAULT_FIDELITY
+    # for a residual model; 0 for eps-on-image weights (released ones), whose one-step x0 at the top
     # noise level is ill-conditioned, so they sample exactly as their reference code does.
     fidelity: float | None = None
 
@@ -87,7 +87,7 @@ class Stage:
     def default_fidelity(self) -> float:
         if self.fidelity is not None:
             return self.fidelity
-        return DEFAULT_FIDELITY if self.model.spec.diffused == "residual" else 0.0
+        return default_fidelity(self.name) if self.model.spec.diffused == "residual" else 0.0
 
     def effective(self, run: StageRun | None = None) -> StageRun:
         """What of `run` applies to this stage's model: guidance only when generating, colour

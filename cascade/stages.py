@@ -25,9 +25,14 @@ STAGE_OUTPUT: dict[str, int] = {"base64": 64, "sr256": 256, "sr1024": 1024}
 STAGE_INPUT: dict[str, int] = {"sr256": 64, "sr1024": 256}
 SIZES: tuple[int, ...] = tuple(STAGE_OUTPUT.values())
 SCALES: tuple[int, ...] = (4, 16)
-# Upscales' fidelity-realism default (1: the most faithful output, 0: the full sample), chosen by
-# measurement on held-out photos (weights/demo/sr256.md).
-DEFAULT_FIDELITY = 0.8
+# Upscales' fidelity-realism default per stage (1: the most faithful output, 0: the full sample),
+# chosen by measurement on held-out photos (the sweeps in weights/demo/sr256.md and sr1024.md).
+DEFAULT_FIDELITY: dict[str, float] = {"sr256": 0.8, "sr1024": 0.95}
+
+
+def default_fidelity(stage: str) -> float:
+    """The stage's default fidelity for a residual upscaler (a stage of another name: sr256's)."""
+    return DEFAULT_FIDELITY.get(stage, DEFAULT_FIDELITY["sr256"])
 
 
 @dataclass(frozen=True)

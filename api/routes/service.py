@@ -39,9 +39,13 @@ def limits(settings: SettingsDep) -> dict[str, object]:
         "max_input_pixels": settings.max_input_pixels,
         "max_output_pixels": settings.max_output_pixels,
         "max_steps": settings.max_steps,
-        "default_fidelity": DEFAULT_FIDELITY,
+        "default_fidelity": DEFAULT_FIDELITY["sr256"],
         "defaults": {
-            name: {"sampler": settings.sampler_for(name), "steps": settings.steps_for(name)}
+            name: {
+                "sampler": settings.sampler_for(name),
+                "steps": settings.steps_for(name),
+                **({"fidelity": DEFAULT_FIDELITY[name]} if name in DEFAULT_FIDELITY else {}),
+            }
             for name in STAGES
         },
     }

@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from api.main import create_app
-from cascade.stages import STAGES
+from cascade.stages import DEFAULT_FIDELITY, STAGES
 from jobs.connection import EmbeddedRedis
 from jobs.queues import stage_queue
 from jobs.record import Jobs
@@ -250,7 +250,10 @@ def test_limits(client: TestClient, settings: Settings):
     limits = client.get("/v1/limits").json()
     assert limits["sizes"] == [64, 256, 1024] and limits["scales"] == [4, 16]
     assert limits["max_output_pixels"] == settings.max_output_pixels
-    assert limits["defaults"]["base64"] == {"sampler": "ddim", "steps": 10}
+    assert limits["defaults"]["base64"] == {"sampler": "ddim", "steps": 10}  # no fidelity
+    for stage in ("sr256", "sr1024"):  # each upscaler's own default fidelity
+        assert limits["defaults"][stage]["fidelity"] == DEFAULT_FIDELITY[stage]
+    assert limits["default_fidelity"] == DEFAULT_FIDELITY["sr256"]
     assert "dpmpp_2m" in limits["samplers"] and "wavelet" in limits["color_fixes"]
 
 

@@ -127,7 +127,7 @@ def test_cli_eval_writes_json_and_grid(tmp_path: Path, capsys: pytest.CaptureFix
     assert report["stage"] == "sr256" and report["steps"] == 2 and report["sampler"] == "ddim"
     assert [Path(item["name"]).name for item in report["images"]] == ["0.png", "1.png"]
     assert set(report["mean"]) == {"model", "fidelity1", "bicubic"}
-    assert report["fidelity"] == DEFAULT_FIDELITY  # the default for a residual model
+    assert report["fidelity"] == DEFAULT_FIDELITY["sr256"]  # the default for a residual model
     with Image.open(out / "grid.png") as picture:
         assert picture.size == (5 * 256, 2 * 256)
     assert "MEAN" in capsys.readouterr().out

@@ -147,7 +147,10 @@ def test_fidelity_one_is_the_same_image_for_every_seed():
     half = StageRun("dpmpp_2m", 3, fidelity=0.5)
     sampled = [stage.run(seeds=[seed], low_res=low, run=half) for seed in (1, 2)]
     assert not torch.equal(sampled[0], sampled[1])
-    assert stage.default_fidelity == DEFAULT_FIDELITY  # a residual model's default
+    assert stage.default_fidelity == DEFAULT_FIDELITY["sr256"]  # a residual model's default
+    sr1024 = Stage("sr1024", load("preset:sr1024-tiny"))
+    assert sr1024.default_fidelity == DEFAULT_FIDELITY["sr1024"]  # each stage its own
+    assert sr1024.effective().fidelity == DEFAULT_FIDELITY["sr1024"]
     with pytest.raises(ValueError, match="fidelity must lie in"):
         StageRun("dpmpp_2m", 3, fidelity=1.5)
 
