@@ -110,7 +110,8 @@ def _samplers(data: dict, given: dict) -> str:
         [
             "### Samplers: PSNR (dB) of the sr256 stage against the ground truth, by steps",
             "",
-            f"Full generative sampling (fidelity {given.get('fidelity', '–')}). Reference: "
+            ("Full generative sampling (fidelity 0). " if given.get("fidelity") == 0 else "")
+            + "Reference: "
             f"ancestral sampling with {given.get('reference', {}).get('steps')} steps, "
             f"{reference:.2f} dB; {given.get('images')} held-out photo(s), {given.get('crop')} "
             f"px centre crops; weights `{given.get('weights')}`. The last two columns: the "
