@@ -1,13 +1,16 @@
-"""Shared test fixtures: the parity fixture root and CPU determinism."""
+"""Shared test fixtures: the parity fixture root, CPU determinism, a real Redis per module."""
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
+
+from jobs.connection import EmbeddedRedis
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -39,3 +42,11 @@ def adm_config(parity_dir: Path) -> dict:
 def _deterministic_cpu():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedRedis]:
+    """A real Redis server (embedded, its own data folder) for one test module."""
+    server = EmbeddedRedis(tmp_path_factory.mktemp("redis") / "test.rdb")
+    yield server
+    server.stop()

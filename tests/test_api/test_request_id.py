@@ -23,15 +23,11 @@ with warnings.catch_warnings():
 
 
 @pytest.fixture(scope="module")
-def redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedRedis]:
-    server = EmbeddedRedis(tmp_path_factory.mktemp("redis") / "ids.rdb")
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def client(redis: EmbeddedRedis, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
-    app = create_app(Settings(redis_url=redis.url, store=str(tmp_path_factory.mktemp("store"))))
+def client(
+    redis_server: EmbeddedRedis, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[TestClient]:
+    store = str(tmp_path_factory.mktemp("store"))
+    app = create_app(Settings(redis_url=redis_server.url, store=store))
 
     def boom() -> None:
         raise RuntimeError("secret detail in /srv/cascade/private/path.py")
@@ -102,7 +98,10 @@ def test_path_of_this_file_is_not_in_errors(client: TestClient):
 
 
 def test_the_workers_logs_carry_the_request_id_of_the_post(
-    client: TestClient, redis: EmbeddedRedis, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    client: TestClient,
+    redis_server: EmbeddedRedis,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
 ):
     response = client.post(
         "/v1/generations",
@@ -112,7 +111,8 @@ def test_the_workers_logs_carry_the_request_id_of_the_post(
     assert response.status_code == 202, response.text
     job_id = response.json()["id"]
     tiny = {f"weights_{stage}": f"preset:{stage}-tiny" for stage in ("base64", "sr256", "sr1024")}
-    runtime = Runtime(Settings(redis_url=redis.url, store=str(tmp_path), **tiny), redis.client())
+    settings = Settings(redis_url=redis_server.url, store=str(tmp_path), **tiny)
+    runtime = Runtime(settings, redis_server.client())
     runtime_module.install(runtime)
     try:
         with caplog.at_level(logging.INFO, logger="workers.stage"):

@@ -31,13 +31,6 @@ with warnings.catch_warnings():  # starlette nudges towards httpx2, which is not
 
 
 @pytest.fixture(scope="module")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedRedis]:
-    server = EmbeddedRedis(tmp_path_factory.mktemp("redis") / "events.rdb")
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
 def settings(redis_server: EmbeddedRedis, tmp_path_factory: pytest.TempPathFactory) -> Settings:
     return Settings(
         redis_url=redis_server.url,

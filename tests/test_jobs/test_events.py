@@ -3,8 +3,6 @@ change, throttled progress, exactly one terminal event and nothing after it."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
 from cascade.stages import StageRun
@@ -13,13 +11,6 @@ from jobs.connection import EmbeddedRedis
 from jobs.events import EventLog, events_key, parse_event_id
 from jobs.plan import PlannedStage
 from jobs.record import Jobs, NewJob, job_key
-
-
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedRedis]:
-    server = EmbeddedRedis(tmp_path_factory.mktemp("redis") / "events.rdb")
-    yield server
-    server.stop()
 
 
 @pytest.fixture

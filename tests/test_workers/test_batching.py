@@ -116,13 +116,6 @@ def counted(stage: Stage, calls: list[Call]) -> Callable[..., Tensor]:
     return counting
 
 
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedRedis]:
-    server = EmbeddedRedis(tmp_path_factory.mktemp("redis") / "batching.rdb")
-    yield server
-    server.stop()
-
-
 @pytest.fixture
 def harness(redis_server: EmbeddedRedis, tmp_path: Path) -> Iterator[Harness]:
     threads = torch.get_num_threads()

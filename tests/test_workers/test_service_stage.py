@@ -31,13 +31,6 @@ from workers.stage import on_stage_failure, run_stage
 TINY = {f"weights_{stage}": f"preset:{stage}-tiny" for stage in ("base64", "sr256", "sr1024")}
 
 
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedRedis]:
-    server = EmbeddedRedis(tmp_path_factory.mktemp("redis") / "stage.rdb")
-    yield server
-    server.stop()
-
-
 @pytest.fixture
 def runtime(redis_server: EmbeddedRedis, tmp_path: Path) -> Iterator[Runtime]:
     threads = torch.get_num_threads()
