@@ -10,12 +10,14 @@ Both run the same weights on the same held-out photos, side by side in one proce
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from functools import partial
 
 import torch
 from torch import Tensor
@@ -103,7 +105,7 @@ def upscale_time_to_quality(
     rows: dict[str, dict[str, list[float]]] = {"reference": {}, "default": {}}
     for label, stage, context in (
         ("reference", reference, reference_attention),
-        ("default", ours, _optimized(ours)),
+        ("default", ours, partial(_optimized, ours)),
     ):
         with context():
             for index, hr in enumerate(images):
@@ -144,8 +146,7 @@ def generation_time_to_quality(
     }
     rows: dict[str, dict[str, list[float]]] = {"reference": {}, "default": {}}
     for label, (first, second) in pairs.items():
-        context = reference_attention if label == "reference" else _optimized(first, second)
-        with context():
+        with reference_attention() if label == "reference" else _optimized(first, second):
             for seed in seeds:
                 start = time.perf_counter()
                 low = first.run(seeds=[seed], class_ids=[class_id])
@@ -168,17 +169,12 @@ def generation_time_to_quality(
     return result
 
 
-def _optimized(*stages: Stage):  # type: ignore[no-untyped-def]
-    """A context that puts `stages` on the service's fast path (the reference's ran NCHW)."""
-    import contextlib
-
-    @contextlib.contextmanager
-    def context():  # type: ignore[no-untyped-def]
-        for stage in stages:
-            stage.optimize()
-        yield
-
-    return context
+@contextlib.contextmanager
+def _optimized(*stages: Stage) -> Iterator[None]:
+    """Puts `stages` on the service's fast path (the reference's ran NCHW)."""
+    for stage in stages:
+        stage.optimize()
+    yield
 
 
 def _compare(rows: dict[str, dict[str, list[float]]]) -> dict[str, object]:
