@@ -116,7 +116,7 @@ def _forward_case(
     """One preset at one size, same weights and inputs: the reference code's way (eager
     float32, NCHW, its einsum attention), ours in plain eager, and the service's fast path;
     on the CPU also each fast-path option alone (channels-last; torch.compile when asked)."""
-    from bench.reference import reference_attention
+    from bench.reference import reference_forward
 
     model = load(f"preset:{preset}", device)
     args = _inputs(model, size, batch, device)
@@ -134,7 +134,7 @@ def _forward_case(
             return network(*args)
 
     def reference() -> Tensor:
-        with torch.no_grad(), reference_attention():
+        with torch.no_grad(), reference_forward():
             return network(*args)
 
     def channels_last() -> Tensor:

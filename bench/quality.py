@@ -22,7 +22,7 @@ from functools import partial
 import torch
 from torch import Tensor
 
-from bench.reference import reference_attention
+from bench.reference import reference_forward
 from cascade.checkpoints import Model
 from cascade.degradations import bicubic_degrade
 from cascade.metrics import band_power, hf_ratio, luminance, psnr
@@ -90,7 +90,7 @@ def _fewest(curve: dict[str, float], ok) -> int | None:  # type: ignore[no-untyp
 
 def _reference_stage(model: Model, name: str, steps: int) -> Stage:
     """The reference algorithm on `model`: ancestral over `steps`, full sampling, no colour
-    fix, NCHW (the stage is never `optimize`d); run it inside `reference_attention()`."""
+    fix, NCHW (the stage is never `optimize`d); run it inside `reference_forward()`."""
     model.network.to(memory_format=torch.contiguous_format)
     return Stage(name, model, StageRun("ancestral", steps, color="none", fidelity=0.0))
 
@@ -104,7 +104,7 @@ def upscale_time_to_quality(
     ours = Stage("sr256", model, DEFAULT_RUNS["sr256"])
     rows: dict[str, dict[str, list[float]]] = {"reference": {}, "default": {}}
     for label, stage, context in (
-        ("reference", reference, reference_attention),
+        ("reference", reference, reference_forward),
         ("default", ours, partial(_optimized, ours)),
     ):
         with context():
@@ -146,7 +146,7 @@ def generation_time_to_quality(
     }
     rows: dict[str, dict[str, list[float]]] = {"reference": {}, "default": {}}
     for label, (first, second) in pairs.items():
-        with reference_attention() if label == "reference" else _optimized(first, second):
+        with reference_forward() if label == "reference" else _optimized(first, second):
             for seed in seeds:
                 start = time.perf_counter()
                 low = first.run(seeds=[seed], class_ids=[class_id])

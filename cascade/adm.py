@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from cascade.pointwise import linear_1x1, pointwise_conv
+
 # The reference builders' channel_mult per image size when the flag is "".
 _BASE_CHANNEL_MULT: dict[int, tuple[float, ...]] = {
     64: (1, 2, 3, 4),
@@ -235,21 +237,26 @@ class ResBlock(nn.Module):
         return F.avg_pool2d(x, kernel_size=2, stride=2)
 
     def forward(self, x: Tensor, emb: Tensor) -> Tensor:
-        if self.resample is None:
-            h = self.in_layers(x)
-        else:
+        # Swish runs in place on the norms' fresh outputs and the adds go into fresh conv
+        # outputs: the reference's numbers with fewer full-size buffers (on the CPU the
+        # out-of-place SiLU ran at half the speed). emb is shared by every block: not in place.
+        in_norm, _, in_conv = self.in_layers
+        h = F.silu(in_norm(x), inplace=True)
+        if self.resample is not None:
             # Resample between the activation and the conv, and resample the skip path alike.
-            h = self._resample(self.in_layers[1](self.in_layers[0](x)))
-            h = self.in_layers[2](h)
-            x = self._resample(x)
+            h, x = self._resample(h), self._resample(x)
+        h = in_conv(h)
         emb_out = self.emb_layers(emb).to(h.dtype)[:, :, None, None]
+        out_norm, _, dropout, out_conv = self.out_layers
         if self.use_scale_shift_norm:
             scale, shift = emb_out.chunk(2, dim=1)
-            h = self.out_layers[0](h) * (1 + scale) + shift
-            h = self.out_layers[3](self.out_layers[2](self.out_layers[1](h)))
+            h = torch.addcmul(shift, out_norm(h), 1 + scale)  # norm(h) * (1 + scale) + shift
         else:
-            h = self.out_layers(h + emb_out)
-        return self.skip_connection(x) + h
+            h += emb_out
+            h = out_norm(h)
+        h = out_conv(dropout(F.silu(h, inplace=True)))
+        h += pointwise_conv(self.skip_connection, x)
+        return h
 
 
 class AttentionBlock(nn.Module):
@@ -269,20 +276,23 @@ class AttentionBlock(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         b, c, *spatial = x.shape
-        x = x.reshape(b, c, -1)
-        qkv = self.qkv(self.norm(x))
-        heads, ch, length = self.num_heads, c // self.num_heads, x.shape[-1]
+        # Token-major (B, tokens, C), a view of a channels-last input, so the Conv1d projections
+        # are matrix products on their weights.
+        tokens = self.norm(x).flatten(2).mT
+        qkv = linear_1x1(self.qkv, tokens)  # (B, tokens, 3C)
+        heads, ch, length = self.num_heads, c // self.num_heads, tokens.shape[1]
         if self.order == "new":  # [q all heads | k all heads | v all heads]
-            qkv = qkv.reshape(b, 3, heads, ch, length)
+            qkv = qkv.view(b, length, 3, heads, ch)
         else:  # per head [q_h, k_h, v_h]
-            qkv = qkv.reshape(b, heads, 3, ch, length).transpose(1, 2)
+            qkv = qkv.view(b, length, heads, 3, ch).transpose(2, 3)
         # One copy to contiguous (3, B, heads, tokens, ch): the layout SDPA's fused (flash /
         # efficient) kernels take; transposed views fall back to the slow math kernel.
-        q, k, v = qkv.permute(1, 0, 2, 4, 3).contiguous().unbind(0)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).contiguous().unbind(0)
         # SDPA's default 1/sqrt(ch) equals the reference's ch^-1/4 applied to q and to k.
         a = F.scaled_dot_product_attention(q, k, v)  # (B, heads, tokens, ch)
-        h = self.proj_out(a.mT.reshape(b, c, length))
-        return (x + h).reshape(b, c, *spatial)
+        h = linear_1x1(self.proj_out, a.transpose(1, 2).reshape(b, length, c))
+        # (B, tokens, C) -> (B, C, *spatial): channels-last strides; x first keeps its layout.
+        return x + h.mT.reshape(b, c, *spatial)
 
 
 class _EmbedSequential(nn.Sequential):

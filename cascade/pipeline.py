@@ -122,13 +122,15 @@ class Stage:
 
     def optimize(self, compile: bool = False, channels_last: bool | None = None) -> Stage:
         """The fast path. CUDA: TF32 tensor cores. CPU: channels-last (NHWC) weights, where
-        oneDNN's convolutions run faster in that layout (`cascade bench`, 2-core AVX2 CPU, batch
-        1, vs plain eager: base64-small 1.28x, sr256-small 1.06x, sr1024-small 1.33x).
-        `compile` (CASCADE_COMPILE) adds torch.compile of the forward; on the CPU it runs on the
-        NCHW network, where inductor measured base64-small 1.72x (sr256-small 1.08x, sr1024-small
-        1.41x) but NHWC gained nothing. It stays opt-in: each new input shape costs one compile
-        (60-80 s cold on 2 cores, a few seconds from inductor's disk cache). Sampling already
-        runs under inference_mode with scaled_dot_product_attention.
+        oneDNN's convolutions run faster in that layout and the 1x1 convolutions become matrix
+        products (`cascade.pointwise`). `cascade bench --only forward`, idle 2-core AVX2 CPU,
+        torch's 2 threads, batch 1, against the reference code's forward: base64-small 1.35x,
+        sr256-small 1.40x, sr1024-small 1.77x (1 thread: 1.20x, 1.17x, 1.59x).
+        `compile` (CASCADE_COMPILE) adds torch.compile of the forward on the NCHW network. It
+        stays opt-in: in the same run it was faster than this path for base64-small only
+        (36.8 against 47.5 ms) and slower for both SR presets, and each new input shape costs
+        one compile (about a minute cold on 2 cores, seconds from inductor's disk cache).
+        Sampling already runs under inference_mode with scaled_dot_product_attention.
 
         float32 stays the default on CUDA: on an H100, bf16 autocast with channels_last ran
         0.69-0.87x the speed of float32/TF32 for these UNets at batch 8 (BENCHMARKS.md), the
