@@ -9,7 +9,11 @@ polls the API while jobs run.
   `Cascade.generate` in this process for the same request (weights, sampler, steps, seed, colour
   fix). The two alternate; medians are reported. `overhead_fraction` = (e2e - direct) / e2e,
   the share of a job's time the service adds (the target is <= 0.05 for a 256 px generation);
-  `overhead_ratio` = e2e / direct.
+  `overhead_ratio` = e2e / direct. The direct call and the worker are different processes, so
+  that difference also holds their compute's process-to-process spread; `stage_s` (the job's own
+  stage times, from its record: input load, sampling, saving) splits it out, and
+  `service_fraction` = (e2e - stage_s) / e2e is what the service alone adds around the stages
+  (HTTP, queueing, the hand-over between stages, the webhook and the result download).
 - `jobs_per_s.<configuration>`: N 64 px generations submitted back to back, N divided by the
   time from the first POST to the last job's end, for `workers1_batch1`, `workers2_batch1`
   (this process's CPU threads split between the two workers) and `workers1_batchN` (batching
@@ -178,14 +182,20 @@ class Service:
         response.raise_for_status()
         return response.json()["id"]
 
-    def run(self, timeout: float = 3600, **body: object) -> tuple[float, bytes]:
-        """Seconds from submitting one job until its result PNG is in hand, and the PNG."""
+    def run(self, timeout: float = 3600, **body: object) -> tuple[float, bytes, str]:
+        """Seconds from submitting one job until its result PNG is in hand, the PNG, the job id."""
         started = time.perf_counter()
         job_id = self.submit(**body)
         self.hooks.wait([job_id], timeout)
         response = self.http.get(f"/v1/jobs/{job_id}/result")
         response.raise_for_status()
-        return time.perf_counter() - started, response.content
+        return time.perf_counter() - started, response.content, job_id
+
+    def stage_seconds(self, job_id: str) -> float:
+        """The sum of the job's stage times as its record gives them (start to end of each)."""
+        response = self.http.get(f"/v1/jobs/{job_id}")
+        response.raise_for_status()
+        return sum(stage["seconds"] for stage in response.json()["stages"])
 
     def close(self) -> None:
         self.stop_workers()
@@ -241,25 +251,38 @@ def overhead(
     # Warm both paths (first calls allocate and pick kernels) with 1-step jobs.
     running.run(**request, seed=0, steps=1)
     direct(0, (1, 1))
-    e2e_runs, direct_runs, same = [], [], True
+    e2e_runs, stage_runs, direct_runs, same = [], [], [], True
     for repeat in range(repeats):
         seed = 1000 + repeat
-        seconds, served = running.run(**request, seed=seed)  # the stages' default steps
+        seconds, served, job_id = running.run(**request, seed=seed)  # the stages' default steps
         e2e_runs.append(seconds)
+        stage_runs.append(running.stage_seconds(job_id))
         seconds, png = direct(seed, steps)
         direct_runs.append(seconds)
         same = same and _same_pixels(served, png)
-        log.info("service: end to end %.3f s, direct %.3f s", e2e_runs[-1], direct_runs[-1])
+        log.info(
+            "service: end to end %.3f s (stages %.3f s), direct %.3f s",
+            e2e_runs[-1],
+            stage_runs[-1],
+            direct_runs[-1],
+        )
     running.stop_workers()
     e2e, alone = statistics.median(e2e_runs), statistics.median(direct_runs)
+    around = statistics.median(
+        total - inside for total, inside in zip(e2e_runs, stage_runs, strict=True)
+    )
     return {
         "e2e_s": e2e,
         "direct_s": alone,
         "overhead_s": e2e - alone,
         "overhead_fraction": (e2e - alone) / e2e,
         "overhead_ratio": e2e / alone,
+        "stage_s": statistics.median(stage_runs),
+        "service_s": around,
+        "service_fraction": around / e2e,
         "same_image": same,
         "e2e_runs_s": e2e_runs,
+        "stage_runs_s": stage_runs,
         "direct_runs_s": direct_runs,
     }
 

@@ -99,6 +99,11 @@ def test_minimal_run_has_every_figure(tmp_path: Path, one_thread: None):
         assert number(service[key]), key
     assert service["e2e_s"] > 0 and service["direct_s"] > 0
     assert service["same_image"] is True  # the service ran exactly the direct call's request
+    # The job's own stage times split the end-to-end time: both stages ran, inside it.
+    assert len(service["stage_runs_s"]) == len(service["e2e_runs_s"])
+    for total, inside in zip(service["e2e_runs_s"], service["stage_runs_s"], strict=True):
+        assert 0 < inside < total
+    assert service["service_fraction"] == service["service_s"] / service["e2e_s"]
     rates = results["throughput"]["jobs_per_s"]
     assert set(rates) == {"workers1_batch1", "workers2_batch1", "workers1_batchN"}
     assert all(number(rate) and rate > 0 for rate in rates.values())
