@@ -251,6 +251,7 @@ def run(
 ) -> Results:
     """Measure `sections` and return the results (the JSON's structure)."""
     date = datetime.now(UTC).isoformat(timespec="seconds")
+    threads = torch.get_num_threads()  # kept per section: a later run may differ
     results: Results = {
         "command": command,
         "date": date,
@@ -258,7 +259,7 @@ def run(
         "comparable": config.mode == "full",
         "machine": machine(device),
         "setup": {
-            name: {**value, "date": date, "command": command}
+            name: {**value, "date": date, "command": command, "torch_threads": threads}
             for name, value in setup(config, device).items()
             if name in sections
         },

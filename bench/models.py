@@ -245,28 +245,33 @@ def forward_latency(
 
 
 def batch_scaling(
-    source: str, batches: Sequence[int] = (1, 8), threads: Sequence[int] = (1, 2), repeats: int = 3
+    source: str, batches: Sequence[int] = (1, 8), threads: Sequence[int] = (1, 2), repeats: int = 7
 ) -> dict[str, dict[str, float]]:
     """Milliseconds per item of one denoiser forward of `source` (the base) at each batch size
-    and thread count, on the CPU: what cross-request batching can gain at best (the service's
-    other work only adds to the per-job time)."""
+    and thread count, on the CPU, the batch sizes timed in alternation: what cross-request
+    batching can gain at best (the service's other work only adds to the per-job time)."""
     model = load(source, "cpu")
     stage = Stage("base64", model).optimize()
     size = model.spec.image_size
     saved = torch.get_num_threads()
     table: dict[str, dict[str, float]] = {}
+
+    def forward(args: tuple) -> Callable[[], Tensor]:
+        def call() -> Tensor:
+            with torch.inference_mode():
+                return model.network(*args)
+
+        return call
+
     try:
         for count in threads:
             torch.set_num_threads(count)
-            row: dict[str, float] = {}
-            for batch in batches:
-                args = _inputs(model, size, batch, stage.device)
-
-                def forward(args: tuple = args) -> Tensor:
-                    with torch.inference_mode():
-                        return model.network(*args)
-
-                row[str(batch)] = _time(forward, stage.device, repeats) * 1e3 / batch
+            cases = {
+                str(batch): (lambda: None, forward(_inputs(model, size, batch, stage.device)))
+                for batch in batches
+            }
+            times = _interleaved(cases, stage.device, repeats)
+            row = {str(batch): times[str(batch)] * 1e3 / batch for batch in batches}
             row["gain"] = row[str(batches[0])] / row[str(batches[-1])]
             table[f"threads_{count}"] = row
             log.info("batch scaling, %d thread(s): %s", count, json.dumps(row))

@@ -39,9 +39,9 @@ def section(results: dict, plot: str | None = None) -> str:
             "comparable** with full runs; run `cascade bench` without `--quick` for those.",
             "",
         ]
-    header = ["command", "date", "CPU", "cores", "device", "torch", "Python"]
+    header = ["command", "date", "CPU", "cores", "torch threads", "device", "torch", "Python"]
     row = [f"`{results['command']}`", results["date"], info["cpu"], info["cores"]]
-    row += [info["device_name"], info["torch"], info["python"]]
+    row += [info.get("torch_threads", "–"), info["device_name"], info["torch"], info["python"]]
     out += [_table(header, [row]), ""]
     if plot:
         out += [f"![benchmark plot]({plot})", ""]
@@ -51,7 +51,12 @@ def section(results: dict, plot: str | None = None) -> str:
             out += [render(data, given), ""]
             if given.get("date", results["date"]) != results["date"]:
                 origin = f"`{given['command']}`, " if given.get("command") else ""
-                out += [f"Kept from an earlier run ({origin}{given['date']}).", ""]
+                threads = (
+                    f", {given['torch_threads']} torch thread(s)"
+                    if given.get("torch_threads")
+                    else ""
+                )
+                out += [f"Kept from an earlier run ({origin}{given['date']}{threads}).", ""]
     return "\n".join(out)
 
 
