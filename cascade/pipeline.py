@@ -124,12 +124,12 @@ class Stage:
         """The fast path. CUDA: TF32 tensor cores. CPU: channels-last (NHWC) weights, where
         oneDNN's convolutions run faster in that layout and the 1x1 convolutions become matrix
         products (`cascade.pointwise`). `cascade bench --only forward`, idle 2-core AVX2 CPU,
-        torch's 2 threads, batch 1, against the reference code's forward: base64-small 1.35x,
-        sr256-small 1.40x, sr1024-small 1.77x (1 thread: 1.20x, 1.17x, 1.59x).
-        `compile` (CASCADE_COMPILE) adds torch.compile of the forward on the NCHW network. It
-        stays opt-in: in the same run it was faster than this path for base64-small only
-        (36.8 against 47.5 ms) and slower for both SR presets, and each new input shape costs
-        one compile (about a minute cold on 2 cores, seconds from inductor's disk cache).
+        torch's 2 threads, batch 1, against the reference code's forward, two runs:
+        base64-small 1.35-1.37x, sr256-small 1.26-1.40x, sr1024-small 1.67-1.77x (one thread:
+        1.20x, 1.17x, 1.59x). `compile` (CASCADE_COMPILE) adds torch.compile of the forward on
+        the NCHW network. It stays opt-in: it beat this path for base64-small in both runs, for
+        sr256-small in one of the two and for sr1024-small in neither, and each new input shape
+        costs one compile (about a minute cold on 2 cores, seconds from inductor's disk cache).
         Sampling already runs under inference_mode with scaled_dot_product_attention.
 
         float32 stays the default on CUDA: on an H100, bf16 autocast with channels_last ran
