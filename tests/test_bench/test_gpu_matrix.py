@@ -50,3 +50,28 @@ def test_matrix_stops_at_its_time_budget_with_what_it_has(tmp_path):
     assert results["stopped"] == "time budget reached"
     assert results["matrix"] == {}
     assert json.loads((tmp_path / "gpu_matrix.json").read_text())["stopped"]
+
+
+def test_device_script_parses_and_its_options_are_the_matrix_cli():
+    """bench/gpu.sh is valid bash, and what it passes to `python -m bench.gpu` parses to presets
+    that exist and variants the matrix knows (a typo would cost a device run)."""
+    import re
+    import shlex
+    import subprocess
+    from pathlib import Path
+
+    from bench.gpu import parser
+    from cascade.presets import get_preset
+
+    script = Path(__file__).resolve().parents[2] / "bench" / "gpu.sh"
+    subprocess.run(["bash", "-n", str(script)], check=True)
+    text = script.read_text().replace("\\\n", " ")
+    call = re.search(r"-m bench\.gpu (.*?) 2>&1", text)
+    assert call, "gpu.sh no longer runs the matrix"
+    args = parser().parse_args(shlex.split(call[1]))
+    assert args.device == "cuda" and args.max_minutes and args.max_minutes <= 6
+    for case in args.presets.split(","):
+        name, size = case.split("@")
+        assert get_preset(name) and int(size) > 0
+    assert set(args.variants.split(",")) <= {v.name for v in VARIANTS}
+    assert "cascade.cli bench --device cuda" in text
