@@ -124,11 +124,11 @@ class Stage:
         """The fast path. CUDA: TF32 tensor cores. CPU: channels-last (NHWC) weights, where
         oneDNN's convolutions run faster in that layout and the 1x1 convolutions become matrix
         products (`cascade.pointwise`). `cascade bench --only forward`, idle 2-core AVX2 CPU,
-        torch's 2 threads, batch 1, against the reference code's forward, two runs:
-        base64-small 1.35-1.37x, sr256-small 1.26-1.40x, sr1024-small 1.67-1.77x (one thread:
+        torch's 2 threads, batch 1, against the reference code's forward, three runs:
+        base64-small 1.33-1.37x, sr256-small 1.26-1.40x, sr1024-small 1.67-1.86x (one thread:
         1.20x, 1.17x, 1.59x). `compile` (CASCADE_COMPILE) adds torch.compile of the forward on
-        the NCHW network. It stays opt-in: it beat this path for base64-small in both runs, for
-        sr256-small in one of the two and for sr1024-small in neither, and each new input shape
+        the NCHW network. It stays opt-in: it beat this path for base64-small in two of the
+        runs, for sr256-small in one and for sr1024-small in none, and each new input shape
         costs one compile (about a minute cold on 2 cores, seconds from inductor's disk cache).
         Sampling already runs under inference_mode with scaled_dot_product_attention.
 
