@@ -36,7 +36,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from bench.models import PEAK_BF16, _inputs, _sync, _time, forward_flops
+from bench.models import _inputs, _sync, _time, forward_flops, nhwc_inputs, peak_flops
 from cascade.checkpoints import load
 
 log = logging.getLogger(__name__)
@@ -102,12 +102,7 @@ def _prepared(
         )
     if variant.channels_last:
         net = net.to(memory_format=torch.channels_last)
-        args = tuple(
-            a.contiguous(memory_format=torch.channels_last)
-            if isinstance(a, Tensor) and a.ndim == 4
-            else a
-            for a in args
-        )
+        args = nhwc_inputs(args)
     if variant.compile_mode is not None:
         torch._dynamo.reset()
         net = torch.compile(net, mode=variant.compile_mode, dynamic=False)
@@ -124,13 +119,6 @@ def _prepared(
     return forward
 
 
-def _peak(device: torch.device) -> float | None:
-    if device.type != "cuda":
-        return None
-    name = torch.cuda.get_device_name(device)
-    return next((value for key, value in PEAK_BF16.items() if key in name), None)
-
-
 def measure_cell(
     preset: str,
     size: int,
@@ -145,7 +133,7 @@ def measure_cell(
     network = model.network.eval()
     args = _inputs(model, size, batch, device)
     flops = forward_flops(model, size) * batch
-    peak = _peak(device)
+    peak = peak_flops(device)
     with _tf32(False), torch.inference_mode():
         exact = network(*args).float()
     cell: dict[str, dict[str, float | str]] = {}

@@ -55,6 +55,24 @@ def _time(fn: Callable[[], object], device: torch.device, repeats: int) -> float
     return statistics.median(times)
 
 
+def peak_flops(device: torch.device) -> float | None:
+    """The device's dense bf16 peak FLOP/s (MFU's denominator), where the data sheet is known."""
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((value for key, value in PEAK_BF16.items() if key in name), None)
+
+
+def nhwc_inputs(args: tuple) -> tuple:
+    """The 4-D tensors among a forward's arguments in channels-last memory, the rest as given."""
+    return tuple(
+        a.contiguous(memory_format=torch.channels_last)
+        if isinstance(a, Tensor) and a.ndim == 4
+        else a
+        for a in args
+    )
+
+
 def _inputs(model: Model, size: int, batch: int, device: torch.device) -> tuple:
     spec = model.spec
     if spec.family == "sr3":
@@ -143,12 +161,7 @@ def _forward_case(
 
     fast_args = args
     if stage._reduced_precision():  # bf16/fp16 kernels want NHWC inputs too
-        fast_args = tuple(
-            a.contiguous(memory_format=torch.channels_last)
-            if isinstance(a, Tensor) and a.ndim == 4
-            else a
-            for a in args
-        )
+        fast_args = nhwc_inputs(args)
 
     def fast() -> Tensor:
         with torch.inference_mode(), stage._autocast():
@@ -196,11 +209,8 @@ def _forward_case(
         "gflops": flops / 1e9,
         "fast_tflops_per_s": flops / fast_s / 1e12,
     }
-    if device.type == "cuda":
-        name = torch.cuda.get_device_name(device)
-        peak = next((v for k, v in PEAK_BF16.items() if k in name), None)
-        if peak:
-            entry["mfu"] = flops / fast_s / peak
+    if peak := peak_flops(device):
+        entry["mfu"] = flops / fast_s / peak
     return entry
 
 
