@@ -31,7 +31,7 @@ from bench.quality import generation_time_to_quality, sampler_quality, upscale_t
 from bench.report import SECTIONS, write_reports
 from bench.service import SAMPLER, overhead, service, throughput
 from cascade.checkpoints import load
-from cascade.pipeline import DEFAULT_WEIGHTS, Stage, default_weights
+from cascade.pipeline import DEFAULT_WEIGHTS, DEMO_WEIGHTS, Stage, default_weights
 
 log = logging.getLogger(__name__)
 
@@ -195,9 +195,16 @@ def bench_tiling(config: BenchConfig, device: str) -> dict[str, object]:
     return {"peak_rss_mb": tiled_upscale_memory(config.tiling_sizes, config.tiling_steps, device)}
 
 
+def shown(source: str) -> str:
+    """A weights source as the report shows it: files of this repository by their path in it."""
+    repository = DEMO_WEIGHTS.parents[1]
+    path = Path(source)
+    return str(path.relative_to(repository)) if path.is_relative_to(repository) else source
+
+
 def setup(config: BenchConfig, device: str) -> dict[str, dict[str, object]]:
     """What each section measured, as its figures' context in the JSON."""
-    source = weights(config)
+    source = {name: shown(value) for name, value in weights(config).items()}
     return {
         "forward": {"cases": [list(case) for case in config.forward_cases]},
         "samplers": {

@@ -14,6 +14,7 @@ from PIL import Image
 
 from bench.main import BenchConfig, keep_earlier, run
 from bench.report import KEEP_MARKER, write_reports
+from cascade.stages import DEFAULT_FIDELITY
 
 pytestmark = pytest.mark.service
 
@@ -80,7 +81,13 @@ def test_minimal_run_has_every_figure(tmp_path: Path, one_thread: None):
         entry = ttq[kind]
         assert entry["speedup"] == entry["reference"]["seconds"] / entry["default"]["seconds"]
         assert len(entry["per_item"]["reference"]["seconds"]) == 1
-    assert ttq["upscale"]["default_run"]["fidelity"] == 0.8  # the default, not full sampling
+    # The default's fidelity, not full sampling; beside it the same sampler at fidelity 0.
+    assert ttq["upscale"]["default_run"]["fidelity"] == DEFAULT_FIDELITY["sr256"]
+    full = ttq["upscale"]["full_sample"]
+    assert full["run"] == {**ttq["upscale"]["default_run"], "fidelity": 0.0}
+    assert full["speedup"] == ttq["upscale"]["reference"]["seconds"] / full["seconds"]
+    assert full["hf_ratio_gap"] == full["hf_ratio"] - ttq["upscale"]["reference"]["hf_ratio"]
+    assert len(ttq["upscale"]["per_item"]["full_sample"]["psnr"]) == 1
     assert ttq["upscale"]["reference_run"] == {
         "sampler": "ancestral",
         "steps": 6,
@@ -124,7 +131,7 @@ def test_minimal_run_has_every_figure(tmp_path: Path, one_thread: None):
     assert text.endswith(f"{KEEP_MARKER}\n\n## Hand-written: load run\n")
     assert text.count("## CPU:") == 2 and "not comparable" in text
     assert "overhead fraction" in text and "![benchmark plot](bench.png)" in text
-    assert "Time to quality" in text and "vs reference" in text
+    assert "Time to quality" in text and "vs reference" in text and "| full_sample |" in text
     assert (tmp_path / "bench.png").stat().st_size > 0 and (tmp_path / "bench.md").is_file()
 
 
@@ -153,3 +160,12 @@ def test_report_only_writes_the_out_folder_not_the_repository_report(tmp_path: P
         ]
     )
     assert named.is_file()
+
+
+def test_report_names_the_repository_weights_by_their_path_in_it():
+    from bench.main import shown
+    from cascade.pipeline import DEFAULT_WEIGHTS, DEMO_WEIGHTS
+
+    assert shown(str(DEMO_WEIGHTS / "sr256.safetensors")) == "weights/demo/sr256.safetensors"
+    assert shown(DEFAULT_WEIGHTS["sr256"]) == DEFAULT_WEIGHTS["sr256"]
+    assert shown("/elsewhere/sr256.safetensors") == "/elsewhere/sr256.safetensors"
