@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 from fastapi import UploadFile
 from pydantic import AfterValidator, AnyHttpUrl, BaseModel, ConfigDict, Field, model_validator
 
-from cascade.stages import DEFAULT_FIDELITY, ColorFix, SamplerName
+from cascade.stages import DEFAULT_FIDELITY, ColorFix, LowBand, SamplerName
 
 MAX_SEED = 2**63 - 1  # stage seeds are taken modulo 2**63 (cascade.pipeline.stage_seed)
 
@@ -82,6 +82,13 @@ class UpscaleForm(BaseModel):
         "(default: each stage's own; for the project's upscalers "
         + ", ".join(f"{stage} {value}" for stage, value in DEFAULT_FIDELITY.items())
         + ")",
+    )
+    low_band: LowBand | None = Field(
+        None,
+        description="where the output's coarse structure (the frequencies the input itself "
+        "carries) comes from: estimate, the most faithful output (fidelity 1's), so sampling "
+        "adds only the finer detail the input cannot carry; or sample, the sampled image as is "
+        "(default: estimate for the project's upscalers, sample for released eps weights)",
     )
     class_id: ClassId | None = Field(None, description="for class-conditional upscalers only")
     webhook_url: AnyHttpUrl | None = None
@@ -202,13 +209,15 @@ class Limits(BaseModel):
     scales: list[int]
     samplers: list[str]
     color_fixes: list[str]
+    low_bands: list[str]
     max_upload_bytes: int
     max_input_pixels: int
     max_output_pixels: int
     max_steps: int
     default_fidelity: float = Field(description="the first upscaling stage's (sr256) default")
     defaults: dict[str, dict[str, object]] = Field(
-        description="stage -> sampler and steps (upscalers: and their default fidelity)"
+        description="stage -> sampler and steps (upscalers: and their default fidelity and low "
+        "band)"
     )
 
 

@@ -16,7 +16,14 @@ from redis import Redis
 from api import request_id as request_ids
 from api.schemas import GenerationRequest, JobAccepted, Links, Quote, UpscaleForm
 from cascade.classes import class_names, resolve_class
-from cascade.stages import ColorFix, SamplerName, StageRun, generation_stages, upscale_stages
+from cascade.stages import (
+    ColorFix,
+    LowBand,
+    SamplerName,
+    StageRun,
+    generation_stages,
+    upscale_stages,
+)
 from jobs.catalog import announced
 from jobs.estimate import quote_stages
 from jobs.idempotency import IdempotencyConflict, bind
@@ -41,10 +48,11 @@ def plan_stages(
     guidance: float = 1.0,
     color: ColorFix = "none",
     fidelity: float | None = None,
+    low_band: LowBand | None = None,
 ) -> list[PlannedStage]:
     """Each stage's output size and run: the request's sampler and steps, else the stage's
-    defaults, and the request's guidance, colour fix and fidelity (the stage applies those that
-    concern its model)."""
+    defaults, and the request's guidance, colour fix, fidelity and low band (the stage applies
+    those that concern its model)."""
     if steps is not None and steps > settings.max_steps:
         raise HTTPException(422, f"steps must be between 1 and {settings.max_steps}, got {steps}")
     height, width = start if start else (None, None)
@@ -59,6 +67,7 @@ def plan_stages(
                 guidance=guidance,
                 color=color,
                 fidelity=fidelity,
+                low_band=low_band,
             ),
         )
         for name, (h, w) in zip(stages, sizes(stages, height, width), strict=True)
@@ -141,6 +150,7 @@ def upscale_job(form: UpscaleForm, pixels: np.ndarray, settings: Settings) -> Ne
         steps=form.steps,
         color=form.color_fix,
         fidelity=form.fidelity,
+        low_band=form.low_band,
     )
     request = form.model_dump(mode="json", exclude={"file", "dry_run"}, exclude_none=True)
     request.update(

@@ -213,6 +213,7 @@ def setup(config: BenchConfig, device: str) -> dict[str, dict[str, object]]:
             "steps": list(config.sampler_steps),
             "reference": {"sampler": "ancestral", "steps": config.reference_steps},
             "fidelity": 0.0,
+            "low_band": "sample",
             "images": config.sampler_images,
             "crop": config.sampler_crop,
         },
@@ -220,7 +221,8 @@ def setup(config: BenchConfig, device: str) -> dict[str, dict[str, object]]:
             "weights": {name: source[name] for name in ("base64", "sr256")},
             "reference": f"ancestral, {config.ttq_reference_steps} steps (base: at most its "
             "training steps), eager float32 NCHW, the reference's einsum attention, batch 1",
-            "default": "each stage's default sampler, steps and fidelity on the fast path",
+            "default": "each stage's default sampler, steps, fidelity and low band on the fast "
+            "path",
             "images": config.ttq_images,
             "crop": config.ttq_crop,
             "seeds": list(config.ttq_seeds),

@@ -45,10 +45,10 @@ def sampler_quality(
     seed: int = 0,
 ) -> dict[str, object]:
     """Mean PSNR vs the ground truth of each sampler per step count, for the full generative
-    sample (fidelity 0, where samplers differ most), beside `reference_steps`-step ancestral
-    sampling. Two criteria per sampler: the fewest steps within 0.1 dB of its own result at the
-    most steps measured ("own limit"), and the fewest within 0.1 dB of the ancestral reference
-    (plus the gap to it at each step count)."""
+    sample as is (fidelity 0, low band "sample": where samplers differ most), beside
+    `reference_steps`-step ancestral sampling. Two criteria per sampler: the fewest steps within
+    0.1 dB of its own result at the most steps measured ("own limit"), and the fewest within
+    0.1 dB of the ancestral reference (plus the gap to it at each step count)."""
     scale = stage.scale
 
     def mean_psnr(run: StageRun) -> float:
@@ -59,11 +59,14 @@ def sampler_quality(
             values.append(psnr(out[0], hr[0]))
         return sum(values) / len(values)
 
-    reference = mean_psnr(StageRun("ancestral", reference_steps, fidelity=0.0))
+    reference = mean_psnr(StageRun("ancestral", reference_steps, fidelity=0.0, low_band="sample"))
     table: dict[str, dict[str, object]] = {}
     limit = str(max(steps))
     for name in samplers:
-        curve = {str(n): mean_psnr(StageRun(name, n, fidelity=0.0)) for n in steps}  # type: ignore[arg-type]
+        curve = {
+            str(n): mean_psnr(StageRun(name, n, fidelity=0.0, low_band="sample"))  # type: ignore[arg-type]
+            for n in steps
+        }
         own = curve[limit]
         table[name] = {
             "psnr": curve,
@@ -92,10 +95,11 @@ def _fewest(curve: dict[str, float], ok) -> int | None:  # type: ignore[no-untyp
 
 
 def _reference_stage(model: Model, name: str, steps: int) -> Stage:
-    """The reference algorithm on `model`: ancestral over `steps`, full sampling, no colour
-    fix, NCHW (the stage is never `optimize`d); run it inside `reference_forward()`."""
+    """The reference algorithm on `model`: ancestral over `steps`, the full sample as is, no
+    colour fix, NCHW (the stage is never `optimize`d); run it inside `reference_forward()`."""
     model.network.to(memory_format=torch.contiguous_format)
-    return Stage(name, model, StageRun("ancestral", steps, color="none", fidelity=0.0))
+    run = StageRun("ancestral", steps, color="none", fidelity=0.0, low_band="sample")
+    return Stage(name, model, run)
 
 
 def upscale_time_to_quality(
@@ -103,11 +107,12 @@ def upscale_time_to_quality(
 ) -> dict[str, object]:
     """Wall time, PSNR and hf_ratio of the reference algorithm and of the default upscale on
     the same held-out crops (LR by antialiased bicubic), batch 1 each; beside them the default
-    sampler and steps at fidelity 0 (`full_sample`: the reference's full generative sample, so
-    its detail, in the default's steps), the speedup at the reference's own trade-off."""
+    sampler and steps at fidelity 0 with the sample as is (`full_sample`: the reference's full
+    generative sample in the default's steps), the speedup at the reference's own trade-off."""
     reference = _reference_stage(model, "sr256", reference_steps)
     ours = Stage("sr256", model, DEFAULT_RUNS["sr256"])
-    full = Stage("sr256", model, dataclasses.replace(DEFAULT_RUNS["sr256"], fidelity=0.0))
+    full_run = dataclasses.replace(DEFAULT_RUNS["sr256"], fidelity=0.0, low_band="sample")
+    full = Stage("sr256", model, full_run)
     rows: dict[str, dict[str, list[float]]] = {"reference": {}, "default": {}, FULL: {}}
     for label, stage, context in (
         ("reference", reference, reference_forward),

@@ -20,7 +20,7 @@ from importlib.metadata import entry_points
 from pathlib import Path
 
 from cascade import evaluation, train_command
-from cascade.stages import COLOR_FIXES, SAMPLER_NAMES, SIZES, STAGES
+from cascade.stages import COLOR_FIXES, LOW_BANDS, SAMPLER_NAMES, SIZES, STAGES
 
 COMMANDS_GROUP = "cascade.commands"
 log = logging.getLogger(__name__)
@@ -67,6 +67,7 @@ def _sample(args: argparse.Namespace) -> None:
             guidance=args.guidance,
             color=args.color_fix,
             fidelity=args.fidelity,
+            low_band=args.low_band,
         )
         for name, stage in cascade.stages.items()
     }
@@ -188,6 +189,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         help="upscales: 1 the most faithful output (the same for every seed) .. 0 the full "
         "generative sample (default: each stage's default)",
+    )
+    sample.add_argument(
+        "--low-band",
+        choices=LOW_BANDS,
+        help="upscales: where the frequencies the input carries come from: estimate (fidelity "
+        "1's output; sampling adds only finer detail) or sample (default: estimate for the "
+        "project's upscalers)",
     )
     sample.add_argument("--seed", type=int)
     sample.add_argument("--batch", type=int, default=1)

@@ -30,6 +30,7 @@ from cascade.metrics import image_metrics
 from cascade.pipeline import Stage, default_weights
 from cascade.stages import (
     COLOR_FIXES,
+    LOW_BANDS,
     SAMPLER_NAMES,
     STAGE_INPUT,
     STAGE_OUTPUT,
@@ -203,6 +204,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="0 (full sample) .. 1 (most faithful); default: the stage's default. Fidelity 1 "
         "is always scored too",
     )
+    parser.add_argument(
+        "--low-band",
+        choices=LOW_BANDS,
+        help="where the frequencies the input carries come from: estimate (fidelity 1's "
+        "output) or sample (default: the stage's default)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--limit", type=int, help="evaluate at most N images")
     parser.add_argument("--out", default="runs/eval")
@@ -246,7 +253,12 @@ def main(args: argparse.Namespace) -> None:
         )
     stage = Stage(args.stage, model)
     run = stage.effective(
-        StageRun(args.sampler, args.steps, fidelity=getattr(args, "fidelity", None))
+        StageRun(
+            args.sampler,
+            args.steps,
+            fidelity=getattr(args, "fidelity", None),
+            low_band=getattr(args, "low_band", None),
+        )
     )
     color = getattr(args, "color_fix", "none")
     results = []
@@ -260,6 +272,7 @@ def main(args: argparse.Namespace) -> None:
         "sampler": run.sampler,
         "steps": run.steps,
         "fidelity": run.fidelity,
+        "low_band": run.low_band,
         "color_fix": color,
         "seed": args.seed,
         "size": size,

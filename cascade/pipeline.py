@@ -26,8 +26,10 @@ from cascade.degradations import noise_augment
 from cascade.denoiser import Denoiser
 from cascade.samplers import Callback, generators, randn_like, sample_with_fidelity
 from cascade.stages import (
+    DEFAULT_LOW_BAND,
     DEFAULT_RUNS,
     STAGES,
+    LowBand,
     Precision,
     StageRun,
     default_fidelity,
@@ -89,15 +91,25 @@ class Stage:
             return self.fidelity
         return default_fidelity(self.name) if self.model.spec.diffused == "residual" else 0.0
 
+    @property
+    def default_low_band(self) -> LowBand:
+        """The project's residual upscalers keep their estimate's low band; eps-on-image weights
+        (released ones) sample as their reference code does."""
+        return DEFAULT_LOW_BAND if self.model.spec.diffused == "residual" else "sample"
+
     def effective(self, run: StageRun | None = None) -> StageRun:
         """What of `run` applies to this stage's model: guidance only when generating, colour
-        fix and fidelity only when upscaling (fidelity resolved to a number). Equal results
-        sample identically, which is what cross-request batching compares."""
+        fix, fidelity and low band only when upscaling (resolved to the stage's defaults).
+        Equal results sample identically, which is what cross-request batching compares."""
         run = run or self.defaults
         if self.model.spec.task == "generate":
-            return dataclasses.replace(run, color="none", fidelity=None)
-        fidelity = self.default_fidelity if run.fidelity is None else run.fidelity
-        return dataclasses.replace(run, guidance=1.0, fidelity=fidelity)
+            return dataclasses.replace(run, color="none", fidelity=None, low_band=None)
+        return dataclasses.replace(
+            run,
+            guidance=1.0,
+            fidelity=self.default_fidelity if run.fidelity is None else run.fidelity,
+            low_band=run.low_band or self.default_low_band,
+        )
 
     def describe(self) -> dict[str, object]:
         """What a job record says about the model behind this stage."""
@@ -116,6 +128,7 @@ class Stage:
         }
         if spec.task == "upscale":
             description["fidelity"] = self.default_fidelity
+            description["low_band"] = self.default_low_band
         if spec.class_conditional:
             description["classes"] = list(spec.classes)  # empty: every ImageNet class
         return description
@@ -226,6 +239,7 @@ class Stage:
                 cond=cond,
                 generator=gens,
                 callback=report,
+                band_scale=spec.scale if run.low_band == "estimate" else None,
             )
         if spec.task == "generate":
             return x.float().clamp(-1, 1)

@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
+from cascade.bands import keep_low_band
 from cascade.denoiser import Cond, Denoiser, Prediction
 from cascade.schedule import Schedule
 from cascade.stages import SAMPLER_NAMES, StageRun
@@ -294,6 +295,7 @@ def sample_with_fidelity(
     cond: Cond,
     generator: NoiseSource,
     callback: Callback | None = None,
+    band_scale: int | None = None,
 ) -> Tensor:
     """Fidelity-realism control for upscales (after StableSR's fidelity weight), SDEdit-style.
 
@@ -303,10 +305,15 @@ def sample_with_fidelity(
     to the trained step (1 - fidelity)(T - 1) with the item's own noise and sampled from there
     with `settings` (steps capped at the truncated length). Lower fidelity restarts from more
     noise, so more of the output is generated: detail rises and PSNR falls, monotonically.
+
+    `band_scale` (an upscale's factor s): the sample keeps only its frequencies above the
+    input's Nyquist (1/s of its own); below, the output is the fidelity-1 estimate's
+    (`cascade.bands.keep_low_band`, linear, so the same in the diffused residual as in the
+    image). None: the sample as is.
     """
     if not 0.0 <= fidelity <= 1.0:
         raise ValueError(f"fidelity must lie in [0, 1], got {fidelity}")
-    if fidelity == 0.0:
+    if fidelity == 0.0 and band_scale is None:
         return sample(
             model, x, schedule, settings, cond=cond, generator=generator, callback=callback
         )
@@ -318,8 +325,10 @@ def sample_with_fidelity(
         if callback is not None:
             callback(1, 1, mean)
         return mean
-    truncated = Schedule(schedule.alphas_cumprod[: start + 1], schedule.timesteps[: start + 1])
-    acp = float(truncated.alphas_cumprod[-1])
-    x = acp**0.5 * mean + (1 - acp) ** 0.5 * randn_like(x, generator)
-    settings = dataclasses.replace(settings, steps=min(settings.steps, len(truncated)))
-    return sample(model, x, truncated, settings, cond=cond, generator=generator, callback=callback)
+    if fidelity > 0.0:
+        schedule = Schedule(schedule.alphas_cumprod[: start + 1], schedule.timesteps[: start + 1])
+        acp = float(schedule.alphas_cumprod[-1])
+        x = acp**0.5 * mean + (1 - acp) ** 0.5 * randn_like(x, generator)
+        settings = dataclasses.replace(settings, steps=min(settings.steps, len(schedule)))
+    out = sample(model, x, schedule, settings, cond=cond, generator=generator, callback=callback)
+    return out if band_scale is None else keep_low_band(mean, out, band_scale)

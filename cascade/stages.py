@@ -15,11 +15,16 @@ StageName = Literal["base64", "sr256", "sr1024"]
 SamplerName = Literal["ancestral", "ddpm", "ddim", "dpmpp_2m"]
 ColorFix = Literal["none", "adain", "wavelet"]
 Precision = Literal["float32", "bfloat16", "float16"]
+# Where an upscale's frequencies below its input's Nyquist come from: the model's faithful
+# estimate (fidelity 1's output; the sample adds only detail the input cannot carry) or the
+# sample itself (plain SDEdit; at fidelity 0, exactly the reference's generative sample).
+LowBand = Literal["estimate", "sample"]
 
 STAGES: tuple[str, ...] = get_args(StageName)
 SAMPLER_NAMES: tuple[str, ...] = get_args(SamplerName)
 COLOR_FIXES: tuple[str, ...] = get_args(ColorFix)
 PRECISIONS: tuple[str, ...] = get_args(Precision)
+LOW_BANDS: tuple[str, ...] = get_args(LowBand)
 
 STAGE_OUTPUT: dict[str, int] = {"base64": 64, "sr256": 256, "sr1024": 1024}
 STAGE_INPUT: dict[str, int] = {"sr256": 64, "sr1024": 256}
@@ -30,6 +35,11 @@ SCALES: tuple[int, ...] = (4, 16)
 DEFAULT_FIDELITY: dict[str, float] = {"sr256": 0.8, "sr1024": 0.95}
 
 
+# Residual upscalers keep their faithful estimate's low band (weights/demo/sr256.md measures it:
+# the same detail as the plain sample, higher PSNR).
+DEFAULT_LOW_BAND: LowBand = "estimate"
+
+
 def default_fidelity(stage: str) -> float:
     """The stage's default fidelity for a residual upscaler (a stage of another name: sr256's)."""
     return DEFAULT_FIDELITY.get(stage, DEFAULT_FIDELITY["sr256"])
@@ -38,8 +48,8 @@ def default_fidelity(stage: str) -> float:
 @dataclass(frozen=True)
 class StageRun:
     """How one stage runs a batch: the sampler over the respaced schedule (DDIM's eta), the
-    guidance of a generation, and an upscale's colour fix and fidelity (None: the stage's own).
-    `Stage.run` decides which of these apply to its model."""
+    guidance of a generation, and an upscale's colour fix, fidelity and low band (None: the
+    stage's own). `Stage.run` decides which of these apply to its model."""
 
     sampler: SamplerName = "dpmpp_2m"
     steps: int = 20
@@ -47,6 +57,7 @@ class StageRun:
     guidance: float = 1.0
     color: ColorFix = "none"
     fidelity: float | None = None
+    low_band: LowBand | None = None
 
     def __post_init__(self) -> None:
         if self.sampler not in SAMPLER_NAMES:
@@ -57,6 +68,8 @@ class StageRun:
             raise ValueError(f"unknown colour fix {self.color!r}; choose one of {COLOR_FIXES}")
         if self.fidelity is not None and not 0.0 <= self.fidelity <= 1.0:
             raise ValueError(f"fidelity must lie in [0, 1], got {self.fidelity}")
+        if self.low_band is not None and self.low_band not in LOW_BANDS:
+            raise ValueError(f"unknown low band {self.low_band!r}; choose one of {LOW_BANDS}")
 
 
 # Per-stage defaults when a request names no sampler or steps (the service's CASCADE_SAMPLER_* and

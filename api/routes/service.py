@@ -12,7 +12,16 @@ from api.metrics import StageCollector
 from api.schemas import ClassInfo, ErrorBody, Limits
 from api.submit import known_classes
 from cascade.classes import class_names
-from cascade.stages import COLOR_FIXES, DEFAULT_FIDELITY, SAMPLER_NAMES, SCALES, SIZES, STAGES
+from cascade.stages import (
+    COLOR_FIXES,
+    DEFAULT_FIDELITY,
+    DEFAULT_LOW_BAND,
+    LOW_BANDS,
+    SAMPLER_NAMES,
+    SCALES,
+    SIZES,
+    STAGES,
+)
 from jobs.queues import live_workers
 
 router = APIRouter(tags=["service"])
@@ -35,6 +44,7 @@ def limits(settings: SettingsDep) -> dict[str, object]:
         "scales": list(SCALES),
         "samplers": list(SAMPLER_NAMES),
         "color_fixes": list(COLOR_FIXES),
+        "low_bands": list(LOW_BANDS),
         "max_upload_bytes": settings.max_upload_bytes,
         "max_input_pixels": settings.max_input_pixels,
         "max_output_pixels": settings.max_output_pixels,
@@ -44,7 +54,11 @@ def limits(settings: SettingsDep) -> dict[str, object]:
             name: {
                 "sampler": settings.sampler_for(name),
                 "steps": settings.steps_for(name),
-                **({"fidelity": DEFAULT_FIDELITY[name]} if name in DEFAULT_FIDELITY else {}),
+                **(
+                    {"fidelity": DEFAULT_FIDELITY[name], "low_band": DEFAULT_LOW_BAND}
+                    if name in DEFAULT_FIDELITY
+                    else {}
+                ),
             }
             for name in STAGES
         },

@@ -222,6 +222,8 @@ function upscaleFields() {
   if (sampler) fields.sampler = sampler;
   const steps = optionalInt($("#up-steps"));
   if (steps !== undefined) fields.steps = steps;
+  const lowBand = $("#up-low-band").value;
+  if (lowBand) fields.low_band = lowBand;
   return fields;
 }
 
@@ -349,6 +351,7 @@ export async function loadChoices() {
     for (const fix of limits.color_fixes.filter((name) => name !== "none")) {
       $("#up-color").append(new Option(fix, fix));
     }
+    for (const band of limits.low_bands) $("#up-low-band").append(new Option(band, band));
     for (const id of ["#gen-steps", "#up-steps"]) $(id).max = String(limits.max_steps);
     const defaults = Object.entries(limits.defaults)
       .map(([stage, run]) => `${stage} ${run.steps} ${run.sampler}`)

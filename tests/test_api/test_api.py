@@ -159,6 +159,7 @@ def upscale(client: TestClient, data: bytes, filename: str = "in.png", **fields:
         ({"fidelity": 1.5}, 422, ["fidelity", "less than or equal to 1"]),
         ({"fidelity": -0.1}, 422, ["fidelity", "greater than or equal to 0"]),
         ({"fidelity": "nan"}, 422, ["fidelity"]),
+        ({"low_band": "middle"}, 422, ["low_band", "'estimate' or 'sample'"]),
         ({"scale": 16, "steps": 2}, 413, ["1280x1280", "limit"]),
     ],
 )
@@ -230,6 +231,11 @@ def test_upscale_fidelity_is_kept_in_the_request(client: TestClient):
     assert response.status_code == 202, response.text
     job = client.get(response.json()["links"]["self"]).json()
     assert job["request"]["fidelity"] == 1.0
+    assert "low_band" not in job["request"]  # not asked for: the stage's own default
+    asked = upscale(client, image_bytes(64, 64), scale=16, low_band="sample", steps=2)
+    assert asked.status_code == 202, asked.text
+    job = client.get(asked.json()["links"]["self"]).json()
+    assert job["request"]["low_band"] == "sample"
 
 
 def test_classes_follow_the_loaded_base(client: TestClient, redis_server: EmbeddedRedis):

@@ -185,6 +185,8 @@ def test_upscale_shows_sizes_and_the_comparison(page, tmp_path: Path):
     assert "Limits: files up to" in page.inner_text("#up-limits")
     if not SCREENSHOTS:  # the demo weights keep their own fidelity default (their model card)
         page.fill("#up-fidelity", "0.8")
+        page.click("#upscale details.advanced summary")
+        page.select_option("#up-low-band", "sample")  # an option the limits listed
     page.select_option("#up-color", "wavelet")
     page.click("#upscale button[type=submit]")
     job = newest_job(page)
@@ -212,7 +214,12 @@ def test_upscale_shows_sizes_and_the_comparison(page, tmp_path: Path):
         clip = {"x": 0, "y": 0, "width": 1280, "height": 1060}
         page.screenshot(path=str(Path(SCREENSHOTS) / "page.png"), full_page=True, clip=clip)
     else:
-        assert request == {"scale": 4, "fidelity": 0.8, "color_fix": "wavelet"}
+        assert request == {
+            "scale": 4,
+            "fidelity": 0.8,
+            "color_fix": "wavelet",
+            "low_band": "sample",
+        }
 
 
 def test_cancel_a_running_job(page):

@@ -246,6 +246,8 @@ def test_limits(client: TestClient, settings: Settings):
     assert limits["defaults"]["base64"] == {"sampler": "ddim", "steps": 10}  # no fidelity
     for stage in ("sr256", "sr1024"):  # each upscaler's own default fidelity
         assert limits["defaults"][stage]["fidelity"] == DEFAULT_FIDELITY[stage]
+        assert limits["defaults"][stage]["low_band"] == "estimate"
+    assert limits["low_bands"] == ["estimate", "sample"]
     assert limits["default_fidelity"] == DEFAULT_FIDELITY["sr256"]
     assert "dpmpp_2m" in limits["samplers"] and "wavelet" in limits["color_fixes"]
 

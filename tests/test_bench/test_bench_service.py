@@ -84,7 +84,8 @@ def test_minimal_run_has_every_figure(tmp_path: Path, one_thread: None):
     # The default's fidelity, not full sampling; beside it the same sampler at fidelity 0.
     assert ttq["upscale"]["default_run"]["fidelity"] == DEFAULT_FIDELITY["sr256"]
     full = ttq["upscale"]["full_sample"]
-    assert full["run"] == {**ttq["upscale"]["default_run"], "fidelity": 0.0}
+    assert ttq["upscale"]["default_run"]["low_band"] == "estimate"
+    assert full["run"] == {**ttq["upscale"]["default_run"], "fidelity": 0.0, "low_band": "sample"}
     assert full["speedup"] == ttq["upscale"]["reference"]["seconds"] / full["seconds"]
     assert full["hf_ratio_gap"] == full["hf_ratio"] - ttq["upscale"]["reference"]["hf_ratio"]
     assert len(ttq["upscale"]["per_item"]["full_sample"]["psnr"]) == 1
@@ -95,6 +96,7 @@ def test_minimal_run_has_every_figure(tmp_path: Path, one_thread: None):
         "guidance": 1.0,
         "color": "none",
         "fidelity": 0.0,
+        "low_band": "sample",  # the reference's sample as is
     }
     assert number(ttq["upscale"]["psnr_gap_db"]) and number(
         ttq["generate256"]["detail_vs_reference"]

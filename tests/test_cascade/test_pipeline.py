@@ -195,6 +195,44 @@ def test_fidelity_trades_detail_for_faithfulness_monotonically():
     assert distances[-1] > 0.45
 
 
+def test_upscales_keep_the_faithful_estimates_low_band_by_default():
+    """A residual upscaler's default: below the input's Nyquist the output is fidelity 1's, above
+    it the sample's. `low_band="sample"` is plain SDEdit; eps-on-image (released) weights default
+    to it, and a generation has no low band."""
+    import dataclasses
+
+    from cascade.bands import high_pass
+
+    stage = Stage("sr256", load("preset:sr256-tiny"), StageRun("dpmpp_2m", 3))
+    assert stage.effective().low_band == "estimate" and stage.describe()["low_band"] == "estimate"
+    # A faint input keeps the tiny random model's outputs inside [-1, 1], so no clamp hides them.
+    low = torch.rand(1, 3, 16, 16) * 0.2 - 0.1
+    faithful = stage.run(seeds=[1], low_res=low, run=StageRun("dpmpp_2m", 3, fidelity=1.0))
+    for fidelity in (0.5, 0.0):
+        kept = stage.run(seeds=[1], low_res=low, run=StageRun("dpmpp_2m", 3, fidelity=fidelity))
+        plain = stage.run(
+            seeds=[1],
+            low_res=low,
+            run=StageRun("dpmpp_2m", 3, fidelity=fidelity, low_band="sample"),
+        )
+        assert kept.abs().max() < 1 and plain.abs().max() < 1
+        assert not torch.allclose(kept, plain, atol=1e-3)
+        # The band edge of a 4x upscale runs 0.2-0.3 of Nyquist; compare wholly on either side.
+        torch.testing.assert_close(
+            high_pass(kept, 0.375), high_pass(plain, 0.375), atol=1e-4, rtol=0
+        )
+        below = kept - high_pass(kept, 0.15)
+        torch.testing.assert_close(below, faithful - high_pass(faithful, 0.15), atol=1e-4, rtol=0)
+    released = dataclasses.replace(
+        stage.model, spec=dataclasses.replace(stage.model.spec, prediction="eps", diffused="image")
+    )
+    assert Stage("sr256", released).effective().low_band == "sample"
+    base = Stage("base64", load("preset:base64-tiny"))
+    assert base.effective(StageRun(low_band="estimate")).low_band is None
+    with pytest.raises(ValueError, match="unknown low band"):
+        StageRun(low_band="middle")  # type: ignore[arg-type]
+
+
 def test_cpu_fast_path_is_channels_last_and_samples_the_same_images():
     low = torch.rand(1, 3, 16, 16) * 2 - 1
     plain = Stage("sr256", load("preset:sr256-tiny"), StageRun("ddim", 3))

@@ -107,3 +107,14 @@ def test_queued_job_has_no_progress_or_eta():
     fields.update(status="queued", started_at="")
     job = describe(JobRecord(fields))
     assert job["progress"] == 0.0 and job["eta_seconds"] is None and job["started_at"] is None
+
+
+def test_a_planned_stage_keeps_its_run_through_the_record():
+    """The job record is JSON: every field of the run comes back, and a record written before
+    a field existed reads as that field's default."""
+    planned = PlannedStage(
+        "sr256", 256, 256, StageRun("ancestral", 7, fidelity=0.3, low_band="sample")
+    )
+    assert PlannedStage.from_dict(json.loads(json.dumps(planned.to_dict()))) == planned
+    older = {key: value for key, value in planned.to_dict().items() if key != "low_band"}
+    assert PlannedStage.from_dict(older).run.low_band is None
