@@ -16,19 +16,24 @@ eval_sr() {  # NAME STAGE [cascade eval flags...]
         --out "$out/$name" "$@" > "$out/$name.txt" 2>&1
     grep -E "^MEAN|PSNR:" "$out/$name.txt" | sed "s/^/$name: /"
 }
-# The service default (dpmpp_2m, 20 steps, the stage's default fidelity) and fidelity 1.
+# The service default (dpmpp_2m, 20 steps, the stage's default fidelity and low band) and
+# fidelity 1.
 eval_sr sr256-default sr256 --sampler dpmpp_2m --steps 20
-# Fidelity sweep (the default is chosen from it).
-for fidelity in 0.9 0.7 0.6 0.5 0.3 0.0; do
+# Fidelity sweep (the default is chosen from it), and the sample as is beside the low band.
+for fidelity in 0.8 0.5 0.4 0.2 0.0; do
     eval_sr "sr256-fidelity$fidelity" sr256 --sampler dpmpp_2m --steps 20 --fidelity "$fidelity"
 done
+eval_sr sr256-fidelity0.5-sample sr256 --sampler dpmpp_2m --steps 20 --fidelity 0.5 \
+    --low-band sample
 # 256 -> 1024 on the photos large enough for a 1024 crop: the default (and fidelity 1), then
 # the fidelity sweep at 512 px crops (a quarter of the time).
 eval_sr sr1024-default sr1024 --sampler dpmpp_2m --steps 20
-eval_sr sr1024-fidelity0.8 sr1024 --sampler dpmpp_2m --steps 20 --fidelity 0.8
-for fidelity in 0.95 0.9 0.8 0.5; do
-    eval_sr "sr1024-512-fidelity$fidelity" sr1024 --sampler dpmpp_2m --steps 20 --crop 512 \
-        --fidelity "$fidelity"
+eval_sr sr1024-default-sample sr1024 --sampler dpmpp_2m --steps 20 --low-band sample
+for run in 0.95:estimate 0.9:estimate 0.8:estimate 0.7:estimate \
+    0.95:sample 0.9:sample 0.8:sample 0.5:sample; do
+    fidelity=${run%%:*} band=${run##*:}
+    eval_sr "sr1024-512-fidelity$fidelity-$band" sr1024 --sampler dpmpp_2m --steps 20 \
+        --crop 512 --fidelity "$fidelity" --low-band "$band"
 done
 # The sampler criteria (each sampler against its own 200-step result and against 1000-step
 # ancestral) are `cascade bench --only samplers --data "$holdout"` (BENCHMARKS.md).
