@@ -8,18 +8,15 @@ time cannot hold it longer), a 5xx, 429 or network error is retried with backoff
 and every request is signed after the Standard Webhooks spec (`webhook-id`, `webhook-timestamp`,
 `webhook-signature`: HMAC-SHA256 with `CASCADE_WEBHOOK_SECRET`) so receivers can verify it.
 
-Destinations on loopback, private, link-local, multicast or otherwise non-global addresses are
-refused, at submission and again at send time after DNS resolution (the request then goes to
-the address that was checked, so a name cannot be re-pointed in between), unless
-`CASCADE_WEBHOOK_ALLOW` lists the host or its network.
+Internal destinations are refused at submission and again at send time after DNS resolution
+(`jobs.destinations`); the request then goes to the address that was checked, so a name cannot
+be re-pointed in between.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import logging
-import socket
 from datetime import UTC, datetime
 from urllib.parse import urlsplit, urlunsplit
 
@@ -27,19 +24,17 @@ from redis import Redis
 from rq import Callback, Queue, Retry
 from rq.serializers import JSONSerializer
 
+from jobs.destinations import WebhookRefused, check_destination
 from jobs.events import EventLog
 from jobs.settings import Settings, get_settings
+
+__all__ = ["WebhookRefused", "check_destination", "enqueue_delivery"]
 
 log = logging.getLogger(__name__)
 WEBHOOK_QUEUE = "cascade-webhooks"
 DELIVER = "jobs.webhooks.deliver"
 ON_FAILURE = "jobs.webhooks.on_delivery_failure"
 BACKOFF = [2, 10, 30]  # seconds before the 1st, 2nd, 3rd... retry (the last repeats)
-Address = ipaddress.IPv4Address | ipaddress.IPv6Address
-
-
-class WebhookRefused(ValueError):
-    """A destination the service will not POST to."""
 
 
 class WebhookFailed(RuntimeError):
@@ -48,59 +43,6 @@ class WebhookFailed(RuntimeError):
 
 def webhook_queue(connection: Redis) -> Queue:
     return Queue(WEBHOOK_QUEUE, connection=connection, serializer=JSONSerializer)
-
-
-def allowed(host: str, addresses: list[Address], allow: str) -> bool:
-    """Whether `CASCADE_WEBHOOK_ALLOW` (comma-separated hosts and networks) lets `host` in."""
-    entries = [entry.strip() for entry in allow.split(",") if entry.strip()]
-    if host.lower() in (entry.lower() for entry in entries):
-        return True
-    networks = []
-    for entry in entries:
-        try:
-            networks.append(ipaddress.ip_network(entry, strict=False))
-        except ValueError:
-            continue  # a host name
-    return bool(addresses) and all(any(a in net for net in networks) for a in addresses)
-
-
-def internal(address: Address) -> bool:
-    """Loopback, private, link-local, multicast, reserved or unspecified: not the internet."""
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
-        address = address.ipv4_mapped
-    return address.is_multicast or not address.is_global
-
-
-def resolve(host: str, port: int) -> list[Address]:
-    """Every address `host` resolves to (an IP literal resolves to itself)."""
-    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    return list(dict.fromkeys(ipaddress.ip_address(info[4][0].split("%")[0]) for info in infos))
-
-
-def check_destination(url: str, allow: str, *, must_resolve: bool) -> list[Address]:
-    """The addresses `url` may be POSTed to; raises WebhookRefused for an internal one. A name
-    that does not resolve is refused only when `must_resolve` (at send time)."""
-    parts = urlsplit(url)
-    host = parts.hostname
-    if parts.scheme not in ("http", "https") or not host:
-        raise WebhookRefused("webhook_url must be an http(s) URL with a host")
-    port = parts.port or (443 if parts.scheme == "https" else 80)
-    try:
-        addresses = resolve(host, port)
-    except (socket.gaierror, UnicodeError) as error:
-        if must_resolve:
-            raise WebhookRefused(f"webhook host {host} does not resolve: {error}") from None
-        return []
-    if allowed(host, addresses, allow):
-        return addresses
-    refused = [str(address) for address in addresses if internal(address)]
-    if refused:
-        raise WebhookRefused(
-            f"webhook_url {host} points at an internal address ({', '.join(refused)}): "
-            "loopback, private, link-local and multicast destinations are refused "
-            "(an operator can allow a receiver with CASCADE_WEBHOOK_ALLOW)"
-        )
-    return addresses
 
 
 def enqueue_delivery(connection: Redis, settings: Settings, job_id: str, url: str) -> None:
