@@ -61,7 +61,7 @@ class Sender:
         """Send until stopped or, with `burst`, until nothing is due or in flight."""
         import httpx  # the sender's dependency; the API only queues deliveries
 
-        tls = httpx.create_ssl_context()  # once: loading the CA bundle costs CPU
+        tls = httpx.create_ssl_context()  # once for every attempt: loading the CAs costs CPU
         # Resolution and Redis calls run in threads: enough for every attempt and the waker.
         workers = self.settings.webhook_concurrency + 2
         asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(workers))
@@ -94,7 +94,7 @@ class Sender:
                 continue
             for claim in claims:
                 self.in_flight[asyncio.create_task(self._send(claim, tls))] = claim
-            if burst and not self.in_flight:
+            if not self.in_flight and (burst or self.stopping):
                 return
             waiting: set[asyncio.Future] = set(self.in_flight)
             room = len(self.in_flight) < self.settings.webhook_concurrency

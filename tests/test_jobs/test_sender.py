@@ -14,13 +14,17 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from rq import Queue
+from rq.serializers import JSONSerializer
 from standardwebhooks.webhooks import Webhook
 
 from jobs.connection import EmbeddedRedis
 from jobs.events import EventLog
+from jobs.sender import adopt_rq_deliveries
 from jobs.settings import Settings
 from jobs.webhooks import DeliveryQueue, enqueue_delivery
 
@@ -29,7 +33,8 @@ SECRET = "whsec_" + "c2VjcmV0LXNpZ25pbmcta2V5LWZvci10ZXN0cw=="  # base64 of a te
 
 class Receiver:
     """A webhook receiver on 127.0.0.1 that answers each request as `answer(n)` says (n counts
-    requests from 1): an HTTP status, "hang" (never answer) or "drip" (a byte a second)."""
+    requests from 1): an HTTP status, "hang" (never answer), "slow" (204 after 1.5 s) or "drip"
+    (a byte a second)."""
 
     def __init__(self, answer: Callable[[int], int | str]):
         self.answer = answer
@@ -64,6 +69,11 @@ class Receiver:
             if answer == "hang":
                 while connection.recv(65536):  # until the sender gives up and closes
                     pass
+            elif answer == "slow":
+                time.sleep(1.5)
+                with self.lock:
+                    self.received.append((time.monotonic(), headers, body))
+                connection.sendall(b"HTTP/1.1 204 X\r\nContent-Length: 0\r\n\r\n")
             elif answer == "drip":
                 for byte in b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n" + b"x" * 100:
                     connection.sendall(bytes([byte]))
@@ -301,3 +311,44 @@ def test_a_duplicate_delivery_is_ignored(redis_server: EmbeddedRedis):
     enqueue_delivery(connection, settings, "twice", "http://127.0.0.1:9/b")
     assert connection.zcard("cascade:webhooks:due") == 1
     assert DeliveryQueue(connection, settings).status("twice")["url"] == "http://127.0.0.1:9/a"
+
+
+def test_deliveries_queued_through_rq_are_taken_over(redis_server: EmbeddedRedis):
+    redis_server.client().flushdb()
+    connection = redis_server.client()
+    queue = Queue("cascade-webhooks", connection=connection, serializer=JSONSerializer)
+    url = "http://127.0.0.1:9/hook"
+    queue.enqueue("jobs.webhooks.deliver", "waiting", url, job_id="waiting-webhook")
+    queue.enqueue_in(timedelta(seconds=30), "jobs.webhooks.deliver", "retrying", url)
+    assert adopt_rq_deliveries(connection, Settings()) == 2
+    assert queue.count == 0 and queue.scheduled_job_registry.count == 0
+    records = DeliveryQueue(connection, Settings()).status
+    assert [(records(job)["status"], records(job)["url"]) for job in ("waiting", "retrying")] == [
+        ("queued", url),
+        ("queued", url),
+    ]
+    assert adopt_rq_deliveries(connection, Settings()) == 0  # once
+
+
+def test_sigterm_stops_an_idle_sender_at_once(senders: Senders):
+    process = senders.start()
+    started = time.monotonic()
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(10) == 0
+    assert time.monotonic() - started < 5
+    assert "webhook sender stopping" in senders.log()
+
+
+def test_sigterm_lets_the_attempt_in_flight_end(redis_server: EmbeddedRedis, senders: Senders):
+    process = senders.start()
+    connection = redis_server.client()
+    slow = Receiver(lambda n: "slow")
+    try:
+        enqueue_delivery(connection, Settings(), ended(redis_server, "slow"), slow.url)
+        wait_for(lambda: slow.requests == 1, 20, "the attempt to start")
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(10) == 0
+        assert slow.job_ids() == ["slow"]
+        assert DeliveryQueue(connection, Settings()).status("slow")["status"] == "delivered"
+    finally:
+        slow.close()
