@@ -11,7 +11,7 @@ a time cannot hold it longer), a 5xx, 429 or network error is retried with backo
 submission and again at send time after DNS resolution (`jobs.destinations`); the request then
 goes to the address that was checked, so a name cannot be re-pointed in between.
 
-The queue is three Redis keys and a record per delivery, moved only by the Lua scripts below:
+The queue is two sorted sets and a record per delivery, moved only by the Lua scripts below:
 `due` (job id -> when its next attempt may start), `sending` (job id -> when the claim of the
 sender making it lapses; a live sender renews its claims, so a lapsed one means that sender
 died) and the record `cascade:webhook:{job id}` (URL, deadline, retries, attempts, status). A
