@@ -110,6 +110,13 @@ class Settings(BaseSettings):
     webhook_retries: int = Field(3, ge=0)
     webhook_secret: SecretStr | None = None
     webhook_allow: str = ""
+    # The sender makes at most webhook_concurrency deliveries at once, and at most
+    # webhook_per_destination of them to one host:port, so a receiver that hangs holds only
+    # its own deliveries (each for at most webhook_timeout) and everyone else's go on. A sender
+    # renews its claims every heartbeat_interval; killed, they lapse after heartbeat_ttl and
+    # the next sender retries them.
+    webhook_concurrency: int = Field(16, ge=1, le=1000)
+    webhook_per_destination: int = Field(4, ge=1)
 
     @property
     def worker_fresh_seconds(self) -> int:

@@ -1,5 +1,6 @@
 """Webhook destinations: internal addresses refused (literals and names, IPv4 and IPv6), the
-allow-list, and refusal at submission (422)."""
+allow-list, and refusal at submission (422), IPv4 carried in IPv6 and odd spellings included
+(the full table is in test_destinations.py)."""
 
 from __future__ import annotations
 
@@ -65,7 +66,17 @@ def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
     redis.stop()
 
 
-@pytest.mark.parametrize("url", ["http://169.254.169.254/", "http://127.0.0.1:6379/"])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://169.254.169.254/",
+        "http://127.0.0.1:6379/",
+        "http://[64:ff9b::a00:1]/",  # NAT64 of 10.0.0.1
+        "http://[2002:a00:1::1]/",  # 6to4 of 10.0.0.1
+        "http://0x7f000001/",  # 127.0.0.1 in hex
+        "http://0177.0.0.1/",  # 127.0.0.1 with an octal part
+    ],
+)
 def test_internal_webhook_is_refused_at_submission(client: TestClient, url: str):
     response = client.post("/v1/generations", json={"class_id": 1, "webhook_url": url})
     assert response.status_code == 422, response.text
