@@ -32,6 +32,12 @@ class Settings(BaseSettings):
     s3_region: str | None = None
     s3_access_key_id: str | None = None  # unset: boto3's usual credential chain
     s3_secret_access_key: SecretStr | None = None
+    # Free space (MB, 10^6 bytes) kept on a local store's disk: below it workers take no stages
+    # and new jobs get 507. A 2048x2048 job writes its last stage's preview and result.png (each
+    # at most ~12.6 MB, a PNG of 2048*2048*3 bytes of noise), the previous stage's 512x512
+    # preview (0.8 MB) and job.json (~4 KB), and hands a 512x512 float tensor (3.1 MB) through
+    # Redis: ~29 MB, doubled for a margin. 0 disables it; an S3 store has no disk to fill.
+    min_free_mb: float = Field(64, ge=0)
 
     # Limits checked by the API before any work is queued.
     max_upload_bytes: int = Field(10 * 2**20, gt=0)
