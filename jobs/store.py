@@ -39,6 +39,11 @@ def stage_preview(stage: str) -> str:
     return f"{stage}.png"
 
 
+def megabytes(count: int) -> str:
+    """`count` bytes in MB as people read it: one decimal, three below 0.1 MB."""
+    return f"{count / MB:.1f}" if count >= MB / 10 else f"{count / MB:.3f}"
+
+
 class DiskFull(OSError):
     """A store write failed for want of space or quota: it fails again until space is freed, so
     no retry can mend it."""
@@ -50,7 +55,7 @@ class DiskFull(OSError):
     def __str__(self) -> str:
         if self.free_bytes is None:
             return "the result disk is full"
-        return f"the result disk is full ({self.free_bytes / MB:.0f} MB free)"
+        return f"the result disk is full ({megabytes(self.free_bytes)} MB free)"
 
 
 class Store(Protocol):
@@ -181,7 +186,7 @@ def space_shortfall(settings: Settings) -> str | None:
     if free is None or free >= settings.min_free_mb * MB:
         return None
     return (
-        f"the result disk has {free / MB:.1f} MB free, under the {settings.min_free_mb:g} MB "
+        f"the result disk has {megabytes(free)} MB free, under the {settings.min_free_mb:g} MB "
         "kept free (CASCADE_MIN_FREE_MB)"
     )
 

@@ -97,19 +97,21 @@ class StageWorker(SimpleWorker):
         """Sleep while the result disk is under its floor, heartbeating (the worker stays
         alive and counted) and running maintenance (retention may free the space)."""
         settings, paused = current().settings, False
+        # An idle worker counts as alive while it beats once per maintenance interval.
+        interval = min(DISK_RECHECK, settings.maintenance_interval)
         while (shortfall := space_shortfall(settings)) is not None:
             if not paused:
                 log.warning(
-                    "%s: taking no stages until space is freed (checking every %.0f s)",
+                    "%s: taking no stages until space is freed (checking every %g s)",
                     shortfall,
-                    DISK_RECHECK,
+                    interval,
                 )
                 self.set_state(WorkerStatus.SUSPENDED)
                 paused = True
             self.heartbeat()
             if self.should_run_maintenance_tasks:
                 self.run_maintenance_tasks()
-            time.sleep(DISK_RECHECK)
+            time.sleep(interval)
         if paused:
             log.info("the result disk has space again: taking stages")
 
