@@ -19,7 +19,6 @@ from jobs.settings import Settings
 log = logging.getLogger(__name__)
 # Where the embedded Redis kept its data before it moved off the result folder.
 LEGACY_EMBEDDED_REDIS = Path("results/.redis/cascade.rdb")
-WRITE_PROBE = "cascade:write-probe"
 
 
 def embedded_redis_path(settings: Settings) -> Path:
@@ -156,13 +155,13 @@ class RedisServer:
 
 
 def wait_for_redis(connection: Redis, settings: Settings) -> None:
-    """Block until Redis answers and takes writes (it refuses them, MISCONF, while it cannot
-    persist), retrying with exponential backoff (capped) and logging."""
+    """Block until Redis answers, retrying with exponential backoff (capped) and logging. A
+    Redis that cannot persist (its disk full) refuses PING too (MISCONF), so this also waits
+    until it takes writes again."""
     delay = 0.5
     while True:
         try:
             connection.ping()
-            connection.set(WRITE_PROBE, "1", ex=60)
             return
         except RedisError as error:
             log.warning("cannot reach Redis (%s); retrying in %.1f s", error, delay)
