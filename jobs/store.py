@@ -7,6 +7,7 @@ when an S3 store is opened, so the API image needs it only for S3 deployments.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import re
@@ -23,6 +24,8 @@ log = logging.getLogger(__name__)
 RESULT = "result.png"
 RECORD = "job.json"
 JOB_ID = re.compile(r"[0-9a-f]{32}")  # uuid4 hex (`api.submit.new_job_id`): all retention touches
+MB = 10**6
+FULL = (errno.ENOSPC, errno.EDQUOT)  # no space left on the device; the user's quota exhausted
 
 
 def object_name(job_id: str, name: str) -> str:
@@ -34,6 +37,25 @@ def object_name(job_id: str, name: str) -> str:
 
 def stage_preview(stage: str) -> str:
     return f"{stage}.png"
+
+
+def megabytes(count: int) -> str:
+    """`count` bytes in MB as people read it: one decimal, three below 0.1 MB."""
+    return f"{count / MB:.1f}" if count >= MB / 10 else f"{count / MB:.3f}"
+
+
+class DiskFull(OSError):
+    """A store write failed for want of space or quota: it fails again until space is freed, so
+    no retry can mend it."""
+
+    def __init__(self, code: int, free_bytes: int | None):
+        super().__init__(code, os.strerror(code))
+        self.free_bytes = free_bytes
+
+    def __str__(self) -> str:
+        if self.free_bytes is None:
+            return "the result disk is full"
+        return f"the result disk is full ({megabytes(self.free_bytes)} MB free)"
 
 
 class Store(Protocol):
@@ -54,12 +76,25 @@ class LocalStore:
         self.root = Path(root)
 
     def put(self, key: str, data: bytes, content_type: str) -> str:
+        """Write `data` under `key`; on any failure nothing is left behind (a stray temporary
+        would eat the space freed for the next try), and a full disk raises `DiskFull`."""
         path = self.root / key
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-        with os.fdopen(handle, "wb") as file:
-            file.write(data)
-        os.replace(temporary, path)
+        temporary = None
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+            with os.fdopen(handle, "wb") as file:
+                file.write(data)
+            os.replace(temporary, path)
+        except BaseException as error:  # a job timeout mid-write must not leave it either
+            if temporary is not None:
+                try:
+                    os.unlink(temporary)
+                except FileNotFoundError:
+                    pass  # os.replace had already moved it
+            if isinstance(error, OSError) and error.errno in FULL:
+                raise DiskFull(error.errno, free_bytes(self.root)) from error
+            raise
         return str(path)
 
     def get(self, key: str) -> bytes | None:
@@ -128,6 +163,32 @@ class S3Store:
                 Bucket=self.bucket, Delete={"Objects": keys[index : index + 1000], "Quiet": True}
             )
         return expired
+
+
+def free_bytes(folder: str | Path) -> int | None:
+    """Bytes this process may still write on the disk holding `folder` (or its nearest existing
+    parent: the folder may not exist yet); None when that cannot be read."""
+    path = Path(folder).absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    try:
+        return shutil.disk_usage(path).free
+    except OSError:
+        return None
+
+
+def space_shortfall(settings: Settings) -> str | None:
+    """Why new work must wait for disk space: the local store's disk has less free than
+    `min_free_mb`; None when it has enough, the floor is off, or the store is S3."""
+    if settings.store.startswith("s3://") or not settings.min_free_mb:
+        return None
+    free = free_bytes(settings.store)
+    if free is None or free >= settings.min_free_mb * MB:
+        return None
+    return (
+        f"the result disk has {megabytes(free)} MB free, under the {settings.min_free_mb:g} MB "
+        "kept free (CASCADE_MIN_FREE_MB)"
+    )
 
 
 def parse_s3_url(url: str) -> tuple[str, str]:

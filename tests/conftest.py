@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
+import shutil
+import subprocess
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -50,3 +52,27 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedR
     server = EmbeddedRedis(tmp_path_factory.mktemp("redis") / "test.rdb")
     yield server
     server.stop()
+
+
+@pytest.fixture
+def tmpfs(tmp_path: Path) -> Iterator[Callable[[str, int], Path]]:
+    """`tmpfs(name, megabytes)`: a small disk that fills, mounted at tmp_path / name and
+    unmounted afterwards; skips the test where mounting is not permitted (it needs root)."""
+    mounted: list[Path] = []
+
+    def mount(name: str, megabytes: int) -> Path:
+        path = tmp_path / name
+        path.mkdir()
+        if shutil.which("mount") is None:
+            pytest.skip("no mount command to make a small tmpfs")
+        command = ["mount", "-t", "tmpfs", "-o", f"size={megabytes}m", "tmpfs", str(path)]
+        done = subprocess.run(command, capture_output=True, text=True)
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip() or done.returncode}")
+        mounted.append(path)
+        return path
+
+    yield mount
+    for path in mounted:
+        if subprocess.run(["umount", str(path)], capture_output=True).returncode != 0:
+            subprocess.run(["umount", "-l", str(path)], capture_output=True)  # still busy

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from types import FrameType
 
-from jobs.connection import RedisServer
+from jobs.connection import RedisServer, embedded_redis_path
 from jobs.settings import get_settings
 from workers.runtime import stage_weights
 
@@ -111,7 +111,7 @@ def main(args: argparse.Namespace) -> None:
     children: dict[str, Child] = {}
     try:
         if settings.redis_url is None:
-            server = RedisServer(settings.embedded_redis)
+            server = RedisServer(embedded_redis_path(settings))
             redis = Child("redis", server.start)
             redis.start()
             env["CASCADE_REDIS_URL"] = server.url

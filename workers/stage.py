@@ -32,7 +32,7 @@ from jobs.queues import enqueue_stage
 from jobs.record import JobRecord, Jobs
 from jobs.settings import Settings, get_settings
 from jobs.stats import record_stage
-from jobs.store import RECORD, RESULT, object_name, stage_preview
+from jobs.store import RECORD, RESULT, DiskFull, object_name, stage_preview
 from jobs.view import describe
 from jobs.webhooks import enqueue_delivery
 from workers.batching import Member, sample_each
@@ -44,7 +44,8 @@ T = TypeVar("T")
 
 # Failures a retry can mend: the worker died, Redis or the store could not be reached, the GPU
 # was short of memory (a retry may run alone, outside a batch). Any other error happens again on
-# every run, so the job fails at once instead of re-running its sampling.
+# every run, so the job fails at once instead of re-running its sampling; so does a full result
+# disk (`DiskFull`, an OSError), which stays full until someone frees space.
 TRANSIENT: tuple[type[BaseException], ...] = (
     AbandonedJobError,
     RedisConnectionError,
@@ -291,7 +292,7 @@ def on_stage_failure(
     job_id, stage = job.args
     settings = get_settings()
     jobs = Jobs(connection, settings.result_ttl)
-    reason, transient = failure_reason(stage, exc_type, settings.timeout_for(stage))
+    reason, transient = failure_reason(stage, exc_type, settings.timeout_for(stage), exc_value)
     if not transient:
         log.error(
             "job %s%s stage %s (stage job %s) failed: %s: %s",
@@ -317,8 +318,12 @@ def on_stage_failure(
     fail(connection, jobs, job_id, stage, reason)
 
 
-def failure_reason(stage: str, exc_type: type, timeout: int) -> tuple[str, bool]:
+def failure_reason(
+    stage: str, exc_type: type, timeout: int, error: object = None
+) -> tuple[str, bool]:
     """What a client is told about a stage's failure, and whether a retry may mend it."""
+    if issubclass(exc_type, DiskFull):  # an OSError, but a retry would only sample again
+        return (str(error) if isinstance(error, DiskFull) else "the result disk is full"), False
     if issubclass(exc_type, AbandonedJobError):
         return "the worker running it stopped (killed, crashed or lost its connection)", True
     if issubclass(exc_type, JobTimeoutException):

@@ -10,10 +10,12 @@ from __future__ import annotations
 import argparse
 import logging
 import threading
+import time
 
 import torch
 from redis import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from rq import SimpleWorker
 from rq.job import Job
@@ -26,10 +28,12 @@ from jobs.connection import connect, stop_requested, wait_for_redis
 from jobs.queues import stage_queue
 from jobs.retention import collect_if_due
 from jobs.settings import Settings, get_settings
+from jobs.store import space_shortfall
 from workers.batching import claim
 from workers.runtime import Batch, Runtime, current, install
 
 log = logging.getLogger(__name__)
+DISK_RECHECK = 5.0  # seconds between looks at a result disk under its floor
 
 
 class StageWorker(SimpleWorker):
@@ -71,6 +75,45 @@ class StageWorker(SimpleWorker):
         default) would leave a dead worker's stage unfound that long, since maintenance (which
         retries abandoned stages) runs only between pops; so at most one maintenance interval."""
         return max(1, min(self.maintenance_interval, self.worker_ttl - 15))
+
+    def dequeue_job_and_maintain_ttl(
+        self, timeout: int | None, max_idle_time: int | None = None
+    ) -> tuple[Job, Queue] | None:
+        """RQ's dequeue, taking no stage while the result disk is under its floor (a stage
+        started then could not store its images). A job popped as the disk filled, while this
+        worker was blocked waiting, goes back to the front of its queue."""
+        while True:
+            self._wait_for_space()
+            result = super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
+            if result is None or space_shortfall(current().settings) is None:
+                return result
+            job, queue = result
+            with self.connection.pipeline() as pipeline:
+                pipeline.lrem(queue.intermediate_queue_key, 1, job.id)  # where LMOVE put it
+                queue.push_job_id(job.id, pipeline=pipeline, at_front=True)
+                pipeline.execute()
+
+    def _wait_for_space(self) -> None:
+        """Sleep while the result disk is under its floor, heartbeating (the worker stays
+        alive and counted) and running maintenance (retention may free the space)."""
+        settings, paused = current().settings, False
+        # An idle worker counts as alive while it beats once per maintenance interval.
+        interval = min(DISK_RECHECK, settings.maintenance_interval)
+        while (shortfall := space_shortfall(settings)) is not None:
+            if not paused:
+                log.warning(
+                    "%s: taking no stages until space is freed (checking every %g s)",
+                    shortfall,
+                    interval,
+                )
+                self.set_state(WorkerStatus.SUSPENDED)
+                paused = True
+            self.heartbeat()
+            if self.should_run_maintenance_tasks:
+                self.run_maintenance_tasks()
+            time.sleep(interval)
+        if paused:
+            log.info("the result disk has space again: taking stages")
 
     def execute_job(self, job: Job, queue: Queue) -> None:
         runtime = current()
@@ -160,6 +203,12 @@ def work(settings: Settings, stages: list[str], connection: Redis, *, burst: boo
             worker.work(burst=burst, logging_level="INFO")
         except (RedisConnectionError, RedisTimeoutError) as error:  # from RQ's teardown
             log.warning("worker %s lost Redis while stopping: %s", worker.name, error)
+        except ResponseError as error:
+            if not str(error).startswith("MISCONF"):
+                raise
+            # Redis refuses writes while it cannot persist (its own disk is full): ride it out
+            # like an outage instead of exiting, which would only crash-loop.
+            log.warning("worker %s: Redis cannot save its data: %s", worker.name, error)
         if stop_requested(worker) or burst:  # SIGINT/SIGTERM (RQ's own handlers), or done
             return
         log.warning("worker %s stopped (Redis unreachable?); starting again", worker.name)

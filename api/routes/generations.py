@@ -23,6 +23,7 @@ router = APIRouter(tags=["jobs"])
         200: {"model": Quote, "description": "`dry_run`: the quote; nothing was queued"},
         422: {"model": ErrorBody},
         503: {"model": ErrorBody},
+        507: {"model": ErrorBody, "description": "the result disk is under its floor"},
     },
 )
 def create_generation(

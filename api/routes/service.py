@@ -23,6 +23,7 @@ from cascade.stages import (
     STAGES,
 )
 from jobs.queues import live_workers
+from jobs.store import MB, free_bytes, space_shortfall
 
 router = APIRouter(tags=["service"])
 
@@ -73,16 +74,27 @@ def healthz() -> dict[str, str]:
 
 @router.get("/readyz", responses={503: {"model": ErrorBody}})
 def readyz(connection: RedisDep, settings: SettingsDep) -> JSONResponse:
-    """Ready when Redis answers and every stage queue has at least one worker listening whose
-    heartbeat is fresh (a killed worker's registration outlives it)."""
+    """Ready when Redis answers, every stage queue has at least one worker listening whose
+    heartbeat is fresh (a killed worker's registration outlives it), and a local result disk
+    has its floor of free space (`disk`; below it workers take no stages)."""
     connection.ping()
     fresh = settings.worker_fresh_seconds
     workers = {name: live_workers(connection, name, fresh) for name in STAGES}
     missing = [name for name, count in workers.items() if count == 0]
-    if missing:
-        message = f"no worker is serving stage(s) {', '.join(missing)}"
-        return JSONResponse({"error": message, "detail": {"workers": workers}}, status_code=503)
-    return JSONResponse({"status": "ready", "workers": workers})
+    shortfall = space_shortfall(settings)
+    free = None if settings.store.startswith("s3://") else free_bytes(settings.store)
+    disk = {
+        "ok": shortfall is None,
+        "free_mb": None if free is None else round(free / MB, 1),  # None: an S3 store
+        "min_free_mb": settings.min_free_mb,
+    }
+    problems = [f"no worker is serving stage(s) {', '.join(missing)}"] if missing else []
+    if shortfall is not None:
+        problems.append(f"{shortfall}: workers take no stages until space is freed")
+    if problems:
+        detail = {"workers": workers, "disk": disk}
+        return JSONResponse({"error": "; ".join(problems), "detail": detail}, status_code=503)
+    return JSONResponse({"status": "ready", "workers": workers, "disk": disk})
 
 
 @router.get("/metrics", response_class=Response)

@@ -24,7 +24,7 @@ router = APIRouter(tags=["jobs"])
     response_model=JobAccepted,
     responses={
         200: {"model": Quote, "description": "`dry_run`: the quote; nothing was queued"},
-        **{code: {"model": ErrorBody} for code in (413, 415, 422, 503)},
+        **{code: {"model": ErrorBody} for code in (413, 415, 422, 503, 507)},
     },
 )
 def create_upscale(

@@ -4,6 +4,7 @@ validates every request against the S3 API model, without a network)."""
 from __future__ import annotations
 
 import io
+import shutil
 from pathlib import Path
 
 import boto3
@@ -13,12 +14,16 @@ from botocore.stub import Stubber
 
 from jobs.settings import Settings
 from jobs.store import (
+    MB,
     RESULT,
     LocalStore,
     S3Store,
+    free_bytes,
+    megabytes,
     object_name,
     open_store,
     parse_s3_url,
+    space_shortfall,
     stage_preview,
 )
 
@@ -100,3 +105,23 @@ def test_s3_get_and_missing_keys(s3: tuple[S3Store, Stubber]):
         assert store.get("job/sr256.png") is None
         with pytest.raises(Exception, match="AccessDenied"):
             store.get("job/sr256.png")
+
+
+def test_space_shortfall_compares_the_store_disk_with_the_floor(tmp_path: Path):
+    free = shutil.disk_usage(tmp_path).free
+    roomy = Settings(store=str(tmp_path / "not-made-yet"), min_free_mb=1)
+    assert free_bytes(roomy.store) == pytest.approx(free, abs=50 * MB)  # its parent's disk
+    assert space_shortfall(roomy) is None
+    short = Settings(store=str(tmp_path), min_free_mb=2 * free / MB)
+    reason = space_shortfall(short)
+    assert reason is not None and reason.startswith("the result disk has ")
+    assert f"under the {2 * free / MB:g} MB kept free (CASCADE_MIN_FREE_MB)" in reason
+    assert space_shortfall(Settings(store=str(tmp_path), min_free_mb=0)) is None  # off
+    assert space_shortfall(Settings(store="s3://bucket", min_free_mb=10**9)) is None  # no disk
+
+
+def test_megabytes_read_as_people_read_them():
+    assert megabytes(12_345_678) == "12.3"
+    assert megabytes(100_000) == "0.1"
+    assert megabytes(24_576) == "0.025"
+    assert megabytes(0) == "0.000"
