@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
+
 from fastapi import APIRouter, Depends, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -22,6 +24,7 @@ from cascade.stages import (
     SIZES,
     STAGES,
 )
+from jobs.health import unloaded_stages
 from jobs.queues import live_workers
 
 router = APIRouter(tags=["service"])
@@ -74,15 +77,30 @@ def healthz() -> dict[str, str]:
 @router.get("/readyz", responses={503: {"model": ErrorBody}})
 def readyz(connection: RedisDep, settings: SettingsDep) -> JSONResponse:
     """Ready when Redis answers and every stage queue has at least one worker listening whose
-    heartbeat is fresh (a killed worker's registration outlives it)."""
+    heartbeat is fresh (a killed worker's registration outlives it); names the stages live
+    workers could not load, and why."""
     connection.ping()
     fresh = settings.worker_fresh_seconds
     workers = {name: live_workers(connection, name, fresh) for name in STAGES}
     missing = [name for name, count in workers.items() if count == 0]
+    # Stages live workers could not load, and why (a stage another worker serves is listed too:
+    # one of its workers needs mended weights).
+    unloaded = {
+        stage: [asdict(report) for report in reports]
+        for stage, reports in unloaded_stages(connection, fresh).items()
+    }
     if missing:
-        message = f"no worker is serving stage(s) {', '.join(missing)}"
-        return JSONResponse({"error": message, "detail": {"workers": workers}}, status_code=503)
-    return JSONResponse({"status": "ready", "workers": workers})
+        reasons = [
+            f"{name}: {'; '.join(sorted({report['reason'] for report in unloaded[name]}))}"
+            for name in missing
+            if name in unloaded
+        ]
+        message = f"no worker is serving stage(s) {', '.join(missing)}" + (
+            f" (weights that did not load: {'; '.join(reasons)})" if reasons else ""
+        )
+        detail = {"workers": workers, "unloaded": unloaded}
+        return JSONResponse({"error": message, "detail": detail}, status_code=503)
+    return JSONResponse({"status": "ready", "workers": workers, "unloaded": unloaded})
 
 
 @router.get("/metrics", response_class=Response)
