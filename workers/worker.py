@@ -221,6 +221,7 @@ def report(settings: Settings, connection: Redis, unloaded: dict[str, str]) -> N
             while not stop.wait(settings.heartbeat_interval):
                 worker.heartbeat()
             worker.register_death()
+            log.info("worker %s stopped", worker.name)
         except (RedisConnectionError, RedisTimeoutError) as error:
             log.warning("worker %s lost Redis (%s); registering again", worker.name, error)
             stop.wait(settings.redis_backoff_max)

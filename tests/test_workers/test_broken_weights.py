@@ -24,10 +24,11 @@ from redis import Redis
 from rq import Worker
 
 from api.main import create_app
-from cascade.checkpoints import load, save_model
+from cascade.checkpoints import CheckpointError, load, save_model
 from jobs.connection import EmbeddedRedis
 from jobs.queues import stage_queue
 from jobs.settings import Settings
+from workers.stage import failure_reason
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
@@ -233,3 +234,10 @@ def test_a_stage_whose_output_is_nan_fails_at_once_with_a_sentence(rig: Rig):
     assert sr256["error"] == "sr256 produced NaN: its weights or inputs are broken"
     assert rig.client.get(f"/v1/jobs/{view['id']}/result").status_code != 200
     assert not (rig.root / "store" / view["id"] / "result.png").exists()
+
+
+def test_weights_that_do_not_load_on_a_stage_job_are_not_retried():
+    """A plain `rq worker` loads a stage on its first job: a broken file fails it for good."""
+    reason, transient = failure_reason("sr256", CheckpointError, 900)
+    assert not transient
+    assert reason == "the worker that took it could not load stage sr256's weights"
