@@ -126,6 +126,13 @@ class JobAccepted(BaseModel):
     )
 
 
+class StageWeights(BaseModel):
+    """A stage's weights as the worker that ran it loaded them."""
+
+    file: str = Field(description="the checkpoint's file name")
+    sha256: str = Field(description="the checkpoint file's SHA-256, hex")
+
+
 class StageView(BaseModel):
     name: str
     status: Literal["pending", "queued", "running", "succeeded", "failed", "canceled"]
@@ -139,7 +146,9 @@ class StageView(BaseModel):
     seconds: float | None
     attempts: int
     model: str | None
+    weights: StageWeights | None = Field(None, description="None: random weights, or not run yet")
     worker: str | None
+    host: str | None = Field(None, description="the host of the worker that ran the stage")
     random_weights: bool | None
     error: str | None
     preview: str | None

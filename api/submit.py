@@ -26,6 +26,7 @@ from cascade.stages import (
 )
 from jobs.catalog import announced
 from jobs.estimate import quote_stages
+from jobs.health import check_served
 from jobs.idempotency import IdempotencyConflict, bind
 from jobs.plan import PlannedStage, sizes, upscale_factor, upscaled_size
 from jobs.queues import enqueue_stage, stage_job_exists
@@ -230,6 +231,7 @@ def accept(
             job = replace(job, id=earlier)
     check_space(settings)
     check_queue(connection, job.plan[0].name, settings)
+    check_served(connection, [stage.name for stage in job.plan], settings)
     if owner:
         check_active(connection, settings, jobs, owner)
         track(connection, settings, owner, job.id)

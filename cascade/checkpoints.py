@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from collections.abc import Mapping
@@ -36,6 +37,7 @@ class Model:
     network: nn.Module
     source: str  # a file path, or "preset NAME (random weights)"
     random_weights: bool = False
+    sha256: str | None = None  # of the checkpoint file, hashed once when it was loaded
 
     @property
     def denoiser(self) -> Parameterization:
@@ -61,7 +63,15 @@ class Model:
 
     @property
     def id(self) -> str:
-        return self.source
+        """How jobs, errors and logs name the weights: the checkpoint's file name (never the
+        host's folders, which a job view would otherwise show to every client), or the preset."""
+        return Path(self.source).name if self.sha256 is not None else self.source
+
+    @property
+    def weights(self) -> dict[str, str | None]:
+        """The weights by file name and SHA-256 (both None for random weights)."""
+        file = self.id if self.sha256 is not None else None
+        return {"file": file, "sha256": self.sha256}
 
 
 def check_state_dict(network: nn.Module, state_dict: Mapping[str, Tensor]) -> None:
@@ -107,42 +117,89 @@ def read_spec(path: str | Path) -> tuple[ModelSpec, dict[str, str]]:
     """The spec and metadata of a native checkpoint, without reading the weights."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"no checkpoint at {path}")
+        raise CheckpointError(f"no checkpoint file {path.name} (missing, or not a file)")
     try:
         with safe_open(str(path), framework="pt") as handle:
             metadata = handle.metadata() or {}
+    except OSError as error:  # unreadable (permissions, I/O), not corrupt
+        raise CheckpointError(f"{path.name} cannot be read ({error.strerror or error})") from error
     except Exception as error:  # safetensors raises its own error types for corrupt headers
-        raise CheckpointError(f"{path} is not a safetensors file ({error})") from error
+        raise CheckpointError(f"{path.name} is not a safetensors file ({error})") from error
     if SPEC_KEY not in metadata:
         raise CheckpointError(
-            f"{path} has no model spec in its metadata: not a cascade checkpoint "
+            f"{path.name} has no model spec in its metadata: not a cascade checkpoint "
             "(convert released weights with `cascade convert`)"
         )
     try:
         spec = ModelSpec.from_json(metadata[SPEC_KEY])
     except (TypeError, ValueError, KeyError) as error:
-        raise CheckpointError(f"{path} has an unreadable model spec ({error})") from error
+        raise CheckpointError(f"{path.name} has an unreadable model spec ({error})") from error
     return spec, metadata
 
 
+def check_finite(state_dict: Mapping[str, Tensor]) -> None:
+    """Raise CheckpointError when a floating-point tensor holds NaN or infinity: such weights
+    load and run, and every image they make comes out NaN (black once saved)."""
+    broken = {}
+    for key, value in state_dict.items():
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            broken[key] = int((~torch.isfinite(value)).sum())
+    if broken:
+        first, count = next(iter(broken.items()))
+        raise CheckpointError(
+            f"{len(broken)} of {len(state_dict)} tensors hold NaN or infinite values (first "
+            f"{first!r}: {count} of {state_dict[first].numel()}): the weights are broken; "
+            "retrain or re-convert them"
+        )
+
+
+def file_sha256(path: Path) -> str:
+    """The file's SHA-256, read in chunks (checkpoints can be gigabytes)."""
+    with path.open("rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
 def load_model(
-    path: str | Path, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
+    path: str | Path,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    stage: str | None = None,
 ) -> Model:
-    """Rebuild the network a native checkpoint describes and load its weights, no flags."""
+    """Rebuild the network a native checkpoint describes and load its weights, no flags.
+
+    Refuses (CheckpointError naming the file, and `stage` when given) a missing, unreadable or
+    corrupt file, weights that do not fit their spec, and weights holding NaN or infinity."""
+    path = Path(path)
+    try:
+        return _load_model(path, device, dtype)
+    except CheckpointError as error:
+        if stage is None:
+            raise
+        raise CheckpointError(f"stage {stage}: {error}") from error
+
+
+def _load_model(path: Path, device: torch.device | str, dtype: torch.dtype) -> Model:
     spec, _ = read_spec(path)
     tensors: dict[str, Tensor] = {}
     try:
+        sha256 = file_sha256(path)
         with safe_open(str(path), framework="pt") as handle:
             for key in handle.keys():
                 tensors[key] = handle.get_tensor(key)
     except Exception as error:
-        raise CheckpointError(f"{path}: cannot read weights ({error})") from error
-    network = spec.build()
-    check_state_dict(network, tensors)
+        raise CheckpointError(f"{path.name}: cannot read weights ({error})") from error
+    try:
+        network = spec.build()
+        check_state_dict(network, tensors)
+        check_finite(tensors)
+    except CheckpointError as error:
+        raise CheckpointError(f"{path.name}: {error}") from error
+    except (TypeError, ValueError) as error:  # a spec that parses but builds no network
+        raise CheckpointError(f"{path.name}: its model spec builds no network ({error})") from error
     network.load_state_dict({k: v.to(torch.float32) for k, v in tensors.items()})
     network.to(device=device, dtype=dtype).eval().requires_grad_(False)
-    log.info("loaded %s from %s", spec.description or spec.family, path)
-    return Model(spec, network, str(path))
+    log.info("loaded %s from %s (sha256 %s)", spec.description or spec.family, path, sha256)
+    return Model(spec, network, str(path), sha256=sha256)
 
 
 def model_from_preset(
@@ -159,13 +216,16 @@ def model_from_preset(
 
 
 def load(
-    source: str | Path, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
+    source: str | Path,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    stage: str | None = None,
 ) -> Model:
-    """A checkpoint path, or `preset:NAME` for random weights."""
+    """A checkpoint path, or `preset:NAME` for random weights (`stage` names refusals)."""
     text = str(source)
     if text.startswith("preset:"):
         return model_from_preset(text.removeprefix("preset:"), device, dtype=dtype)
-    return load_model(text, device, dtype)
+    return load_model(text, device, dtype, stage)
 
 
 def spec_summary(spec: ModelSpec) -> str:

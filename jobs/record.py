@@ -178,7 +178,9 @@ class Jobs:
             self.connection.hset(job_key(job_id), mapping=mapping)
 
     def stage_started(self, job_id: str, stage: str, model: dict[str, object], worker: str) -> bool:
-        """Mark a stage running (one more attempt); False when the job has ended meanwhile."""
+        """Mark a stage running (one more attempt); False when the job has ended meanwhile.
+        `model` is the worker's description of the stage's model (`workers.runtime`)."""
+        weights: dict[str, object] = model.get("weights") or {}  # type: ignore[assignment]
         now = repr(time.time())
         self.connection.hsetnx(job_key(job_id), "started_at", now)
         attempts = self.connection.hincrby(job_key(job_id), f"{stage}.attempts", 1)
@@ -196,6 +198,10 @@ class Jobs:
                 f"{stage}.model": model.get("model"),
                 f"{stage}.random_weights": int(bool(model.get("random_weights"))),
                 f"{stage}.worker": worker,
+                # The weights by file name and SHA-256, and the host: never a host's folders.
+                f"{stage}.weights_file": weights.get("file"),
+                f"{stage}.weights_sha256": weights.get("sha256"),
+                f"{stage}.host": model.get("host"),
             },
         )
         if started:

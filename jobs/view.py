@@ -62,7 +62,9 @@ def describe(record: JobRecord, now: float | None = None) -> dict[str, object]:
                 "seconds": _seconds(started, ended if status != "running" else now),
                 "attempts": int(record.stage(planned.name, "attempts") or 0),
                 "model": record.stage(planned.name, "model") or None,
+                "weights": _weights(record, planned.name),
                 "worker": record.stage(planned.name, "worker") or None,
+                "host": record.stage(planned.name, "host") or None,
                 "random_weights": None if random_weights is None else random_weights == "1",
                 "error": record.stage(planned.name, "error") or None,
                 "preview": f"/v1/jobs/{record.id}/stages/{planned.name}"
@@ -96,6 +98,13 @@ def describe(record: JobRecord, now: float | None = None) -> dict[str, object]:
         "result": f"/v1/jobs/{record.id}/result" if record.status == "succeeded" else None,
         "links": links(record.id, [stage.name for stage in plan]),
     }
+
+
+def _weights(record: JobRecord, stage: str) -> dict[str, str] | None:
+    """The stage's weights by file name and SHA-256, once a worker with a checkpoint file ran it
+    (None before, and for random weights)."""
+    file, sha256 = record.stage(stage, "weights_file"), record.stage(stage, "weights_sha256")
+    return {"file": file, "sha256": sha256} if file and sha256 else None
 
 
 def _eta(record: JobRecord, progress: float, now: float) -> float | None:

@@ -2,16 +2,19 @@
 
 Stage jobs then only `run()`: a model is loaded the first time its stage is needed (the worker
 entry point loads the stages it serves before taking any job) and kept for the process's life.
+A stage whose weights cannot be loaded is kept out, with the reason, rather than ending the
+process: the worker serves the stages that did load.
 """
 
 from __future__ import annotations
 
 import logging
+import socket
 from dataclasses import dataclass, field
 
 import torch
 
-from cascade.checkpoints import load
+from cascade.checkpoints import CheckpointError, load
 from cascade.pipeline import Stage, default_weights
 from cascade.stages import STAGES, StageRun
 from jobs.catalog import announce
@@ -61,17 +64,63 @@ class Runtime:
         self.device = resolve_device(settings.device)
         self.weights = stage_weights(settings)
         self.stages: dict[str, Stage] = {}
+        # Stages whose weights did not load, and why in words a client may read (no host paths).
+        self.unloaded: dict[str, str] = {}
+        self.host = socket.gethostname()
         self.batch: Batch | None = None  # the jobs the worker claimed to run together, if any
 
     def stage(self, name: str) -> Stage:
-        """The stage's model, loaded on first use and kept."""
-        if name not in self.stages:
-            self.stages[name] = self._load(name)
+        """The stage's model, loaded on first use and kept; CheckpointError (with the reason)
+        for a stage whose weights did not load, without trying again for every job."""
+        if name not in self.stages and name not in self.unloaded:
+            self.try_load(name)
+        if name in self.unloaded:
+            raise CheckpointError(self.unloaded[name])
         return self.stages[name]
+
+    def try_load(self, name: str) -> bool:
+        """Load the stage's model; on failure keep the stage out with the reason, log it, and
+        return False (a broken checkpoint must not take the worker's other stages down)."""
+        try:
+            self.stages[name] = self._load(name)
+        except CheckpointError as error:
+            self._keep_out(name, str(error))
+            return False
+        except Exception as error:  # e.g. out of memory moving it to the device
+            log.exception("stage %s: loading %s failed", name, self.weights[name])
+            self._keep_out(
+                name,
+                f"stage {name}: its weights could not be loaded onto {self.device} "
+                f"({type(error).__name__}); the worker's log has the details",
+            )
+            return False
+        self.unloaded.pop(name, None)
+        announce(self.connection, name, self.describe(name))
+        return True
+
+    def _keep_out(self, name: str, reason: str) -> None:
+        log.error(
+            "stage %s NOT served: %s (weights %s); fix or replace them and restart the worker",
+            name,
+            reason,
+            self.weights[name],
+        )
+        self.unloaded[name] = reason
+
+    def describe(self, name: str) -> dict[str, object]:
+        """What a job record and the model catalog say about the stage's model here: the
+        stage's own description, its weights by file name and SHA-256, this host and device."""
+        stage = self.stage(name)
+        return {
+            **stage.describe(),
+            "weights": stage.model.weights,
+            "host": self.host,
+            "device": str(self.device),
+        }
 
     def _load(self, name: str) -> Stage:
         settings = self.settings
-        model = load(self.weights[name], self.device)
+        model = load(self.weights[name], self.device, stage=name)
         defaults = StageRun(settings.sampler_for(name), settings.steps_for(name))
         stage = Stage(name, model, defaults).optimize(compile=settings.compile)
         if settings.precision != "auto":
@@ -85,8 +134,13 @@ class Runtime:
                 name.upper(),
             )
         else:
-            log.info("stage %s: %s on %s", name, model.id, self.device)
-        announce(self.connection, name, {**stage.describe(), "device": str(self.device)})
+            log.info(
+                "stage %s: %s (sha256 %s) on %s",
+                name,
+                self.weights[name],
+                model.sha256,
+                self.device,
+            )
         return stage
 
 

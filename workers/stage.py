@@ -25,6 +25,7 @@ from rq.job import Job
 from rq.timeouts import JobTimeoutException
 from torch import Tensor
 
+from cascade.checkpoints import CheckpointError
 from cascade.images import bytes_to_tensor, tensor_to_bytes, to_png
 from cascade.pipeline import Stage, StageError
 from cascade.samplers import SamplingCanceled
@@ -53,6 +54,11 @@ TRANSIENT: tuple[type[BaseException], ...] = (
     OSError,
     torch.cuda.OutOfMemoryError,
 )
+
+
+# What a job is told when its stage's output holds NaN or infinity: saved, it would be a black
+# image reported as a success. It happens again on every run, so it is never retried.
+NON_FINITE = "{stage} produced NaN: its weights or inputs are broken"
 
 
 class InputMissing(RuntimeError):
@@ -121,7 +127,7 @@ def start(runtime: Runtime, job_id: str, model: Stage, worker: str) -> Member | 
         log.info("job %s: stage %s already finished (a retry); handing on", job_id, stage)
         hand_on(runtime, job_id, stage)
         return None
-    if not jobs.stage_started(job_id, stage, model.describe(), worker):
+    if not jobs.stage_started(job_id, stage, runtime.describe(stage), worker):
         log.info("job %s has %s; stage %s not run", job_id, record.status, stage)
         jobs.stage_ended(job_id, stage, "canceled")
         return None
@@ -180,6 +186,18 @@ def finish(
         return None
     if isinstance(result, Exception):
         return result
+    if not bool(torch.isfinite(result).all()):
+        log.error(
+            "job %s%s: stage %s output holds NaN or infinity (weights %s, sha256 %s)%s",
+            job_id,
+            _request(member.record),
+            stage,
+            runtime.weights[stage],
+            model.model.sha256,
+            _tag(model),
+        )
+        fail(runtime.connection, jobs, job_id, stage, NON_FINITE.format(stage=stage))
+        return None
     save_outputs(runtime, member.record, stage, result)
     seconds = time.monotonic() - started
     work = next(planned.cost for planned in member.record.plan if planned.name == stage)
@@ -250,7 +268,15 @@ def hand_on(runtime: Runtime, job_id: str, stage: str) -> None:
 def save_record(runtime: Runtime, record: JobRecord) -> None:
     """job.json beside the PNGs: request, seed, plan, models, timings, enough to reproduce."""
     view = describe(record)
-    view["weights"] = runtime.weights
+    # Each stage's weights by file name and SHA-256 and the host that ran it, from the record
+    # (stages may run on different hosts); never a host's folders.
+    view["weights"] = {
+        stage["name"]: {
+            **(stage["weights"] or {"file": None, "sha256": None}),
+            "host": stage["host"],
+        }
+        for stage in view["stages"]  # type: ignore[union-attr]
+    }
     view["torch"] = torch.__version__
     runtime.store.put(
         object_name(record.id, RECORD), json.dumps(view, indent=2).encode(), "application/json"
@@ -328,6 +354,8 @@ def failure_reason(
         return "the worker running it stopped (killed, crashed or lost its connection)", True
     if issubclass(exc_type, JobTimeoutException):
         return f"it ran longer than its {timeout} s timeout", False
+    if issubclass(exc_type, CheckpointError):  # a broken file loads no better on a retry
+        return f"the worker that took it could not load stage {stage}'s weights", False
     if issubclass(exc_type, torch.cuda.OutOfMemoryError):
         return "the GPU ran out of memory", True
     if issubclass(exc_type, RedisConnectionError | RedisTimeoutError):

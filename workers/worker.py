@@ -3,12 +3,18 @@
 Jobs run in the worker's own process (RQ's SimpleWorker), never in a forked child: a fork after
 torch has started its thread pools or touched CUDA is unsafe (CUDA cannot be re-initialised in a
 forked child), and forking per job would also reload or copy the model every time.
+
+A stage whose weights do not load is kept out: the worker listens only on the queues of the
+stages that loaded, and its registration in Redis says which stages it kept out and why
+(`jobs.health`), so `/readyz` and the API can tell clients. A worker with no stage loaded stays
+registered, reporting, instead of exiting into a restart loop.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import threading
 import time
 
@@ -25,6 +31,7 @@ from rq.worker import WorkerStatus
 
 from cascade.stages import STAGES
 from jobs.connection import connect, stop_requested, wait_for_redis
+from jobs.health import UNLOADED_FIELD, encode
 from jobs.queues import stage_queue
 from jobs.retention import collect_if_due
 from jobs.settings import Settings, get_settings
@@ -51,11 +58,21 @@ class StageWorker(SimpleWorker):
     """
 
     def __init__(
-        self, *args: object, heartbeat_ttl: int = 60, max_batch: int = 1, **kwargs: object
+        self,
+        *args: object,
+        heartbeat_ttl: int = 60,
+        max_batch: int = 1,
+        unloaded: dict[str, str] | None = None,
+        **kwargs: object,
     ):
         super().__init__(*args, **kwargs)
         self.heartbeat_ttl = heartbeat_ttl
         self.max_batch = max_batch
+        self.unloaded = unloaded or {}  # stages kept out (weights did not load) -> why
+
+    def serialize(self) -> dict:
+        """RQ's registration, plus the stages this worker kept out and why (`jobs.health`)."""
+        return {**super().serialize(), UNLOADED_FIELD: encode(self.unloaded)}
 
     def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
         return self.heartbeat_ttl
@@ -155,7 +172,12 @@ def parse_stages(text: str) -> list[str]:
     return stages
 
 
-def build_worker(settings: Settings, stages: list[str], connection: object) -> StageWorker:
+def build_worker(
+    settings: Settings,
+    stages: list[str],
+    connection: object,
+    unloaded: dict[str, str] | None = None,
+) -> StageWorker:
     # Later stages first: finishing jobs already in flight beats starting new ones.
     ordered = sorted(stages, key=STAGES.index, reverse=True)
     return StageWorker(
@@ -164,6 +186,7 @@ def build_worker(settings: Settings, stages: list[str], connection: object) -> S
         serializer=JSONSerializer,
         heartbeat_ttl=settings.heartbeat_ttl,
         max_batch=settings.max_batch,
+        unloaded=unloaded,
         job_monitoring_interval=settings.heartbeat_interval,
         maintenance_interval=settings.maintenance_interval,
         worker_ttl=settings.worker_ttl,
@@ -180,24 +203,41 @@ def main(args: argparse.Namespace) -> None:
     wait_for_redis(connection, settings)
     runtime = Runtime(settings, connection)
     install(runtime)
-    for name in stages:
-        runtime.stage(name)
-    random = [name for name in stages if runtime.stages[name].model.random_weights]
+    serving = [name for name in stages if runtime.try_load(name)]
+    random = [name for name in serving if runtime.stages[name].model.random_weights]
+    if not serving:
+        log.error(
+            "no stage loaded (%s); serving nothing, reporting why until stopped",
+            "; ".join(runtime.unloaded.values()),
+        )
+        if not args.burst:
+            report(settings, connection, runtime.unloaded)
+        return
     log.info(
-        "serving %s on %s%s",
-        ", ".join(stages),
+        "serving %s on %s%s%s",
+        ", ".join(serving),
         runtime.device,
         f"; RANDOM weights in {', '.join(random)}" if random else "",
+        f"; NOT serving {', '.join(runtime.unloaded)} (weights did not load)"
+        if runtime.unloaded
+        else "",
     )
-    work(settings, stages, connection, burst=args.burst)
+    work(settings, serving, connection, burst=args.burst, unloaded=runtime.unloaded)
 
 
-def work(settings: Settings, stages: list[str], connection: Redis, *, burst: bool) -> None:
+def work(
+    settings: Settings,
+    stages: list[str],
+    connection: Redis,
+    *,
+    burst: bool,
+    unloaded: dict[str, str] | None = None,
+) -> None:
     """Take jobs until stopped. RQ's loop quits on any Redis error (an outage, a failover); here
     it is restarted as a fresh worker once Redis answers again, so a worker never exits because
     Redis went away. A stage the outage interrupted is abandoned and retried by maintenance."""
     while True:
-        worker = build_worker(settings, stages, connection)
+        worker = build_worker(settings, stages, connection, unloaded)
         log.info("worker %s listening", worker.name)
         try:
             worker.work(burst=burst, logging_level="INFO")
@@ -213,6 +253,27 @@ def work(settings: Settings, stages: list[str], connection: Redis, *, burst: boo
             return
         log.warning("worker %s stopped (Redis unreachable?); starting again", worker.name)
         wait_for_redis(connection, settings)
+
+
+def report(settings: Settings, connection: Redis, unloaded: dict[str, str]) -> None:
+    """Serve no queue, only stay registered, saying which stages did not load and why, until
+    SIGINT/SIGTERM: exiting would make a supervisor restart the worker into the same failure,
+    and the API would lose the reason. Redis outages are ridden out like `work`'s."""
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    while not stop.is_set():
+        worker = build_worker(settings, [], connection, unloaded)
+        try:
+            worker.register_birth()
+            log.info("worker %s registered, serving no stage", worker.name)
+            while not stop.wait(settings.heartbeat_interval):
+                worker.heartbeat()
+            worker.register_death()
+            log.info("worker %s stopped", worker.name)
+        except (RedisConnectionError, RedisTimeoutError) as error:
+            log.warning("worker %s lost Redis (%s); registering again", worker.name, error)
+            stop.wait(settings.redis_backoff_max)
 
 
 def register(commands: argparse._SubParsersAction) -> None:

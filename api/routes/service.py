@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
+
 from fastapi import APIRouter, Depends, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -22,6 +24,7 @@ from cascade.stages import (
     SIZES,
     STAGES,
 )
+from jobs.health import unloaded_stages
 from jobs.queues import live_workers
 from jobs.store import MB, free_bytes, space_shortfall
 
@@ -76,7 +79,8 @@ def healthz() -> dict[str, str]:
 def readyz(connection: RedisDep, settings: SettingsDep) -> JSONResponse:
     """Ready when Redis answers, every stage queue has at least one worker listening whose
     heartbeat is fresh (a killed worker's registration outlives it), and a local result disk
-    has its floor of free space (`disk`; below it workers take no stages)."""
+    has its floor of free space (`disk`; below it workers take no stages); names the stages
+    live workers could not load, and why."""
     connection.ping()
     fresh = settings.worker_fresh_seconds
     workers = {name: live_workers(connection, name, fresh) for name in STAGES}
@@ -88,13 +92,29 @@ def readyz(connection: RedisDep, settings: SettingsDep) -> JSONResponse:
         "free_mb": None if free is None else round(free / MB, 1),  # None: an S3 store
         "min_free_mb": settings.min_free_mb,
     }
-    problems = [f"no worker is serving stage(s) {', '.join(missing)}"] if missing else []
+    # Stages live workers could not load, and why (a stage another worker serves is listed too:
+    # one of its workers needs mended weights).
+    unloaded = {
+        stage: [asdict(report) for report in reports]
+        for stage, reports in unloaded_stages(connection, fresh).items()
+    }
+    problems = []
+    if missing:
+        reasons = [
+            f"{name}: {'; '.join(sorted({report['reason'] for report in unloaded[name]}))}"
+            for name in missing
+            if name in unloaded
+        ]
+        problems.append(
+            f"no worker is serving stage(s) {', '.join(missing)}"
+            + (f" (weights that did not load: {'; '.join(reasons)})" if reasons else "")
+        )
     if shortfall is not None:
         problems.append(f"{shortfall}: workers take no stages until space is freed")
+    detail = {"workers": workers, "unloaded": unloaded, "disk": disk}
     if problems:
-        detail = {"workers": workers, "disk": disk}
         return JSONResponse({"error": "; ".join(problems), "detail": detail}, status_code=503)
-    return JSONResponse({"status": "ready", "workers": workers, "disk": disk})
+    return JSONResponse({"status": "ready", **detail})
 
 
 @router.get("/metrics", response_class=Response)

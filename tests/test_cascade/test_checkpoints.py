@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 
@@ -82,6 +83,54 @@ def test_load_errors(tmp_path):
     save_file({"w": torch.zeros(2)}, str(plain))
     with pytest.raises(CheckpointError, match="no model spec"):
         read_spec(plain)
+
+
+def _tiny_checkpoint(path, poison=None):
+    """sr256-tiny's random weights saved to `path`, one tensor filled with `poison` if given."""
+    model = load("preset:sr256-tiny")
+    state = {key: value.clone() for key, value in model.network.state_dict().items()}
+    if poison is not None:
+        key = sorted(key for key, value in state.items() if value.is_floating_point())[3]
+        state[key].view(-1)[:2] = poison
+    return save_model(path, model.spec, state), model
+
+
+@pytest.mark.parametrize("poison", [float("nan"), float("inf")])
+def test_non_finite_weights_are_refused_naming_the_file_and_the_stage(tmp_path, poison):
+    path, _ = _tiny_checkpoint(tmp_path / "broken.safetensors", poison)
+    with pytest.raises(CheckpointError) as raised:
+        load(path, stage="sr256")
+    message = str(raised.value)
+    assert message.startswith("stage sr256: broken.safetensors: 1 of ")
+    assert "NaN or infinite" in message and "2 of " in message
+    assert str(tmp_path) not in message  # the file's name, never the host's folders
+
+
+def test_missing_unreadable_and_corrupt_files_are_refused_with_a_reason(tmp_path):
+    with pytest.raises(
+        CheckpointError, match=r"^stage base64: no checkpoint file gone\.safetensors"
+    ):
+        load(tmp_path / "gone.safetensors", stage="base64")
+    (tmp_path / "folder.safetensors").mkdir()
+    with pytest.raises(CheckpointError, match="folder.safetensors .missing, or not a file"):
+        load(tmp_path / "folder.safetensors", stage="sr256")
+    path, _ = _tiny_checkpoint(tmp_path / "cut.safetensors")
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])  # a copy cut short
+    with pytest.raises(CheckpointError) as raised:
+        load(path, stage="sr256")
+    assert str(raised.value).startswith("stage sr256: cut.safetensors")
+    assert str(tmp_path) not in str(raised.value)
+
+
+def test_a_loaded_checkpoint_is_named_by_file_name_and_sha256(tmp_path):
+    path, _ = _tiny_checkpoint(tmp_path / "good.safetensors")
+    model = load(path)
+    expected = hashlib.sha256(path.read_bytes()).hexdigest()
+    assert model.weights == {"file": "good.safetensors", "sha256": expected}
+    assert model.id == "good.safetensors"
+    random = load("preset:sr256-tiny")
+    assert random.weights == {"file": None, "sha256": None}
+    assert random.id == "preset sr256-tiny (random weights)"
 
 
 def test_mismatch_names_first_key(tmp_path):
