@@ -59,7 +59,11 @@ def test_an_attempt_taken_over_writes_nothing(redis: EmbeddedRedis):
     assert record.stage("base64", "attempts") == "2"
     assert redis.client().get(tensor_key(job_id, "base64")) == b"fresh"
     events = [event.type for event in second.events.read(job_id) if event.type != "progress"]
-    assert events == ["queued", "stage_started", "stage_retrying", "stage_started", "stage_finished"]
+    assert events == [
+        "queued",
+        *("stage_started", "stage_retrying"),
+        *("stage_started", "stage_finished"),
+    ]
 
 
 def test_a_stage_starts_only_while_it_can_run(redis: EmbeddedRedis):
