@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import time
 import warnings
@@ -13,6 +14,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pytest
 from redis import Redis
 from rq import Worker
@@ -180,3 +182,76 @@ def test_within_the_grace_the_stage_finishes_and_no_new_job_is_taken(rig: Rig):
     assert record.stage("base64", "attempts") == "1" and record.stage("base64", "step") == "60"
     assert rig.jobs.get(waiting).status == "queued"
     assert stage_queue(rig.connection, "base64").job_ids == [stage_job_id(waiting, "base64")]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def serve(env: dict[str, str], port: int, log: Path) -> subprocess.Popen:
+    with open(log, "w") as out:
+        return subprocess.Popen(
+            [CASCADE, "serve", "--port", str(port)], env=env, stdout=out, stderr=subprocess.STDOUT
+        )
+
+
+def test_ctrl_c_on_cascade_serve_hands_the_stage_to_the_restarted_service(tmp_path: Path):
+    port = free_port()
+    env = {key: value for key, value in os.environ.items() if not key.startswith("CASCADE_")}
+    env.update(
+        CASCADE_STORE=str(tmp_path / "results"),
+        CASCADE_EMBEDDED_REDIS=str(tmp_path / "redis" / "cascade.rdb"),
+        CASCADE_TORCH_THREADS="1",
+        CASCADE_HEARTBEAT_INTERVAL="1",
+        CASCADE_HEARTBEAT_TTL=str(HEARTBEAT_TTL),
+        CASCADE_MAINTENANCE_INTERVAL="2",
+        CASCADE_STOP_GRACE=str(SHORT_GRACE),
+        **{f"CASCADE_{key.upper()}": value for key, value in TINY.items()},
+    )
+    http = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10)
+
+    def ready() -> bool:
+        try:
+            return http.get("/readyz").status_code == 200
+        except httpx.TransportError:
+            return False
+
+    def stage(job_id: str) -> dict:
+        return http.get(f"/v1/jobs/{job_id}").json()["stages"][0]
+
+    first = serve(env, port, tmp_path / "serve-1.log")
+    try:
+        wait_for(ready, 120, "the service to be ready")
+        response = http.post("/v1/generations", json={"class_id": 1, "size": 64, "steps": 60})
+        assert response.status_code == 202, response.text
+        job_id = response.json()["id"]
+        wait_for(lambda: stage(job_id)["step"] >= 2, 60, "the stage to be under way")
+        signaled = time.monotonic()
+        first.send_signal(signal.SIGINT)
+        assert first.wait(SHORT_GRACE + 30) == 0
+    finally:
+        if first.poll() is None:
+            first.kill()
+    assert time.monotonic() - signaled <= SHORT_GRACE + 30
+    text = (tmp_path / "serve-1.log").read_text()
+    assert "handed back (the worker is stopping)" in text
+    assert "did not stop in time" not in text  # no SIGKILL: the worker handed back and exited
+
+    again = serve(env, port, tmp_path / "serve-2.log")
+    try:
+        wait_for(ready, 120, "the restarted service to be ready")
+        restarted = time.monotonic()
+        wait_for(lambda: stage(job_id)["attempts"] == 2, RETRIED_WITHIN, "the stage's retry")
+        assert time.monotonic() - restarted <= RETRIED_WITHIN
+        job = wait_for(
+            lambda: (job := http.get(f"/v1/jobs/{job_id}").json())["status"] == "succeeded" and job,
+            90,
+            "the job to succeed",
+        )
+        assert job["stages"][0]["attempts"] == 2 and job["stages"][0]["step"] == 60
+    finally:
+        again.send_signal(signal.SIGINT)
+        assert again.wait(60) == 0
+        http.close()
