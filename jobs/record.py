@@ -76,17 +76,17 @@ return 1
 """
 
 # KEYS: the record. ARGV: the lease field, the lease ("" for none), then field/value pairs.
-# 0: written; 1: the job has ended or is gone (nothing written); 2: another attempt holds the
-# stage (nothing written).
+# 0: written; 1: written, but the job has ended (canceled: stop); 2: nothing written, the record
+# is gone or another attempt holds the stage.
 _PROGRESS = f"""
 local status = redis.call('HGET', KEYS[1], 'status')
-if ARGV[2] ~= '' and status and redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then
+if (not status) or (ARGV[2] ~= '' and redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2]) then
   return 2
 end
+redis.call('HSET', KEYS[1], unpack(ARGV, 3))
 if {_ENDED} then
   return 1
 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 3))
 return 0
 """
 

@@ -81,16 +81,18 @@ def test_a_stage_starts_only_while_it_can_run(redis: EmbeddedRedis):
     assert not redis.client().exists(job_key("no-such-job"))
 
 
-def test_progress_after_a_cancel_is_not_written(redis: EmbeddedRedis):
+def test_progress_of_a_canceled_job_tells_its_worker_to_stop(redis: EmbeddedRedis):
     jobs = Jobs(redis.client(), 60)
     job_id = new_job(jobs)
     jobs.stage_started(job_id, "base64", MODEL, "w1")
     assert jobs.progress([job_id], "base64", 1, 4) == []
     assert jobs.finish(job_id, "canceled")
     assert jobs.progress([job_id], "base64", 2, 4) == [job_id]
-    assert jobs.get(job_id).stage("base64", "step") == "1"
+    assert jobs.get(job_id).stage("base64", "step") == "2"  # the step it stopped at
     assert jobs.stage_ended(job_id, "base64", "canceled")  # its own outcome, after the cancel
     assert jobs.get(job_id).stage("base64", "status") == "canceled"
+    assert jobs.progress(["no-such-job"], "base64", 1, 4) == ["no-such-job"]
+    assert not redis.client().exists(job_key("no-such-job"))  # no stub record made
 
 
 def test_a_stopping_worker_stops_its_stages_at_the_deadline(redis: EmbeddedRedis):
