@@ -129,7 +129,9 @@ class RedisServer:
             *("--stop-writes-on-bgsave-error", "no"),
             *("--logfile", str(self.directory / "redis.log")),
         ]
-        process = subprocess.Popen(command, stdout=subprocess.DEVNULL)
+        # Its own process group: a terminal's Ctrl-C must not stop Redis before the workers
+        # that `cascade serve` stops first (they hand their stages back through it).
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, process_group=0)
         client = Redis(unix_socket_path=str(self.socket), retry=Retry(NoBackoff(), 0))
         deadline = time.monotonic() + 30
         while True:

@@ -6,6 +6,12 @@ rewriting the rest. Ending a job (succeeded, failed, canceled) happens once: a L
 to change a record that has already ended, so a cancel racing a finishing stage has one winner.
 Every state change written here also goes to the job's event log (`jobs.events`), ending with
 one terminal event that carries the job's view at its end.
+
+Each stage attempt holds a lease: starting a stage increments `{stage}.attempts` in the same
+script that marks it running, and that number is the attempt's fencing token. A worker's writes
+for the stage (progress, its hand-off tensor, its outcome, a retry) are scripts that check the
+token first, so an attempt whose stage was handed to a newer one (its worker hung past the
+heartbeat TTL, then resumed) writes nothing and learns at its next sampler step to stop.
 """
 
 from __future__ import annotations
@@ -26,12 +32,70 @@ JobStatus = Literal["queued", "running", "succeeded", "failed", "canceled"]
 TerminalStatus = Literal["succeeded", "failed", "canceled"]
 TERMINAL: tuple[str, ...] = ("succeeded", "failed", "canceled")
 
-_UPDATE_IF_ACTIVE = """
+# Lua: whether the record's status (a local `status`, false when the record is gone) has ended.
+_ENDED = "(not status) or " + " or ".join(f"status == '{status}'" for status in TERMINAL)
+
+_UPDATE_IF_ACTIVE = f"""
 local status = redis.call('HGET', KEYS[1], 'status')
-if (not status) or status == 'succeeded' or status == 'failed' or status == 'canceled' then
+if {_ENDED} then
   return 0
 end
 redis.call('HSET', KEYS[1], unpack(ARGV))
+return 1
+"""
+
+# KEYS: the record. ARGV: the stage, the time, then field/value pairs. Starts an attempt unless
+# the job has ended or the stage already succeeded: its number (the lease), else 0.
+_START_STAGE = f"""
+local status = redis.call('HGET', KEYS[1], 'status')
+if ({_ENDED}) or redis.call('HGET', KEYS[1], ARGV[1] .. '.status') == 'succeeded' then
+  return 0
+end
+redis.call('HSETNX', KEYS[1], 'started_at', ARGV[2])
+local attempt = redis.call('HINCRBY', KEYS[1], ARGV[1] .. '.attempts', 1)
+redis.call('HSET', KEYS[1], unpack(ARGV, 3))
+return attempt
+"""
+
+# KEYS: the record. ARGV: the lease field, the lease ("" for none), "1" to write only while the
+# job is active, then field/value pairs. 1 when written; 0 when the record is gone, the lease is
+# another attempt's, or (when asked) the job has ended.
+_WRITE_FENCED = f"""
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status then
+  return 0
+end
+if ARGV[2] ~= '' and redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then
+  return 0
+end
+if ARGV[3] == '1' and ({_ENDED}) then
+  return 0
+end
+redis.call('HSET', KEYS[1], unpack(ARGV, 4))
+return 1
+"""
+
+# KEYS: the record. ARGV: the lease field, the lease ("" for none), then field/value pairs.
+# 0: written; 1: written, but the job has ended (canceled: stop); 2: nothing written, the record
+# is gone or another attempt holds the stage.
+_PROGRESS = f"""
+local status = redis.call('HGET', KEYS[1], 'status')
+if (not status) or (ARGV[2] ~= '' and redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2]) then
+  return 2
+end
+redis.call('HSET', KEYS[1], unpack(ARGV, 3))
+if {_ENDED} then
+  return 1
+end
+return 0
+"""
+
+# KEYS: the record, the tensor. ARGV: the lease field, the lease ("" for none), data, ttl.
+_PUT_FENCED = """
+if ARGV[2] ~= '' and redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then
+  return 0
+end
+redis.call('SET', KEYS[2], ARGV[3], 'EX', ARGV[4])
 return 1
 """
 
@@ -120,14 +184,23 @@ class JobRecord:
 
 
 class Jobs:
-    """Job records in Redis: created by the API, advanced by stage workers."""
+    """Job records in Redis: created by the API, advanced by stage workers.
+
+    A worker's instance remembers the stage leases it holds (module doc): its writes for a stage
+    it started are fenced by that attempt's number, until `release`."""
 
     def __init__(self, connection: Redis, ttl: int):
         self.connection = connection
         self.ttl = ttl
         self._update_if_active = connection.register_script(_UPDATE_IF_ACTIVE)
+        self._start_stage = connection.register_script(_START_STAGE)
+        self._write_fenced = connection.register_script(_WRITE_FENCED)
+        self._progress = connection.register_script(_PROGRESS)
+        self._put_fenced = connection.register_script(_PUT_FENCED)
         self.events = EventLog(connection, ttl)
         self._progress_sent: dict[tuple[str, str], float] = {}  # (job, stage) -> monotonic time
+        self.leases: dict[tuple[str, str], int] = {}  # (job, stage) -> the attempt started here
+        self.hand_back_at: float | None = None  # monotonic time: this process is stopping
 
     def _event(self, job_id: str, type: EventType, data: dict[str, object]) -> str | None:
         """Log an event of a job still active (nothing follows a job's terminal event)."""
@@ -177,34 +250,33 @@ class Jobs:
             mapping = {key: "" if value is None else str(value) for key, value in fields.items()}
             self.connection.hset(job_key(job_id), mapping=mapping)
 
-    def stage_started(self, job_id: str, stage: str, model: dict[str, object], worker: str) -> bool:
-        """Mark a stage running (one more attempt); False when the job has ended meanwhile.
-        `model` is the worker's description of the stage's model (`workers.runtime`)."""
+    def stage_started(self, job_id: str, stage: str, model: dict[str, object], worker: str) -> int:
+        """Mark a stage running as one more attempt and hold its lease: the attempt's number,
+        or 0 when the job has ended meanwhile or the stage has already succeeded. `model` is the
+        worker's description of the stage's model (`workers.runtime`)."""
         weights: dict[str, object] = model.get("weights") or {}  # type: ignore[assignment]
         now = repr(time.time())
-        self.connection.hsetnx(job_key(job_id), "started_at", now)
-        attempts = self.connection.hincrby(job_key(job_id), f"{stage}.attempts", 1)
-        started = self.update(
-            job_id,
-            {
-                "status": "running",
-                "stage": stage,
-                f"{stage}.status": "running",
-                f"{stage}.attempts": attempts,
-                f"{stage}.started_at": now,
-                f"{stage}.ended_at": "",
-                f"{stage}.step": 0,
-                f"{stage}.total": "",
-                f"{stage}.model": model.get("model"),
-                f"{stage}.random_weights": int(bool(model.get("random_weights"))),
-                f"{stage}.worker": worker,
-                # The weights by file name and SHA-256, and the host: never a host's folders.
-                f"{stage}.weights_file": weights.get("file"),
-                f"{stage}.weights_sha256": weights.get("sha256"),
-                f"{stage}.host": model.get("host"),
-            },
+        fields: dict[str, object] = {
+            "status": "running",
+            "stage": stage,
+            f"{stage}.status": "running",
+            f"{stage}.started_at": now,
+            f"{stage}.ended_at": "",
+            f"{stage}.step": 0,
+            f"{stage}.total": "",
+            f"{stage}.model": model.get("model"),
+            f"{stage}.random_weights": int(bool(model.get("random_weights"))),
+            f"{stage}.worker": worker,
+            # The weights by file name and SHA-256, and the host: never a host's folders.
+            f"{stage}.weights_file": weights.get("file"),
+            f"{stage}.weights_sha256": weights.get("sha256"),
+            f"{stage}.host": model.get("host"),
+        }
+        attempts = int(
+            self._start_stage(keys=[job_key(job_id)], args=[stage, now, *_pairs(fields)])
         )
-        if started:
+        if attempts:
+            self.leases[(job_id, stage)] = attempts
             self._progress_sent.pop((job_id, stage), None)
             data = {
                 "stage": stage,
@@ -214,29 +286,56 @@ class Jobs:
                 "random_weights": bool(model.get("random_weights")),
             }
             self._event(job_id, "stage_started", data)
-        return started
+        return attempts
+
+    def _lease(self, job_id: str, stage: str) -> list[str]:
+        """The lease field and this process's lease on it ("" when it holds none)."""
+        lease = self.leases.get((job_id, stage))
+        return [f"{stage}.attempts", "" if lease is None else str(lease)]
+
+    def superseded(self, job_id: str, stage: str) -> bool:
+        """Whether this process started the stage and a newer attempt has since taken it."""
+        lease = self.leases.get((job_id, stage))
+        if lease is None:
+            return False
+        current = self.connection.hget(job_key(job_id), f"{stage}.attempts")
+        return current is not None and int(current) != lease
+
+    def release(self, job_id: str, stage: str) -> None:
+        """Forget the stage's lease once its stage job's bookkeeping is done."""
+        self.leases.pop((job_id, stage), None)
+        self._progress_sent.pop((job_id, stage), None)
+
+    def hand_back_after(self, seconds: float) -> None:
+        """This process is stopping: the stages it runs stop at their first sampler step
+        `seconds` from now (or sooner, if asked before), to be handed back."""
+        deadline = time.monotonic() + seconds
+        self.hand_back_at = min(deadline, self.hand_back_at or deadline)
+
+    @property
+    def handing_back(self) -> bool:
+        return self.hand_back_at is not None and time.monotonic() >= self.hand_back_at
 
     def progress(self, job_ids: Sequence[str], stage: str, step: int, total: int) -> list[str]:
         """Record a finished sampler step of the jobs sampled together (one round trip); the
-        ids of those that have ended meanwhile (canceled). A progress event is logged for a
-        stage's first and last step, and in between at most every `PROGRESS_INTERVAL` s."""
+        ids of those that must stop: ended meanwhile (canceled), taken over by a newer attempt
+        (nothing is written for them), or all of them once this process hands its stages back.
+        A progress event is logged for a stage's first and last step, and in between at most
+        every `PROGRESS_INTERVAL` s."""
+        if self.handing_back:
+            return list(job_ids)
         fields = {f"{stage}.step": step, f"{stage}.total": total, f"{stage}.batch": len(job_ids)}
         with self.connection.pipeline() as pipeline:
             for job_id in job_ids:
-                pipeline.hset(job_key(job_id), mapping=fields)
-                pipeline.hget(job_key(job_id), "status")
+                args = [*self._lease(job_id, stage), *_pairs(fields)]
+                self._progress(keys=[job_key(job_id)], args=args, client=pipeline)
             replies = pipeline.execute()
-        statuses = replies[1::2]
-        ended = [
-            job_id
-            for job_id, status in zip(job_ids, statuses, strict=True)
-            if status is None or _text(status) in TERMINAL
-        ]
+        stop = [job_id for job_id, reply in zip(job_ids, replies, strict=True) if reply]
         now = time.monotonic()
         for job_id in job_ids:
             sent = self._progress_sent.get((job_id, stage))
             due = step <= 1 or step >= total or sent is None or now - sent >= PROGRESS_INTERVAL
-            if job_id in ended or not due:
+            if job_id in stop or not due:
                 continue
             if step >= total:
                 self._progress_sent.pop((job_id, stage), None)
@@ -253,11 +352,21 @@ class Jobs:
                     "eta_seconds": view["eta_seconds"],
                 }
                 self._event(job_id, "progress", data)
-        return ended
+        return stop
 
-    def stage_ended(self, job_id: str, stage: str, status: str, error: str | None = None) -> None:
-        """A stage's outcome: succeeded, failed or canceled. A success is logged with the
-        stage's preview; a failure or cancel is told by the job's terminal event."""
+    def _write_stage(
+        self, job_id: str, stage: str, fields: dict[str, object], active: bool
+    ) -> bool:
+        """Write the stage's fields if this process's lease (if it holds one) is still the
+        stage's, and (when `active`) the job has not ended."""
+        args = [*self._lease(job_id, stage), "1" if active else "0", *_pairs(fields)]
+        return bool(self._write_fenced(keys=[job_key(job_id)], args=args))
+
+    def stage_ended(self, job_id: str, stage: str, status: str, error: str | None = None) -> bool:
+        """A stage's outcome: succeeded, failed or canceled, whatever the job's status (a
+        stage's own outcome after a cancel); False, writing nothing, when a newer attempt holds
+        the stage. A success is logged with the stage's preview; a failure or cancel is told by
+        the job's terminal event."""
         self._progress_sent.pop((job_id, stage), None)
         now = time.time()
         fields = {
@@ -265,7 +374,8 @@ class Jobs:
             f"{stage}.ended_at": repr(now),
             f"{stage}.error": error,
         }
-        self.write(job_id, fields)
+        if not self._write_stage(job_id, stage, fields, active=False):
+            return False
         if status == "succeeded":
             started = self.connection.hget(job_key(job_id), f"{stage}.started_at")
             data = {
@@ -274,13 +384,14 @@ class Jobs:
                 "preview": f"/v1/jobs/{job_id}/stages/{stage}",
             }
             self._event(job_id, "stage_finished", data)
+        return True
 
     def stage_retrying(self, job_id: str, stage: str, reason: str) -> bool:
-        """A crashed stage queued again; False when the job has ended meanwhile."""
+        """A crashed or handed-back stage queued again; False when the job has ended meanwhile
+        or a newer attempt holds the stage."""
         self._progress_sent.pop((job_id, stage), None)
-        retrying = self.update(
-            job_id, {f"{stage}.status": "queued", f"{stage}.error": f"retrying: {reason}"}
-        )
+        fields = {f"{stage}.status": "queued", f"{stage}.error": f"retrying: {reason}"}
+        retrying = self._write_stage(job_id, stage, fields, active=True)
         if retrying:
             self._event(job_id, "stage_retrying", {"stage": stage, "error": reason})
         return retrying
@@ -313,8 +424,11 @@ class Jobs:
         self.events.append(job_key(job_id), job_id, status, describe(record), while_active=False)
         return True
 
-    def put_tensor(self, job_id: str, name: str, data: bytes, ttl: int) -> None:
-        self.connection.set(tensor_key(job_id, name), data, ex=ttl)
+    def put_tensor(self, job_id: str, name: str, data: bytes, ttl: int) -> bool:
+        """Store a stage's output (or an upload) for the next stage; False, storing nothing,
+        when a newer attempt holds that stage."""
+        keys = [job_key(job_id), tensor_key(job_id, name)]
+        return bool(self._put_fenced(keys=keys, args=[*self._lease(job_id, name), data, ttl]))
 
     def get_tensor(self, job_id: str, name: str) -> bytes | None:
         return self.connection.get(tensor_key(job_id, name))
@@ -322,6 +436,13 @@ class Jobs:
     def drop_tensors(self, job_id: str, names: list[str]) -> None:
         """Free hand-off tensors once nothing will read them (they would expire anyway)."""
         self.connection.delete(*(tensor_key(job_id, name) for name in names))
+
+
+def _pairs(fields: dict[str, object]) -> list[str]:
+    """A mapping as the flat field/value list HSET takes (None as "")."""
+    return [
+        item for key, value in fields.items() for item in (key, "" if value is None else str(value))
+    ]
 
 
 def _text(value: bytes | str) -> str:

@@ -91,6 +91,11 @@ class Settings(BaseSettings):
     redis_backoff_max: float = Field(
         10.0, gt=0
     )  # workers retry an absent Redis this often, at most
+    # SIGTERM or Ctrl-C on a worker (or on `cascade serve`): a running stage has this many
+    # seconds to finish; past it, it stops at its next sampler step and is handed back (queued
+    # again at the front, for another worker or the restarted one). A second signal hands back
+    # at once.
+    stop_grace: float = Field(60.0, ge=0)
     # Cross-request batching: a worker taking a stage job also takes up to max_batch - 1 jobs
     # already waiting in that queue with the same settings, and samples them in one call (each
     # keeps its own seed, so its image is unchanged). 1 disables it. A batch runs under its

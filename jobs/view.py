@@ -133,13 +133,22 @@ def _seconds(started: float | None, ended: float | None) -> float | None:
 
 
 ORPHANED = "retrying: its worker stopped responding; another worker will take the stage up"
+ORPHANED_ALONE = (
+    "retrying: its worker stopped responding and no other worker serves stage {stage}; it waits "
+    "for one (`cascade serve` restarts its worker, which retries it)"
+)
 
 
-def mark_orphaned(view: dict[str, object], alive: Callable[[str], bool]) -> dict[str, object]:
+def mark_orphaned(
+    view: dict[str, object], alive: Callable[[str], bool], serving: Callable[[str], int]
+) -> dict[str, object]:
     """A running stage whose worker is no longer alive is shown as waiting to be retried (RQ's
     maintenance requeues it within heartbeat_ttl + one maintenance interval), not frozen at
-    its last step."""
+    its last step; `serving(stage)` counts the live workers that could retry it, and only when
+    there is one does the view say that another worker will."""
     for stage in view["stages"]:  # type: ignore[union-attr]
         if stage["status"] == "running" and stage["worker"] and not alive(stage["worker"]):
-            stage["status"], stage["error"] = "queued", ORPHANED
+            others = serving(stage["name"]) > 0
+            stage["status"] = "queued"
+            stage["error"] = ORPHANED if others else ORPHANED_ALONE.format(stage=stage["name"])
     return view

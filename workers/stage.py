@@ -4,6 +4,10 @@ Every step is idempotent so a retried stage (after a crash or a killed worker) r
 the input is the previous stage's stored float tensor, and a stage that already finished only
 hands on again. Seeds are per stage (`stage_seed`), so a rerun gives the same image, and so
 does a run batched with other jobs (`workers.batching`).
+
+Each run holds its stage's lease (`jobs.record`): one whose stage was taken over by a newer
+attempt stops at its next sampler step and writes nothing, and one whose worker is stopping
+past its grace period hands the stage back (queued again at the front) instead of finishing.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from rq import get_current_job
 from rq.exceptions import AbandonedJobError
-from rq.job import Job
+from rq.job import Job, Retry
 from rq.timeouts import JobTimeoutException
 from torch import Tensor
 
@@ -65,8 +69,19 @@ class InputMissing(RuntimeError):
     """The previous stage's output expired before this stage ran."""
 
 
-def run_stage(job_id: str, stage: str) -> None:
-    """RQ job with JSON arguments: run `stage` of job `job_id`.
+class HandedBack(Exception):
+    """The worker is stopping: the stage was queued again for another (or the restarted) one."""
+
+
+# What a handed-back stage job returns: RQ queues it again at the front at once, without using
+# up one of the retries that crashes get.
+HAND_BACK = Retry(max=1000, enqueue_at_front=True)
+HANDED_BACK_REASON = "its worker was stopped before the stage finished; the next worker runs it"
+
+
+def run_stage(job_id: str, stage: str) -> Retry | None:
+    """RQ job with JSON arguments: run `stage` of job `job_id`; `HAND_BACK` when the worker
+    stopping handed the stage back.
 
     When the worker claimed compatible jobs beside this one (`workers.batching`), the lead's run
     samples them all in one call, and each other member's run only reports its own outcome."""
@@ -76,10 +91,15 @@ def run_stage(job_id: str, stage: str) -> None:
         batch.outcomes.update(run_jobs(runtime, batch.job_ids, stage))
     if batch is not None and job_id in batch.outcomes:
         error = batch.outcomes.pop(job_id)
+    elif runtime.jobs.handing_back:  # the worker is stopping: start nothing more
+        return HAND_BACK
     else:  # alone, or a member its lead's run did not reach
         error = run_jobs(runtime, [job_id], stage)[job_id]
+    if isinstance(error, HandedBack):
+        return HAND_BACK
     if error is not None:
         raise error  # RQ's failure callback (`on_stage_failure`) retries the stage
+    return None
 
 
 def run_jobs(runtime: Runtime, job_ids: list[str], stage: str) -> dict[str, Exception | None]:
@@ -127,15 +147,21 @@ def start(runtime: Runtime, job_id: str, model: Stage, worker: str) -> Member | 
         log.info("job %s: stage %s already finished (a retry); handing on", job_id, stage)
         hand_on(runtime, job_id, stage)
         return None
-    if not jobs.stage_started(job_id, stage, runtime.describe(stage), worker):
-        log.info("job %s has %s; stage %s not run", job_id, record.status, stage)
+    attempt = jobs.stage_started(job_id, stage, runtime.describe(stage), worker)
+    if not attempt:
+        latest = jobs.get(job_id) or record
+        if latest.stage(stage, "status") == "succeeded":  # another attempt finished it meanwhile
+            hand_on(runtime, job_id, stage)
+            return None
+        log.info("job %s has %s; stage %s not run", job_id, latest.status, stage)
         jobs.stage_ended(job_id, stage, "canceled")
         return None
     log.info(
-        "job %s%s: stage %s started (%s)%s",
+        "job %s%s: stage %s started (attempt %d, %s)%s",
         job_id,
         _request(record),
         stage,
+        attempt,
         model.model.id,
         _tag(model),
     )
@@ -174,7 +200,18 @@ def finish(
     retry can mend fails the job, any other is returned for RQ to retry. `batch` jobs were
     sampled with this one (they share the time recorded for a quote's per-step costs)."""
     jobs, stage, job_id = runtime.jobs, model.name, member.id
+    if jobs.superseded(job_id, stage):  # its worker hung past the TTL; a newer attempt runs it
+        log.warning(
+            "job %s%s: stage %s was taken over by a newer attempt; this one stops, writing nothing",
+            job_id,
+            _request(member.record),
+            stage,
+        )
+        return None
     if isinstance(result, SamplingCanceled):
+        latest = jobs.get(job_id)
+        if latest is not None and not latest.ended and jobs.handing_back:
+            return hand_back(runtime, member, stage)
         jobs.stage_ended(job_id, stage, "canceled")
         record_stage(runtime.connection, stage, time.monotonic() - started, "canceled")
         log.info(
@@ -198,11 +235,13 @@ def finish(
         )
         fail(runtime.connection, jobs, job_id, stage, NON_FINITE.format(stage=stage))
         return None
-    save_outputs(runtime, member.record, stage, result)
+    if not save_outputs(runtime, member.record, stage, result):
+        return None  # a newer attempt took the stage over while this one saved
     seconds = time.monotonic() - started
     work = next(planned.cost for planned in member.record.plan if planned.name == stage)
+    if not jobs.stage_ended(job_id, stage, "succeeded"):
+        return None
     record_stage(runtime.connection, stage, seconds, "succeeded", work, batch)
-    jobs.stage_ended(job_id, stage, "succeeded")
     log.info(
         "job %s%s: stage %s finished in %.2f s%s",
         job_id,
@@ -215,21 +254,39 @@ def finish(
     return None
 
 
+def hand_back(runtime: Runtime, member: Member, stage: str) -> HandedBack | None:
+    """Queue the stage again for the next worker (this one is stopping), or nothing when a
+    newer attempt holds it or the job ended."""
+    job_id = member.id
+    if not runtime.jobs.stage_retrying(job_id, stage, HANDED_BACK_REASON):
+        return None
+    record_stage(runtime.connection, stage, 0.0, "retried")
+    log.warning(
+        "job %s%s: stage %s handed back (the worker is stopping); queued again at the front",
+        job_id,
+        _request(member.record),
+        stage,
+    )
+    return HandedBack(job_id)
+
+
 def _tag(model: Stage) -> str:
     return " [RANDOM weights]" if model.model.random_weights else ""
 
 
-def save_outputs(runtime: Runtime, record: JobRecord, stage: str, image: Tensor) -> None:
-    """The stage's PNG preview; its float tensor for the next stage, or the final PNG."""
+def save_outputs(runtime: Runtime, record: JobRecord, stage: str, image: Tensor) -> bool:
+    """The stage's PNG preview; its float tensor for the next stage, or the final PNG. False,
+    having stored nothing more, once a newer attempt holds the stage (the store's files are
+    written only after a check of the lease, and a rerun's image is the same: same seed)."""
     store = runtime.store
     png = to_png(image)
+    if runtime.jobs.superseded(record.id, stage):
+        return False
     store.put(object_name(record.id, stage_preview(stage)), png, "image/png")
     names = [planned.name for planned in record.plan]
     if stage != names[-1]:
-        runtime.jobs.put_tensor(
-            record.id, stage, tensor_to_bytes(image), runtime.settings.tensor_ttl
-        )
-        return
+        data = tensor_to_bytes(image)
+        return runtime.jobs.put_tensor(record.id, stage, data, runtime.settings.tensor_ttl)
     height, width = record.output
     if tuple(image.shape[-2:]) != (height, width):  # a target_size below the stage's scale
         image = F.interpolate(
@@ -237,6 +294,7 @@ def save_outputs(runtime: Runtime, record: JobRecord, stage: str, image: Tensor)
         )
         png = to_png(image.clamp(-1, 1))
     store.put(object_name(record.id, RESULT), png, "image/png")  # the last preview, or resized
+    return True
 
 
 def hand_on(runtime: Runtime, job_id: str, stage: str) -> None:
@@ -297,8 +355,10 @@ def _request(record: JobRecord | None) -> str:
 
 
 def fail(connection: Redis, jobs: Jobs, job_id: str, stage: str, reason: str) -> None:
-    """End the job as failed because of `stage`, and say so (once)."""
-    jobs.stage_ended(job_id, stage, "failed", reason)
+    """End the job as failed because of `stage`, and say so (once); nothing when a newer
+    attempt holds the stage."""
+    if not jobs.stage_ended(job_id, stage, "failed", reason):
+        return
     record_stage(connection, stage, 0.0, "failed")
     record = jobs.get(job_id)
     log.warning("job %s%s failed in stage %s: %s", job_id, _request(record), stage, reason)
@@ -317,7 +377,15 @@ def on_stage_failure(
     log has it, under the stage job's id)."""
     job_id, stage = job.args
     settings = get_settings()
-    jobs = Jobs(connection, settings.result_ttl)
+    jobs = _jobs(connection, settings)
+    if jobs.superseded(job_id, stage):  # this attempt's failure is not the stage's any more
+        log.warning(
+            "job %s stage %s: an attempt a newer one took over raised %s; ignored",
+            job_id,
+            stage,
+            exc_type.__name__,
+        )
+        return
     reason, transient = failure_reason(stage, exc_type, settings.timeout_for(stage), exc_value)
     if not transient:
         log.error(
@@ -342,6 +410,15 @@ def on_stage_failure(
     if transient:
         reason = f"{reason} (attempt {attempt}, no retries left)"
     fail(connection, jobs, job_id, stage, reason)
+
+
+def _jobs(connection: Redis, settings: Settings) -> Jobs:
+    """The worker's own job records, which know the leases it holds (a plain `rq worker` or
+    another process calling back gets fresh ones, holding none)."""
+    runtime = current()
+    if runtime.connection is connection:
+        return runtime.jobs
+    return Jobs(connection, settings.result_ttl)
 
 
 def failure_reason(

@@ -8,6 +8,11 @@ A stage whose weights do not load is kept out: the worker listens only on the qu
 stages that loaded, and its registration in Redis says which stages it kept out and why
 (`jobs.health`), so `/readyz` and the API can tell clients. A worker with no stage loaded stays
 registered, reporting, instead of exiting into a restart loop.
+
+Stopping is graceful: on SIGTERM or Ctrl-C an idle worker exits at once, and a busy one takes no
+new job and gives its running stage `CASCADE_STOP_GRACE` seconds to finish; past that, or on a
+second signal, the stage stops at its next sampler step and is handed back (queued again at the
+front, so the next worker, or this one restarted, takes it up at once), then the worker exits.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import logging
 import signal
 import threading
 import time
+from types import FrameType
 
 import torch
 from redis import Redis
@@ -24,8 +30,10 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from rq import SimpleWorker
+from rq.executions import Execution
 from rq.job import Job
 from rq.queue import Queue
+from rq.registry import StartedJobRegistry
 from rq.serializers import JSONSerializer
 from rq.worker import WorkerStatus
 
@@ -63,16 +71,78 @@ class StageWorker(SimpleWorker):
         heartbeat_ttl: int = 60,
         max_batch: int = 1,
         unloaded: dict[str, str] | None = None,
+        stop_grace: float = 60.0,
         **kwargs: object,
     ):
         super().__init__(*args, **kwargs)
         self.heartbeat_ttl = heartbeat_ttl
         self.max_batch = max_batch
         self.unloaded = unloaded or {}  # stages kept out (weights did not load) -> why
+        self.stop_grace = stop_grace
+        self._stop_signal_at = 0.0
 
     def serialize(self) -> dict:
         """RQ's registration, plus the stages this worker kept out and why (`jobs.health`)."""
         return {**super().serialize(), UNLOADED_FIELD: encode(self.unloaded)}
+
+    def handle_warm_shutdown_request(self) -> None:
+        """The first SIGTERM/SIGINT (RQ then stops taking jobs): a running stage has the grace
+        period to finish before it is handed back."""
+        self._stop_signal_at = time.monotonic()
+        if self.get_state() == WorkerStatus.BUSY:
+            log.warning(
+                "worker %s stopping: the running stage has %.0f s to finish, then it is handed "
+                "back (signal again to hand it back now)",
+                self.name,
+                self.stop_grace,
+            )
+            current().jobs.hand_back_after(self.stop_grace)
+        else:
+            log.info("worker %s stopping", self.name)
+
+    def request_force_stop(self, signum: int, frame: FrameType | None) -> None:
+        """A second signal: hand the running stage back at its next sampler step, rather than
+        RQ's cold shutdown, which would leave it for the heartbeat TTL to find."""
+        if self.get_state() != WorkerStatus.BUSY:
+            super().request_force_stop(signum, frame)
+            return
+        if time.monotonic() - self._stop_signal_at < 1.0:
+            return  # the same stop, sent twice (as RQ also ignores it)
+        log.warning("worker %s: handing the running stage back now", self.name)
+        current().jobs.hand_back_after(0.0)
+
+    def handle_job_success(
+        self,
+        job: Job,
+        queue: Queue,
+        started_job_registry: StartedJobRegistry,
+        execution: Execution,
+    ) -> None:
+        if not self._forget_superseded(job, execution):
+            super().handle_job_success(job, queue, started_job_registry, execution)
+
+    def handle_job_failure(
+        self,
+        job: Job,
+        queue: Queue,
+        started_job_registry: StartedJobRegistry | None = None,
+        exc_string: str = "",
+        execution: Execution | None = None,
+    ) -> None:
+        if not self._forget_superseded(job, execution):
+            super().handle_job_failure(job, queue, started_job_registry, exc_string, execution)
+
+    def _forget_superseded(self, job: Job, execution: Execution | None) -> bool:
+        """When a newer attempt took this stage job's stage over (this worker hung past the
+        heartbeat TTL and the stage job was retried elsewhere), drop only this execution:
+        RQ's bookkeeping of the stage job (its status, result, retries) is the newer one's."""
+        if not current().jobs.superseded(*job.args):
+            return False
+        log.warning("stage job %s: superseded by a newer attempt; its outcome is not kept", job.id)
+        with self.connection.pipeline() as pipeline:
+            self.cleanup_execution(job, pipeline=pipeline, execution=execution)
+            pipeline.execute()
+        return True
 
     def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
         return self.heartbeat_ttl
@@ -151,14 +221,19 @@ class StageWorker(SimpleWorker):
             runtime.batch = None
             stop.set()
             beat.join()
+            for member in running.values():
+                runtime.jobs.release(*member.args)
 
     def _beat(self, running: dict[str, Job], stop: threading.Event) -> None:
+        jobs = current().jobs
         while not stop.wait(self.job_monitoring_interval):
             for execution in list(self.executions.values()):
                 job = running.get(execution.job_id)
                 if job is None or stop.is_set():
                     continue
                 try:
+                    if jobs.superseded(*job.args):  # never revive an execution retried elsewhere
+                        continue
                     self.maintain_heartbeats(job, execution)
                 except Exception as error:  # a missed beat is retried next interval
                     log.warning("heartbeat for job %s failed: %s", job.id, error)
@@ -187,6 +262,7 @@ def build_worker(
         heartbeat_ttl=settings.heartbeat_ttl,
         max_batch=settings.max_batch,
         unloaded=unloaded,
+        stop_grace=settings.stop_grace,
         job_monitoring_interval=settings.heartbeat_interval,
         maintenance_interval=settings.maintenance_interval,
         worker_ttl=settings.worker_ttl,

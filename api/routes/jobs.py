@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse
 from api.auth import Owner
 from api.deps import JobsDep, RedisDep, SettingsDep, StoreDep
 from api.schemas import ErrorBody, JobView
-from jobs.queues import cancel_stage, worker_alive
+from jobs.queues import cancel_stage, live_workers, worker_alive
 from jobs.record import JobRecord, Jobs
 from jobs.store import RESULT, object_name, stage_preview
 from jobs.view import describe, mark_orphaned
@@ -47,7 +47,9 @@ def get_job(
     """Status, current stage, per-stage progress and timings, progress (0..1) and ETA."""
     fresh = settings.worker_fresh_seconds
     return mark_orphaned(
-        describe(find(jobs, job_id, owner)), lambda name: worker_alive(connection, name, fresh)
+        describe(find(jobs, job_id, owner)),
+        lambda name: worker_alive(connection, name, fresh),
+        lambda stage: live_workers(connection, stage, fresh),
     )
 
 
