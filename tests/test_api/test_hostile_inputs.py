@@ -134,6 +134,14 @@ def test_a_5000_digit_form_number_is_a_422_naming_its_field(client: TestClient, 
     assert_422(client.post("/v1/upscales", data={field: HUGE}, files=files), field)
 
 
+def test_a_5000_digit_content_length_is_a_413(client: TestClient):
+    request = client.build_request("POST", "/v1/generations", content=b'{"class_id": 1}')
+    request.headers.update({"content-type": "application/json", "content-length": HUGE})
+    response = client.send(request)
+    assert response.status_code == 413, response.text
+    assert "5000-digit length" in response.json()["error"]
+
+
 def test_bodies_json_cannot_read_are_a_422_not_a_400(client: TestClient):
     # schemathesis found the first: a body that is not UTF-8 was an undocumented 400.
     not_utf8 = client.post("/v1/generations", content=b"\x80", headers=JSON)
