@@ -29,7 +29,7 @@ from jobs.queues import stage_queue
 from jobs.settings import Settings
 
 SEED = 20240601
-EXAMPLES = 40  # per operation: about 30 s for the whole schema on two loaded cores
+EXAMPLES = 40  # per operation: the whole schema in 20-40 s on two loaded cores
 
 _redis_dir = Path(tempfile.mkdtemp(prefix="cascade-fuzz-"))
 redis = EmbeddedRedis(_redis_dir / "fuzz.rdb")
