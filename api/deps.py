@@ -5,14 +5,14 @@ from __future__ import annotations
 import asyncio
 from typing import Annotated
 
-from fastapi import Depends, Header, Request
+from fastapi import Depends, Header, HTTPException, Path, Request
 from redis import Redis
 from redis.asyncio import Redis as AsyncRedis
 
 from jobs.connection import connect, connect_async
 from jobs.record import Jobs
 from jobs.settings import Settings, get_settings
-from jobs.store import Store, open_store
+from jobs.store import JOB_ID, Store, open_store
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 
@@ -50,6 +50,21 @@ def get_store(request: Request, settings: SettingsDep) -> Store:
     return state.store
 
 
+def unknown_job(job_id: str) -> HTTPException:
+    """404 for a job that does not exist (or that another key made)."""
+    shown = job_id if len(job_id) <= 64 else job_id[:61] + "..."
+    return HTTPException(404, f"no job {shown!r} (unknown, or expired from the job list)")
+
+
+def get_job_id(job_id: Annotated[str, Path(description="the id a submission returned")]) -> str:
+    """The path's job id; 404 before Redis is asked when it is not one this service makes (any
+    other text could name another of its keys, e.g. `<id>:events`)."""
+    if not JOB_ID.fullmatch(job_id):
+        raise unknown_job(job_id)
+    return job_id
+
+
+JobIdDep = Annotated[str, Depends(get_job_id)]
 JobsDep = Annotated[Jobs, Depends(get_jobs)]
 StoreDep = Annotated[Store, Depends(get_store)]
 IdempotencyKeyDep = Annotated[

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 
@@ -12,14 +13,37 @@ from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException
 
 from api import request_id as request_ids
+from api.headers import EVERY_RESPONSE, RETRY_AFTER_SECONDS
 from api.limits import TOO_LARGE, too_large
 from jobs.quotas import QuotaExceeded
 
 log = logging.getLogger(__name__)
+MAX_ECHO = 200  # characters of a bad input echoed back in an error's detail
+
+
+class ErrorJSON(JSONResponse):
+    """JSON escaped to ASCII: an error echoes what the client sent, and whatever that holds
+    (a lone surrogate too) must not fail the answer that says it was wrong."""
+
+    def render(self, content: object) -> bytes:
+        text = json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":"))
+        return text.encode("ascii")
 
 
 def error_response(status_code: int, message: str, detail: object = None) -> JSONResponse:
-    return JSONResponse({"error": message, "detail": detail}, status_code=status_code)
+    response = ErrorJSON({"error": message, "detail": detail}, status_code=status_code)
+    if status_code == 503:
+        response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
+    return response
+
+
+def _echo(value: object) -> object:
+    """A bad input as the error's detail shows it: JSON scalars only, long text cut."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)  # NaN and Infinity are not JSON: echoed as text
+    if isinstance(value, str) and len(value) > MAX_ECHO:
+        return value[:MAX_ECHO] + "..."
+    return value if isinstance(value, str | int | float | bool | None) else None
 
 
 def _location(loc: tuple) -> str:
@@ -40,15 +64,12 @@ def describe_validation(errors: list[dict]) -> tuple[str, list[dict]]:
         elif where:
             message = f"{where}: {message}"
         sentences.append(message)
-        value = error.get("input")
-        if isinstance(value, float) and not math.isfinite(value):
-            value = str(value)  # NaN and Infinity are not JSON: echoed as text
         details.append(
             {
                 "loc": [str(part) for part in error.get("loc", ())],
                 "type": error.get("type"),
                 "msg": message,
-                "input": value if isinstance(value, str | int | float | bool | None) else None,
+                "input": _echo(error.get("input")),
             }
         )
     return "invalid request: " + "; ".join(sentences), details
@@ -72,7 +93,7 @@ def install(app: FastAPI) -> None:
         detail = None if isinstance(exc.detail, str) else exc.detail
         headers = getattr(exc, "headers", None)
         response = error_response(exc.status_code, message, detail)
-        response.headers.update(headers or {})  # e.g. WWW-Authenticate on a 401
+        response.headers.update(headers or {})  # e.g. WWW-Authenticate on a 401, Retry-After
         return response
 
     @app.exception_handler(QuotaExceeded)
@@ -94,5 +115,7 @@ def install(app: FastAPI) -> None:
         response = error_response(
             500, f"internal error; the service logged the details under request id {request_id}"
         )
-        response.headers[request_ids.HEADER] = request_id  # sent outside the id's middleware
+        # Sent from outside every middleware: the id's and the security headers' added here.
+        response.headers[request_ids.HEADER] = request_id
+        response.headers.update(EVERY_RESPONSE)
         return response

@@ -46,9 +46,17 @@ class BodyLimit:
             return
         limit = body_limit(self.settings(), scope["path"])
         declared = Headers(scope=scope).get("content-length", "")
-        if declared.isdigit() and int(declared) > limit:
-            await refuse(send, f"request body of {int(declared)} bytes is too large", limit)
-            return
+        if declared.isascii() and declared.isdigit():
+            # Past 20 digits it is past any limit (and past what int() reads at 4300).
+            size = int(declared) if len(declared) <= 20 else None
+            if size is None or size > limit:
+                what = (
+                    f"of {size} bytes"
+                    if size is not None
+                    else f"with a {len(declared)}-digit length"
+                )
+                await refuse(send, f"request body {what} is too large", limit)
+                return
         await RequestBodyLimitMiddleware(self.app, limit)(scope, receive, send)
 
 

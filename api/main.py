@@ -9,10 +9,13 @@ from fastapi.staticfiles import StaticFiles
 
 from api import errors
 from api.auth import authenticate
+from api.headers import SecurityHeaders
 from api.limits import BodyLimit
+from api.logs import install_safe_records
 from api.request_id import RequestId, install_log_filter
 from api.routes import events, generations, jobs, page, service, upscales
 from api.routes.page import STATIC
+from api.schemas import ErrorBody
 from jobs.settings import Settings, get_settings
 
 DESCRIPTION = """Generate and upscale images with a cascade of diffusion models
@@ -21,6 +24,11 @@ DESCRIPTION = """Generate and upscale images with a cascade of diffusion models
 Submit a job (or ask for a quote with `dry_run`), follow it (poll, or Server-Sent Events), fetch
 its PNGs. Each stage runs on its own queue; a stage's image is available as soon as the stage
 finishes. The web page at `/` does all of this in a browser."""
+# What any /v1 route may answer besides its own: a refused key (401), bad input (422), a rate
+# limit (429), Redis unavailable (503, with Retry-After).
+V1_ERRORS: dict[int | str, dict[str, object]] = {
+    code: {"model": ErrorBody} for code in (401, 422, 429, 503)
+}
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -31,6 +39,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             format="%(asctime)s %(levelname)s %(name)s [%(request_id)s]: %(message)s",
         )
     install_log_filter()
+    install_safe_records()
     app = FastAPI(title="cascade", version="0.1.0", description=DESCRIPTION)
     if settings is not None:
         app.dependency_overrides[get_settings] = lambda: settings
@@ -39,11 +48,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return app.dependency_overrides.get(get_settings, get_settings)()
 
     app.add_middleware(BodyLimit, settings=current_settings)
+    app.add_middleware(SecurityHeaders)  # outside the body limit: its 413 carries them too
     app.add_middleware(RequestId)  # outermost: every answer carries the id, a 413 too
     errors.install(app)
     keyed = [Depends(authenticate)]  # every /v1 route, when API keys are set
     for module in (generations, upscales, jobs, events):
-        app.include_router(module.router, dependencies=keyed)
+        app.include_router(module.router, dependencies=keyed, responses=V1_ERRORS)
     for module in (service, page):  # /v1/classes and /v1/limits take the key themselves
         app.include_router(module.router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")

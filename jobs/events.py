@@ -38,7 +38,8 @@ EVENT_TYPES: tuple[str, ...] = get_args(EventType)
 TERMINAL_EVENTS: tuple[str, ...] = ("succeeded", "failed", "canceled")
 PROGRESS_INTERVAL = 0.5  # seconds between a stage's progress events (its last step always goes)
 MAX_EVENTS = 5000  # a guard, never reached by throttled progress: the stream is trimmed beyond it
-EVENT_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
+EVENT_ID = re.compile(r"([0-9]{1,20})-([0-9]{1,20})")  # ASCII digits: Redis reads no others
+MAX_ID_PART = 2**64 - 1  # each part of a stream id is an unsigned 64-bit integer in Redis
 
 # KEYS: the job's record, its stream. ARGV: ttl, max length, type, data, whether to append only
 # while the record says the job is active ("1") or whatever it says ("0").
@@ -61,14 +62,21 @@ def events_key(job_id: str) -> str:
 
 
 def parse_event_id(text: str) -> tuple[int, int]:
-    """A stream entry id as (milliseconds, sequence); ValueError saying what one looks like."""
-    if not EVENT_ID.match(text.strip()):
+    """A stream entry id as (milliseconds, sequence), each within Redis's unsigned 64-bit
+    range; ValueError saying what one looks like."""
+    match = EVENT_ID.fullmatch(text.strip())
+    if match is None or max(int(part) for part in match.groups()) > MAX_ID_PART:
+        shown = text if len(text) <= 64 else text[:61] + "..."
         raise ValueError(
-            f"{text!r} is not an event id: event ids look like 1712345678901-0 (the `id` of an "
-            "event this job sent)"
+            f"{shown!r} is not an event id: event ids look like 1712345678901-0 (the `id` of an "
+            f"event this job sent; each part at most {MAX_ID_PART})"
         )
-    milliseconds, sequence = text.strip().split("-")
-    return int(milliseconds), int(sequence)
+    return int(match[1]), int(match[2])
+
+
+def event_id(position: tuple[int, int]) -> str:
+    """The stream id of (milliseconds, sequence)."""
+    return f"{position[0]}-{position[1]}"
 
 
 @dataclass(frozen=True)
@@ -134,19 +142,25 @@ async def follow(
     connection: AsyncRedis, job_id: str, after: str = "0-0", wait: float = 15.0
 ) -> AsyncIterator[Event]:
     """The events after the one with id `after`, then each one as it is appended, until the
-    terminal event; ends early if the log expires. Waits on the stream `wait` seconds at a
-    time (asyncio client: a waiting reader holds a connection, not a thread)."""
+    terminal event; ends early if the log expires. An `after` past the log's end waits from
+    the end, yielding only the terminal event (later events may still have smaller ids).
+    Waits on the stream `wait` seconds at a time (asyncio client: a waiting reader holds a
+    connection, not a thread)."""
     key = events_key(job_id)
+    position = parse_event_id(after)
+    last = await latest(connection, job_id)
+    cursor = event_id(min(position, parse_event_id(last.id) if last is not None else (0, 0)))
     while True:
-        reply = await connection.xread({key: after}, count=100, block=int(wait * 1000))
+        reply = await connection.xread({key: cursor}, count=100, block=int(wait * 1000))
         if not reply:
             if not await connection.exists(key):
                 return
             continue
         for entry_id, fields in reply[0][1]:
             event = Event.from_entry(entry_id, fields)
-            yield event
-            after = event.id
+            cursor = event.id
+            if event.terminal or parse_event_id(event.id) > position:
+                yield event
             if event.terminal:
                 return
 

@@ -61,6 +61,9 @@ class Settings(BaseSettings):
     # have not ended.
     api_key_hashes: str = ""
     rate_limit: str = "600/minute"  # every /v1 call counts, polling included
+    # Failed authentications (a missing or unknown key) per client address, limits' syntax: past
+    # it that address gets 429 + Retry-After, whatever key it sends, until the window passes.
+    auth_failure_limit: str = "20/minute"
     max_queued_per_key: int = Field(20, ge=1)
 
     # Weights per stage: a checkpoint path or preset:NAME. Unset: the demo weights under

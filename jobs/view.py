@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit, urlunsplit
 
 if TYPE_CHECKING:  # for annotations only: jobs.record logs this view when a job ends
     from jobs.record import JobRecord
@@ -85,7 +86,7 @@ def describe(record: JobRecord, now: float | None = None) -> dict[str, object]:
         "eta_seconds": _eta(record, progress, now),
         "error": record.fields.get("error") or None,
         "seed": record.seed,
-        "request": record.request,
+        "request": _shown_request(record.request),
         "output": {"height": height, "width": width},
         "created_at": _iso(record.time("created_at")),
         "started_at": _iso(record.time("started_at")),
@@ -105,6 +106,20 @@ def _weights(record: JobRecord, stage: str) -> dict[str, str] | None:
     (None before, and for random weights)."""
     file, sha256 = record.stage(stage, "weights_file"), record.stage(stage, "weights_sha256")
     return {"file": file, "sha256": sha256} if file and sha256 else None
+
+
+def redact_url(url: str) -> str:
+    """A URL without its userinfo, query and fragment, where receivers keep their tokens."""
+    parts = urlsplit(url)
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit((parts.scheme, host, parts.path, "", ""))
+
+
+def _shown_request(request: dict[str, object]) -> dict[str, object]:
+    """The request as the job shows it: its webhook URL redacted (the view is sent to
+    webhooks and events too; the sender posts to the URL the record keeps)."""
+    url = request.get("webhook_url")
+    return {**request, "webhook_url": redact_url(url)} if isinstance(url, str) else request
 
 
 def _eta(record: JobRecord, progress: float, now: float) -> float | None:

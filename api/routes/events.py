@@ -10,9 +10,9 @@ from fastapi import APIRouter, Header, HTTPException, Query, Response
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from api.auth import Owner
-from api.deps import AsyncRedisDep
+from api.deps import AsyncRedisDep, JobIdDep, unknown_job
 from api.schemas import ErrorBody
-from jobs.events import EVENT_TYPES, Event, follow, latest, parse_event_id
+from jobs.events import EVENT_TYPES, Event, event_id, follow, latest, parse_event_id
 from jobs.record import job_key
 
 router = APIRouter(tags=["jobs"])
@@ -20,7 +20,8 @@ PING_SECONDS = 15  # a comment line this often keeps proxies from closing a quie
 DESCRIPTION = f"""The job's events from the start (or after `Last-Event-ID`), then live until
 its terminal event. Each has an `id` (send it back as `Last-Event-ID` to resume), an `event`
 type and JSON `data`. Types: {", ".join(EVENT_TYPES)}. The terminal event's data is the job as
-`GET /v1/jobs/{{id}}` shows it, and is what a webhook receives."""
+`GET /v1/jobs/{{id}}` shows it, and is what a webhook receives. An event id past the end of a
+running job's log waits, and ends with the terminal event like any other stream."""
 
 
 @router.get(
@@ -30,12 +31,11 @@ type and JSON `data`. Types: {", ".join(EVENT_TYPES)}. The terminal event's data
     responses={
         200: {"content": {"text/event-stream": {}}, "description": "the events, as they come"},
         204: {"description": "the job has ended and `Last-Event-ID` was its last event"},
-        404: {"model": ErrorBody},
-        422: {"model": ErrorBody},
+        **{code: {"model": ErrorBody} for code in (404, 422, 503)},
     },
 )
 async def job_events(
-    job_id: str,
+    job_id: JobIdDep,
     owner: Owner,
     connection: AsyncRedisDep,
     last_event_id: Annotated[str | None, Header(description="resume after this event")] = None,
@@ -44,20 +44,20 @@ async def job_events(
     ] = None,
 ) -> Response:
     """Server-Sent Events: replay, then follow, the job's event log (DESCRIPTION)."""
-    made_by = await connection.hget(job_key(job_id), "owner")
-    if made_by is None and not await connection.exists(job_key(job_id)):
-        raise HTTPException(404, f"no job {job_id!r} (unknown, or expired from the job list)")
-    if (made_by or b"").decode() != owner:
-        raise HTTPException(404, f"no job {job_id!r} (unknown, or expired from the job list)")
-    start = last_event_id or after or "0-0"
-    try:
-        position = parse_event_id(start)
+    try:  # checked before Redis is asked: it rejects ids past 64 bits mid-stream
+        position = parse_event_id(last_event_id or after or "0-0")
     except ValueError as error:
         raise HTTPException(422, f"cannot resume: {error}") from None
+    made_by = await connection.hget(job_key(job_id), "owner")
+    if made_by is None and not await connection.exists(job_key(job_id)):
+        raise unknown_job(job_id)
+    if (made_by or b"").decode() != owner:
+        raise unknown_job(job_id)
     last = await latest(connection, job_id)
     if last is not None and last.terminal and position >= parse_event_id(last.id):
         return Response(status_code=204)  # EventSource clients stop reconnecting on a 204
-    return EventSourceResponse(_stream(follow(connection, job_id, start)), ping=PING_SECONDS)
+    events = follow(connection, job_id, event_id(position))
+    return EventSourceResponse(_stream(events), ping=PING_SECONDS)
 
 
 async def _stream(events: AsyncIterator[Event]) -> AsyncIterator[ServerSentEvent]:

@@ -6,13 +6,13 @@ from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 
 from api.auth import Owner
-from api.bodies import JsonObject
+from api.bodies import CheckedJsonRoute, JsonObject
 from api.deps import IdempotencyKeyDep, JobsDep, RedisDep, SettingsDep
 from api.schemas import ErrorBody, GenerationRequest, JobAccepted, Quote
 from api.submit import Idempotency, accept, generation_job, known_classes, quote
 from jobs.idempotency import fingerprint
 
-router = APIRouter(tags=["jobs"])
+router = APIRouter(tags=["jobs"], route_class=CheckedJsonRoute)
 
 
 @router.post(
@@ -21,8 +21,7 @@ router = APIRouter(tags=["jobs"])
     response_model=JobAccepted,
     responses={
         200: {"model": Quote, "description": "`dry_run`: the quote; nothing was queued"},
-        422: {"model": ErrorBody},
-        503: {"model": ErrorBody},
+        **{code: {"model": ErrorBody} for code in (413, 415, 422, 503)},
         507: {"model": ErrorBody, "description": "the result disk is under its floor"},
     },
 )

@@ -8,25 +8,38 @@ from fastapi import APIRouter, HTTPException, Response
 from fastapi.responses import JSONResponse
 
 from api.auth import Owner
-from api.deps import JobsDep, RedisDep, SettingsDep, StoreDep
+from api.deps import JobIdDep, JobsDep, RedisDep, SettingsDep, StoreDep, unknown_job
 from api.schemas import ErrorBody, JobView
 from jobs.queues import cancel_stage, live_workers, worker_alive
 from jobs.record import JobRecord, Jobs
-from jobs.store import RESULT, object_name, stage_preview
+from jobs.store import RESULT, Store, object_name, stage_preview
 from jobs.view import describe, mark_orphaned
 from jobs.webhooks import enqueue_delivery
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["jobs"])
-PNG = {200: {"content": {"image/png": {}}}, 404: {"model": ErrorBody}, 409: {"model": ErrorBody}}
+PNG = {
+    200: {"content": {"image/png": {}}},
+    **{code: {"model": ErrorBody} for code in (404, 409, 503)},
+}
 
 
 def find(jobs: Jobs, job_id: str, owner: str) -> JobRecord:
     """The job, if the caller's key made it (another key's job is as unknown as a missing one)."""
     record = jobs.get(job_id)
     if record is None or record.owner != owner:
-        raise HTTPException(404, f"no job {job_id!r} (unknown, or expired from the job list)")
+        raise unknown_job(job_id)
     return record
+
+
+def read_stored(store: Store, key: str) -> bytes | None:
+    """A stored file (None: not there); 503, which says when to retry, while the store cannot
+    be read (S3 unreachable or refusing, a failing disk: whatever it raises, a retry may mend)."""
+    try:
+        return store.get(key)
+    except Exception:
+        log.exception("the result store could not read %s", key)
+        raise HTTPException(503, "the result store is unavailable; try again shortly") from None
 
 
 def not_ready(record: JobRecord, what: str) -> HTTPException:
@@ -42,7 +55,7 @@ def not_ready(record: JobRecord, what: str) -> HTTPException:
 
 @router.get("/v1/jobs/{job_id}", response_model=JobView, responses={404: {"model": ErrorBody}})
 def get_job(
-    job_id: str, owner: Owner, jobs: JobsDep, connection: RedisDep, settings: SettingsDep
+    job_id: JobIdDep, owner: Owner, jobs: JobsDep, connection: RedisDep, settings: SettingsDep
 ) -> dict[str, object]:
     """Status, current stage, per-stage progress and timings, progress (0..1) and ETA."""
     fresh = settings.worker_fresh_seconds
@@ -54,12 +67,12 @@ def get_job(
 
 
 @router.get("/v1/jobs/{job_id}/result", response_class=Response, responses=PNG)
-def get_result(job_id: str, owner: Owner, jobs: JobsDep, store: StoreDep) -> Response:
+def get_result(job_id: JobIdDep, owner: Owner, jobs: JobsDep, store: StoreDep) -> Response:
     """The final image as PNG, once the job has succeeded."""
     record = find(jobs, job_id, owner)
     if record.status != "succeeded":
         raise not_ready(record, "the result")
-    data = store.get(object_name(job_id, RESULT))
+    data = read_stored(store, object_name(job_id, RESULT))
     if data is None:
         raise HTTPException(404, f"the result of job {job_id} is no longer in the store")
     return Response(data, media_type="image/png")
@@ -67,7 +80,7 @@ def get_result(job_id: str, owner: Owner, jobs: JobsDep, store: StoreDep) -> Res
 
 @router.get("/v1/jobs/{job_id}/stages/{stage}", response_class=Response, responses=PNG)
 def get_stage_image(
-    job_id: str, stage: str, owner: Owner, jobs: JobsDep, store: StoreDep
+    job_id: JobIdDep, stage: str, owner: Owner, jobs: JobsDep, store: StoreDep
 ) -> Response:
     """One stage's output as PNG, available as soon as that stage has finished."""
     record = find(jobs, job_id, owner)
@@ -81,7 +94,7 @@ def get_stage_image(
         raise HTTPException(
             409, f"stage {stage} of job {job_id} is {status}; its image is not ready"
         )
-    data = store.get(object_name(job_id, stage_preview(stage)))
+    data = read_stored(store, object_name(job_id, stage_preview(stage)))
     if data is None:
         raise HTTPException(404, f"stage {stage}'s image of job {job_id} is no longer in the store")
     return Response(data, media_type="image/png")
@@ -94,7 +107,7 @@ def get_stage_image(
     responses={404: {"model": ErrorBody}, 409: {"model": ErrorBody}},
 )
 def cancel_job(
-    job_id: str,
+    job_id: JobIdDep,
     owner: Owner,
     jobs: JobsDep,
     connection: RedisDep,

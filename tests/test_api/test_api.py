@@ -301,7 +301,11 @@ def test_redis_down_is_a_503_not_a_crash(tmp_path: Path):
         assert client.get("/healthz").status_code == 200
         assert_error(client.get("/readyz"), 503, "Redis")
         assert_error(client.post("/v1/generations", json={"class_id": 1}), 503, "Redis")
-        assert_error(client.get("/v1/jobs/abc"), 503, "Redis")
+        for path in ("/v1/jobs/" + "a" * 32, "/v1/jobs/" + "a" * 32 + "/events"):
+            response = client.get(path)  # a well-formed id: Redis is asked
+            assert_error(response, 503, "Redis")
+            assert response.headers["retry-after"] == "5"
+        assert client.get("/readyz").headers["retry-after"] == "5"
 
 
 def test_a_stage_whose_worker_is_gone_shows_as_retrying(client: TestClient, redis_server):
