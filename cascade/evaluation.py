@@ -90,7 +90,7 @@ class ImageResult:
 
 def lanczos_upsample(low_res: Tensor, size: tuple[int, int]) -> Tensor:
     """PIL's Lanczos (a = 3) resize of [1, C, h, w] in [-1, 1] to `size`, per channel in float
-    (no 8-bit rounding, as the bicubic baseline), clamped."""
+    (no 8-bit rounding, like the bicubic baseline), clamped."""
     planes = [
         np.asarray(Image.fromarray(plane.numpy()).resize(size[::-1], Image.Resampling.LANCZOS))
         for plane in low_res[0].detach().float().cpu()
