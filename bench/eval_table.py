@@ -10,26 +10,46 @@ import sys
 from pathlib import Path
 
 HEADER = (
-    "| run | method | fidelity | low band | PSNR | SSIM | PSNR (Y) | consistency | hf_ratio |\n"
-    "|---|---|---|---|---|---|---|---|---|"
+    "| run | input | method | fidelity | low band | PSNR | SSIM | PSNR (Y) | consistency | "
+    "hf_ratio | flat_grain |\n"
+    "|---|---|---|---|---|---|---|---|---|---|---|"
 )
 
 
+def _cell(mean: dict[str, float], key: str, spec: str) -> str:
+    """One metric, or a dash where the report predates it."""
+    return format(mean[key], spec) if key in mean else "–"
+
+
 def rows(path: Path) -> list[str]:
-    """bicubic, the model at the run's fidelity (and low band: reports from before it existed
-    sampled as is) and at fidelity 1, as mean metrics."""
+    """bicubic, Lanczos, the model at the run's fidelity (and low band: reports from before it
+    existed sampled as is) and at fidelity 1, as mean metrics. Reports from before the
+    degradation, Lanczos and flat_grain existed read as bicubic input, no Lanczos row, a dash."""
     report = json.loads(path.read_text())
     run = f"{report['sampler']} {report['steps']}, {len(report['images'])} photos"
-    fidelities = {"bicubic": "–", "model": f"{report['fidelity']:g}", "fidelity1": "1"}
-    bands = {"bicubic": "–", "model": report.get("low_band", "sample"), "fidelity1": "–"}
+    degradation = report.get("degradation", "bicubic")
+    fidelities = {"bicubic": "–", "lanczos": "–", "model": f"{report['fidelity']:g}"}
+    fidelities["fidelity1"] = "1"
+    bands = {"model": report.get("low_band", "sample")}
     lines = []
     for method, fidelity in fidelities.items():
+        if method not in report["mean"]:
+            continue
         mean = report["mean"][method]
-        lines.append(
-            f"| {run} | {method} | {fidelity} | {bands[method]} | {mean['psnr']:.2f} | "
-            f"{mean['ssim']:.3f} | "
-            f"{mean['psnr_y']:.2f} | {mean['consistency']:.1e} | {mean['hf_ratio']:.3f} |"
-        )
+        cells = [
+            run,
+            degradation,
+            method,
+            fidelity,
+            bands.get(method, "–"),
+            _cell(mean, "psnr", ".2f"),
+            _cell(mean, "ssim", ".3f"),
+            _cell(mean, "psnr_y", ".2f"),
+            _cell(mean, "consistency", ".1e"),
+            _cell(mean, "hf_ratio", ".3f"),
+            _cell(mean, "flat_grain", ".3f"),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
     return lines
 
 

@@ -1,8 +1,12 @@
-"""Upscaler evaluation (SR3 protocol): bicubic-downsample ground truth, upscale, compare.
+"""Upscaler evaluation (SR3 protocol, and the inputs real photos are): degrade ground truth,
+upscale, compare.
 
-Each ground-truth image is center-cropped to the stage's output size, reduced with SR3's
-antialiased bicubic downsample, then upscaled by the model and by plain bicubic; both are scored
-with PSNR/SSIM (RGB and Y) against the ground truth and with SR3's consistency against the input.
+Each ground-truth image is center-cropped to the stage's output size, reduced by a named
+degradation (SR3's antialiased bicubic downsample by default; JPEG, noise or the second-order
+chain of it otherwise, each seeded by the image's index), then upscaled by plain bicubic, by
+Lanczos, by the model at its fidelity and at fidelity 1. Every output is scored against the
+*clean* ground truth (PSNR/SSIM in RGB and Y, hf_ratio, flat_grain) and with SR3's consistency
+against the input it was given.
 """
 
 from __future__ import annotations
@@ -17,14 +21,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch import Tensor
 
 from cascade.checkpoints import load
 from cascade.color import color_fix
 from cascade.datasets import center_crop, find_images, read_image, to_float
-from cascade.degradations import bicubic_degrade, upsample_condition
+from cascade.degradations import DEGRADATIONS, upsample_condition
 from cascade.images import save_png
 from cascade.metrics import image_metrics
 from cascade.pipeline import Stage, default_weights
@@ -40,10 +46,11 @@ from cascade.stages import (
 
 log = logging.getLogger(__name__)
 
-METRICS = ("psnr", "ssim", "psnr_y", "ssim_y", "consistency", "hf_ratio")
+METRICS = ("psnr", "ssim", "psnr_y", "ssim_y", "consistency", "hf_ratio", "flat_grain")
 GRID_ROWS = 8  # at most this many images in grid.png (1024-pixel rows grow large)
-# The methods scored: plain bicubic, the model at the chosen fidelity, and at fidelity 1.
-METHODS = ("bicubic", "model", "fidelity1")
+# The methods scored: plain bicubic and Lanczos (the classical baselines), the model at the
+# chosen fidelity, and at fidelity 1.
+METHODS = ("bicubic", "lanczos", "model", "fidelity1")
 
 
 class Upscaler(Protocol):
@@ -70,6 +77,7 @@ class ImageResult:
     target: Tensor
     outputs: dict[str, Tensor]  # method -> output, METHODS order
     metrics: dict[str, dict[str, float]]  # method -> metrics
+    degradation_seed: int = 0  # the generator seed its low-res input was made with
 
     @property
     def bicubic(self) -> Tensor:
@@ -80,6 +88,24 @@ class ImageResult:
         return self.outputs["model"]
 
 
+def lanczos_upsample(low_res: Tensor, size: tuple[int, int]) -> Tensor:
+    """PIL's Lanczos (a = 3) resize of [1, C, h, w] in [-1, 1] to `size`, per channel in float
+    (no 8-bit rounding, like the bicubic baseline), clamped."""
+    planes = [
+        np.asarray(Image.fromarray(plane.numpy()).resize(size[::-1], Image.Resampling.LANCZOS))
+        for plane in low_res[0].detach().float().cpu()
+    ]
+    return torch.from_numpy(np.stack(planes))[None].clamp(-1.0, 1.0)
+
+
+def degrade(target: Tensor, scale: int, degradation: str, degradation_seed: int) -> Tensor:
+    """The low-res input made from a [1, C, H, W] ground truth by the named degradation."""
+    if degradation not in DEGRADATIONS:
+        raise ValueError(f"unknown degradation {degradation!r}; choose one of {list(DEGRADATIONS)}")
+    generator = torch.Generator().manual_seed(degradation_seed)
+    return DEGRADATIONS[degradation](target, scale, generator)
+
+
 def evaluate_image(
     stage: Upscaler,
     target: Tensor,
@@ -87,12 +113,19 @@ def evaluate_image(
     seed: int,
     run: StageRun,
     color: ColorFix = "none",
+    degradation: str = "bicubic",
+    degradation_seed: int = 0,
 ) -> ImageResult:
-    """Score bicubic, the model as `run` says (fidelity None: the stage's default) and the model
-    at fidelity 1 (colour-corrected against the input when asked) on one ground-truth image."""
+    """Score bicubic, Lanczos, the model as `run` says (fidelity None: the stage's default) and
+    the model at fidelity 1 (colour-corrected against the input when asked) on one ground-truth
+    image, from the input `degradation` makes of it."""
     target = (target[None] if target.dim() == 3 else target).float().cpu()
-    low_res = bicubic_degrade(target, stage.scale)
-    outputs = {"bicubic": upsample_condition(low_res, tuple(target.shape[-2:]))}
+    low_res = degrade(target, stage.scale, degradation, degradation_seed)
+    size = tuple(target.shape[-2:])
+    outputs = {
+        "bicubic": upsample_condition(low_res, size),
+        "lanczos": lanczos_upsample(low_res, size),
+    }
     faithful = dataclasses.replace(run, fidelity=1.0)
     for method, method_run in (("model", run), ("fidelity1", faithful)):
         output = stage.run(seeds=[seed], low_res=low_res, run=method_run)
@@ -108,6 +141,7 @@ def evaluate_image(
         target[0],
         {method: output[0] for method, output in outputs.items()},
         {method: image_metrics(output, target, low_res) for method, output in outputs.items()},
+        degradation_seed,
     )
 
 
@@ -119,7 +153,9 @@ def mean_metrics(rows: Sequence[dict[str, float]]) -> dict[str, float]:
 def summarize(results: Sequence[ImageResult]) -> dict[str, object]:
     """Per-image and mean metrics for every method."""
     return {
-        "images": [{"name": r.name, **r.metrics} for r in results],
+        "images": [
+            {"name": r.name, "degradation_seed": r.degradation_seed, **r.metrics} for r in results
+        ],
         "mean": {method: mean_metrics([r.metrics[method] for r in results]) for method in METHODS},
     }
 
@@ -130,12 +166,14 @@ def evaluate(
     names: Sequence[str],
     seed: int,
     run: StageRun,
+    degradation: str = "bicubic",
 ) -> dict[str, object]:
-    """Metrics of every method over ground-truth images; image i is sampled with seed + i."""
+    """Metrics of every method over ground-truth images; image i is degraded with seed i (the
+    same inputs whatever the sampler's seed) and sampled with seed + i."""
     if len(images) != len(names):
         raise ValueError(f"{len(images)} images for {len(names)} names")
     results = [
-        evaluate_image(stage, image, name, seed + index, run)
+        evaluate_image(stage, image, name, seed + index, run, "none", degradation, index)
         for index, (image, name) in enumerate(zip(images, names, strict=True))
     ]
     return summarize(results)
@@ -158,8 +196,8 @@ def load_targets(paths: Sequence[Path], size: int) -> tuple[list[Tensor], list[s
 
 
 def grid(results: Sequence[ImageResult]) -> Tensor:
-    """Rows of input (nearest-upsampled) | bicubic | model | model at fidelity 1 | ground truth,
-    one per image."""
+    """Rows of input (nearest-upsampled) | bicubic | Lanczos | model | model at fidelity 1 |
+    ground truth, one per image."""
     rows = []
     for r in results:
         nearest = F.interpolate(r.low_res[None], size=r.target.shape[-2:], mode="nearest")[0]
@@ -190,6 +228,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stage", required=True, choices=list(STAGE_INPUT))
     parser.add_argument("--data", required=True, help="folder of ground-truth images")
     parser.add_argument("--checkpoint", help="model to evaluate (default: the stage's default)")
+    parser.add_argument(
+        "--degradation",
+        default="bicubic",
+        choices=list(DEGRADATIONS),
+        help="how the low-res inputs are made from the ground truth (scored against the clean "
+        "ground truth): bicubic (SR3), jpeg75 / jpeg50 (it saved as JPEG), noise5 (Gaussian "
+        "sigma 5/255 added), realistic (the second-order chain), ...; random ones are seeded "
+        "by the image's index",
+    )
     parser.add_argument(
         "--color-fix",
         default="none",
@@ -261,11 +308,14 @@ def main(args: argparse.Namespace) -> None:
         )
     )
     color = getattr(args, "color_fix", "none")
+    degradation = getattr(args, "degradation", "bicubic")
     results = []
     for index, (image, name) in enumerate(
         tqdm(list(zip(images, names, strict=True)), desc="eval", unit="image")
     ):
-        results.append(evaluate_image(stage, image, name, args.seed + index, run, color))
+        results.append(
+            evaluate_image(stage, image, name, args.seed + index, run, color, degradation, index)
+        )
     report = {
         "stage": args.stage,
         "checkpoint": model.id,
@@ -274,6 +324,7 @@ def main(args: argparse.Namespace) -> None:
         "fidelity": run.fidelity,
         "low_band": run.low_band,
         "color_fix": color,
+        "degradation": degradation,
         "seed": args.seed,
         "size": size,
         **summarize(results),
@@ -285,7 +336,7 @@ def main(args: argparse.Namespace) -> None:
     save_png(grid(results[:GRID_ROWS]), out / "grid.png")
     print(format_table(report))
     mean = report["mean"]
-    for method in ("model", "fidelity1"):
+    for method in ("lanczos", "model", "fidelity1"):
         gain = mean[method]["psnr"] - mean["bicubic"]["psnr"]  # type: ignore[index]
         if math.isfinite(gain):
             print(f"{method} - bicubic PSNR: {gain:+.2f} dB")

@@ -1,9 +1,11 @@
-"""Evaluation metrics: PSNR/SSIM (RGB and BT.601 Y) via scikit-image, SR3 consistency, and the
-high-frequency ratio (how much of the detail an input cannot carry an output restores)."""
+"""Evaluation metrics: PSNR/SSIM (RGB and BT.601 Y) via scikit-image, SR3 consistency, the
+high-frequency ratio (how much of the detail an input cannot carry an output restores) and flat
+grain (how grainy an output is where the photo is flat)."""
 
 from __future__ import annotations
 
 import numpy as np
+from scipy.ndimage import gaussian_filter, uniform_filter
 from skimage.color import rgb2ycbcr
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 from torch import Tensor
@@ -115,11 +117,45 @@ def hf_ratio(output: Tensor, target: Tensor) -> float:
     return band_power(luminance(output)) / reference if reference > 0 else float("nan")
 
 
+# Grain: the luma high-pass Y - Gaussian(Y, sigma 2) (Y on 0..255), where the ground truth is
+# flattest: the 30 % of its pixels with the lowest 9x9 local RMS of that high-pass. Flat areas
+# are where grain shows, and where a restorer either smears it away (plastic skies and skin) or
+# invents too much; elsewhere the high-pass is the picture's own edges and texture.
+GRAIN_SIGMA = 2.0
+GRAIN_WINDOW = 9
+FLAT_FRACTION = 0.3
+
+
+def luma_high_pass(x: Tensor) -> np.ndarray:
+    """Y - Gaussian(Y, GRAIN_SIGMA) of a CHW image, Y = BT.601 luma on 0..255 (reflected edges)."""
+    y = 255.0 * luminance(x)
+    return y - gaussian_filter(y, GRAIN_SIGMA, mode="reflect")
+
+
+def flat_mask(target: Tensor) -> np.ndarray:
+    """The ground truth's flattest `FLAT_FRACTION` of pixels: the lowest local RMS (over a
+    `GRAIN_WINDOW` square) of its luma high-pass."""
+    # Ranked by the local mean square, the same order as the RMS (and no square root of the
+    # filter's tiny negative round-off).
+    local = uniform_filter(luma_high_pass(target) ** 2, GRAIN_WINDOW, mode="reflect")
+    return local <= np.quantile(local, FLAT_FRACTION)
+
+
+def flat_grain(output: Tensor, target: Tensor) -> float:
+    """The output's luma high-pass RMS inside the ground truth's flat mask over the ground
+    truth's own there: 1 is as grainy as the real photo, 0 smooth, above 1 noisier."""
+    mask = flat_mask(target)
+    reference = float(np.sqrt(np.mean(luma_high_pass(target)[mask] ** 2)))
+    grain = float(np.sqrt(np.mean(luma_high_pass(output)[mask] ** 2)))
+    return grain / reference if reference > 0 else float("nan")
+
+
 def image_metrics(output: Tensor, target: Tensor, low_res: Tensor) -> dict[str, float]:
     """All evaluation metrics for one CHW image: psnr, ssim, psnr_y, ssim_y, consistency,
-    hf_ratio."""
+    hf_ratio, flat_grain."""
     return {
         "hf_ratio": hf_ratio(output, target),
+        "flat_grain": flat_grain(output, target),
         "psnr": psnr(output, target),
         "ssim": ssim(output, target),
         "psnr_y": psnr_y(output, target),

@@ -9,6 +9,8 @@ import logging
 import time
 from pathlib import Path
 
+from cascade.checkpoints import read_spec
+from cascade.degradations import DEGRADATIONS
 from cascade.stages import PRECISIONS, STAGES
 from cascade.training import TrainConfig, Trainer, load_data, load_state
 
@@ -17,9 +19,10 @@ log = logging.getLogger(__name__)
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """The run's settings from `cascade train` arguments."""
+    init = getattr(args, "init", None) or ""
     return TrainConfig(
         stage=args.stage,
-        preset=args.preset or f"{args.stage}-small",
+        preset=args.preset or init_preset(init) or f"{args.stage}-small",
         data=str(args.data),
         batch_size=args.batch_size,
         lr=args.lr,
@@ -34,7 +37,16 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         precision=args.precision,
         seed=args.seed,
         device=args.device,
+        init=init,
     )
+
+
+def init_preset(path: str) -> str | None:
+    """The preset an `--init` checkpoint was trained as (its training metadata), if it says."""
+    if not path:
+        return None
+    _, metadata = read_spec(path)
+    return metadata.get("training.preset")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -55,13 +67,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="upscalers only (default: l1 for eps-prediction as SR3, l2 for v); the base "
         "always trains with MSE",
     )
-    parser.add_argument("--degradation", choices=["bicubic", "realistic"], default="bicubic")
+    parser.add_argument(
+        "--degradation",
+        choices=list(DEGRADATIONS),
+        default="bicubic",
+        help="upscalers: how the low-res inputs are made from the crops (cascade.degradations; "
+        "mixed is the fine-tuning mixture)",
+    )
     parser.add_argument("--ema", type=float, default=0.999)
     parser.add_argument("--label-dropout", type=float, default=0.1)
     parser.add_argument("--max-aug-level", type=float, default=0.2)
     parser.add_argument("--sample-every", type=int, default=500)
     parser.add_argument("--save-every", type=int, default=500)
     parser.add_argument("--resume", help="training state file to resume from")
+    parser.add_argument(
+        "--init",
+        metavar="CHECKPOINT",
+        help="start a new run from this model's weights (network and EMA; fresh optimizer and "
+        "warm-up); the preset defaults to the one it was trained as",
+    )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--precision", choices=PRECISIONS, default="float32")
     parser.add_argument("--seed", type=int, default=0)
@@ -85,6 +109,8 @@ def main(args: argparse.Namespace) -> None:
 
     out = Path(args.out)
     state = None
+    if args.resume and getattr(args, "init", None):
+        raise ValueError("--init starts a new run and --resume continues one: give only one")
     if args.resume:
         state = load_state(args.resume)
         saved = TrainConfig.from_json(state["config"])
@@ -99,9 +125,9 @@ def main(args: argparse.Namespace) -> None:
         print(f"held out {len(data.held_out)} image(s) for evaluation:")
         for path in data.held_out:
             print(f"  {path}")
-    trainer = Trainer(config, data)
-    if state is not None:
-        trainer.load_state_dict(state)
+    if config.init and state is None:
+        log.info("starting from the weights of %s", config.init)
+    trainer = Trainer(config, data, state)
     samples = out / "samples"
     last_sample = -1
     with tqdm(total=args.steps, initial=trainer.step, unit="step", desc=config.stage) as bar:

@@ -8,7 +8,8 @@ noise level sqrt(gamma) drawn between two consecutive schedule levels (WaveGrad)
 the bicubic-upsampled low-res image, with CDM conditioning augmentation. The base: the spec's
 prediction with MSE at integer timesteps (Ho et al. 2020) with labels
 dropped to the null class (classifier-free guidance, Ho & Salimans 2022). Both: Adam with linear
-warm-up, gradient clipping, EMA weights, seeded, resumable to the exact same next step.
+warm-up, gradient clipping, EMA weights, seeded, resumable to the exact same next step. A run
+can start from an existing model's weights (`init`: fine-tuning, e.g. on another degradation).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from cascade.checkpoints import Model, save_model
+from cascade.checkpoints import Model, load_model, read_spec, save_model, spec_summary
 from cascade.datasets import (
     ImageBank,
     check_same_images,
@@ -38,7 +39,7 @@ from cascade.datasets import (
     load_image_folder,
     sr_condition,
 )
-from cascade.degradations import DEGRADATIONS, upsample_condition
+from cascade.degradations import DEGRADATIONS, MIXTURE, upsample_condition
 from cascade.images import save_png
 from cascade.losses import LossName, adm_loss, continuous_noise_level, sr3_loss
 from cascade.pipeline import Stage
@@ -98,6 +99,9 @@ class TrainConfig:
     precision: Precision = "float32"
     seed: int = 0
     device: str = "cpu"
+    # A model checkpoint whose weights start the run (network and EMA; fresh optimizer and
+    # warm-up); "" starts from the seeded random initialisation.
+    init: str = ""
 
     def __post_init__(self) -> None:
         checks = {
@@ -108,7 +112,9 @@ class TrainConfig:
             "label dropout must lie in [0, 1]": 0 <= self.label_dropout <= 1,
             "max aug level must lie in [0, 1]": 0 <= self.max_aug_level <= 1,
             f"loss must be l1 or l2, got {self.loss!r}": self.loss in ("l1", "l2", None),
-            f"degradation must be one of {sorted(DEGRADATIONS)}": self.degradation in DEGRADATIONS,
+            f"unknown degradation {self.degradation!r}; choose one of {list(DEGRADATIONS)}": (
+                self.degradation in DEGRADATIONS
+            ),
         }
         for message, ok in checks.items():
             if not ok:
@@ -153,10 +159,27 @@ def device_name(device: torch.device) -> str:
     return f"{platform.machine()} CPU ({torch.get_num_threads()} threads)"
 
 
-class Trainer:
-    """One run: network, EMA copy, Adam, grad scaler, the RNG streams and in-memory data."""
+def init_weights(path: str | Path, spec: ModelSpec) -> dict[str, Tensor]:
+    """The weights of the model at `path`, checked to be `spec`'s architecture and diffusion."""
+    saved, _ = read_spec(path)
+    # The classes a base saw are recorded in its spec; they do not change the network.
+    if dataclasses.replace(saved, classes=()) != dataclasses.replace(spec, classes=()):
+        raise ValueError(
+            f"init checkpoint {path} is {spec_summary(saved)}, but the run's preset is "
+            f"{spec_summary(spec)}: start from a model of the same preset"
+        )
+    return load_model(path).network.state_dict()
 
-    def __init__(self, config: TrainConfig, data: ImageBank) -> None:
+
+class Trainer:
+    """One run: network, EMA copy, Adam, grad scaler, the RNG streams and in-memory data.
+
+    `state` (a `state_dict`) resumes a run; otherwise a config with `init` starts from that
+    model's weights."""
+
+    def __init__(
+        self, config: TrainConfig, data: ImageBank, state: dict[str, Any] | None = None
+    ) -> None:
         self.config = config
         self.spec = spec = stage_spec(config.stage, config.preset)
         self.crop = config.crop or spec.image_size
@@ -169,7 +192,10 @@ class Trainer:
             log.warning("%s autocast is CUDA-only here: training in float32", config.precision)
         # Weight init and dropout draw from the global generator: seed it for a repeatable run.
         torch.manual_seed(config.seed)
-        self.network = spec.build().to(self.device).train()
+        self.network = spec.build()
+        if config.init and state is None:
+            self.network.load_state_dict(init_weights(config.init, spec))
+        self.network.to(self.device).train()
         self.ema = copy.deepcopy(self.network).eval().requires_grad_(False)
         self.optimizer = torch.optim.Adam(self.network.parameters(), lr=config.lr)
         fp16 = config.precision == "float16" and self.device.type == "cuda"
@@ -182,6 +208,8 @@ class Trainer:
         self.step = 0
         self.wall_time = 0.0
         self.last_loss = math.nan
+        if state is not None:
+            self.load_state_dict(state)
 
     def draw_batch(self) -> SRBatch | BaseBatch:
         """The next random batch: crops from the data stream, t and noise from the noise one."""
@@ -263,8 +291,11 @@ class Trainer:
     @torch.no_grad()
     def _update_ema(self) -> None:
         # Warm-up of the decay (TF ExponentialMovingAverage's num_updates rule): early EMA
-        # weights follow the model instead of averaging in the random initialisation.
-        decay = min(self.config.ema, (1 + self.step) / (10 + self.step))
+        # weights follow the model instead of averaging in the random initialisation. Weights
+        # from `init` are a trained model worth averaging in: the full decay from the start.
+        decay = self.config.ema
+        if not self.config.init:
+            decay = min(decay, (1 + self.step) / (10 + self.step))
         for average, param in zip(self.ema.parameters(), self.network.parameters(), strict=True):
             average.lerp_(param, 1 - decay)
         for average, buffer in zip(self.ema.buffers(), self.network.buffers(), strict=True):
@@ -324,7 +355,12 @@ class Trainer:
             "training.device": device_name(self.device),
             "training.loss": f"{self.last_loss:.6g}",
             "training.config": self.config.to_json(),
+            "training.degradation": self.config.degradation,
         }
+        if self.config.degradation == "mixed":
+            meta["training.degradation_mixture"] = json.dumps(MIXTURE)
+        if self.config.init:
+            meta["training.init"] = self.config.init
         if self.data.classes:
             meta["cascade.classes"] = json.dumps(self.data.classes, sort_keys=True)
         return meta

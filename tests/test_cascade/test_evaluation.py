@@ -1,4 +1,5 @@
-"""Evaluation: analytic metric values for stand-in models, the summary, and the CLI."""
+"""Evaluation: analytic metric values for stand-in models, degraded inputs, the summary, the
+Lanczos baseline, and the CLI."""
 
 from __future__ import annotations
 
@@ -15,8 +16,8 @@ from torch import Tensor
 
 from cascade import cli
 from cascade.checkpoints import load
-from cascade.degradations import bicubic_degrade, upsample_condition
-from cascade.evaluation import evaluate, evaluate_image, format_table, grid
+from cascade.degradations import DEGRADATIONS, bicubic_degrade, upsample_condition
+from cascade.evaluation import evaluate, evaluate_image, format_table, grid, lanczos_upsample
 from cascade.metrics import image_metrics
 from cascade.pipeline import Stage
 from cascade.stages import DEFAULT_FIDELITY, StageRun
@@ -35,7 +36,8 @@ def targets(count: int = 2, size: int = 32) -> list[Tensor]:
 
 
 class Oracle:
-    """A stand-in upscaler returning image `seed` of its targets plus `offset` grey levels."""
+    """A stand-in upscaler returning image `seed` (modulo their number) of its targets plus
+    `offset` grey levels."""
 
     scale = 4
 
@@ -49,8 +51,9 @@ class Oracle:
         low_res: Tensor,
         run: StageRun | None = None,
     ) -> Tensor:
-        assert low_res.shape[-1] * self.scale == self.images[seeds[0]].shape[-1]
-        return self.images[seeds[0]][None] + 2 * self.offset / 255
+        image = self.images[seeds[0] % len(self.images)]
+        assert low_res.shape[-1] * self.scale == image.shape[-1]
+        return image[None] + 2 * self.offset / 255
 
 
 def test_perfect_model_scores_infinite_psnr_unit_ssim_zero_inconsistency() -> None:
@@ -86,28 +89,29 @@ def test_bicubic_metrics_and_means() -> None:
         low = bicubic_degrade(image[None], 4)
         expected = image_metrics(upsample_condition(low, (32, 32)), image[None], low)
         assert item["bicubic"] == pytest.approx(expected)
-    for method in ("model", "fidelity1", "bicubic"):
+    for method in ("model", "fidelity1", "bicubic", "lanczos"):
         for key, value in result["mean"][method].items():
             rows = [item[method][key] for item in result["images"]]
             assert value == pytest.approx(sum(rows) / len(rows))
     assert "MEAN" in format_table(result)
 
 
-def test_grid_rows_are_input_bicubic_model_fidelity1_truth() -> None:
+def test_grid_rows_are_input_bicubic_lanczos_model_fidelity1_truth() -> None:
     images = targets(2)
     results = [evaluate_image(Oracle(images), images[i], str(i), i, SAMPLER) for i in range(2)]
     picture = grid(results)
-    assert picture.shape == (3, 64, 160)
-    torch.testing.assert_close(picture[:, 32:, 128:], images[1])
-    torch.testing.assert_close(picture[:, 32:, 64:96], results[1].output)
+    assert picture.shape == (3, 64, 192)
+    torch.testing.assert_close(picture[:, 32:, 160:], images[1])
+    torch.testing.assert_close(picture[:, 32:, 96:128], results[1].output)
     torch.testing.assert_close(picture[:, :32, 32:64], results[0].bicubic)
+    torch.testing.assert_close(picture[:, :32, 64:96], results[0].outputs["lanczos"])
 
 
 def test_evaluate_a_real_stage_runs_and_keeps_the_size() -> None:
     stage = Stage("sr256", load("preset:sr256-tiny"), SAMPLER)
     images = targets(1)
     result = evaluate(stage, images, ["a"], seed=0, run=SAMPLER)
-    metrics = {"psnr", "ssim", "psnr_y", "ssim_y", "consistency", "hf_ratio"}
+    metrics = {"psnr", "ssim", "psnr_y", "ssim_y", "consistency", "hf_ratio", "flat_grain"}
     assert set(result["images"][0]["model"]) == metrics
     assert set(result["images"][0]["fidelity1"]) == metrics
 
@@ -126,10 +130,11 @@ def test_cli_eval_writes_json_and_grid(tmp_path: Path, capsys: pytest.CaptureFix
     report = json.loads((out / "eval.json").read_text())
     assert report["stage"] == "sr256" and report["steps"] == 2 and report["sampler"] == "ddim"
     assert [Path(item["name"]).name for item in report["images"]] == ["0.png", "1.png"]
-    assert set(report["mean"]) == {"model", "fidelity1", "bicubic"}
+    assert set(report["mean"]) == {"model", "fidelity1", "bicubic", "lanczos"}
     assert report["fidelity"] == DEFAULT_FIDELITY["sr256"]  # the default for a residual model
+    assert report["degradation"] == "bicubic"
     with Image.open(out / "grid.png") as picture:
-        assert picture.size == (5 * 256, 2 * 256)
+        assert picture.size == (6 * 256, 2 * 256)
     assert "MEAN" in capsys.readouterr().out
 
 
@@ -140,3 +145,73 @@ def test_cli_eval_without_usable_images_is_an_error(
     with pytest.raises(SystemExit):
         cli.main(["eval", "--stage", "sr256", "--data", str(tmp_path), "--out", str(tmp_path)])
     assert "no usable ground-truth images" in capsys.readouterr().err
+
+
+METHODS = {"bicubic", "lanczos", "model", "fidelity1"}
+METRICS = {"psnr", "ssim", "psnr_y", "ssim_y", "consistency", "hf_ratio", "flat_grain"}
+
+
+def test_lanczos_follows_a_ramp_and_keeps_a_constant() -> None:
+    j = torch.arange(16.0)
+    ramp = (0.05 * j - 0.4).expand(1, 3, 16, 16)
+    up = lanczos_upsample(ramp, (64, 64))
+    assert up.shape == (1, 3, 64, 64)
+    # Output pixel i sits at (i + 0.5) / 4 - 0.5 in input pixels (centres aligned, as bicubic).
+    x = (torch.arange(64.0) + 0.5) / 4 - 0.5
+    torch.testing.assert_close(up[0, 0, 10, 12:52], 0.05 * x[12:52] - 0.4, atol=2e-3, rtol=0)
+    flat = lanczos_upsample(torch.full((1, 3, 16, 16), 0.3), (64, 64))
+    torch.testing.assert_close(flat, torch.full((1, 3, 64, 64), 0.3), atol=1e-5, rtol=0)
+
+
+def test_degraded_inputs_are_scored_against_the_clean_truth() -> None:
+    images = targets(2)
+    clean = evaluate(Oracle(images), images, ["a", "b"], seed=0, run=SAMPLER)
+    for name in ("jpeg50", "noise5", "realistic"):
+        result = evaluate(Oracle(images), images, ["a", "b"], 0, SAMPLER, degradation=name)
+        for item, reference in zip(result["images"], clean["images"], strict=True):
+            # The oracle returns the truth itself: perfect against it, whatever its input.
+            assert item["model"]["psnr"] == math.inf
+            assert item["model"]["flat_grain"] == 1.0
+            # The input is not the clean downsample: the truth no longer explains it exactly,
+            # and the classical upscalers of it are further from the truth.
+            assert item["model"]["consistency"] > 1e-6
+            assert item["bicubic"]["psnr"] < reference["bicubic"]["psnr"]
+            assert item["lanczos"]["psnr"] < reference["lanczos"]["psnr"]
+
+
+def test_random_degradations_are_seeded_by_the_image_index() -> None:
+    images = targets(3)
+    first = evaluate(Oracle(images), images, "abc", 0, SAMPLER, degradation="realistic")
+    other_seed = evaluate(Oracle(images), images, "abc", 3, SAMPLER, degradation="realistic")
+    assert first == other_seed  # the sampler's seed does not change the inputs
+    assert [item["degradation_seed"] for item in first["images"]] == [0, 1, 2]
+    result = evaluate_image(Oracle(images), images[2], "c", 2, SAMPLER, "none", "realistic", 2)
+    expected = DEGRADATIONS["realistic"](images[2][None], 4, torch.Generator().manual_seed(2))
+    torch.testing.assert_close(result.low_res, expected[0], rtol=0, atol=0)
+    with pytest.raises(ValueError, match="unknown degradation 'blur'; choose one of"):
+        evaluate(Oracle(images), images, "abc", 0, SAMPLER, degradation="blur")
+
+
+def test_cli_eval_degradation_writes_every_method_and_metric(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    y, x = np.mgrid[0:80, 0:90]
+    for i in range(2):
+        array = np.stack([(x * 3 + 30 * i) % 256, (y * 2) % 256, (x + y) % 256], -1)
+        Image.fromarray(array.astype(np.uint8)).save(data / f"{i}.png")
+    out = tmp_path / "out"
+    args = ["eval", "--stage", "sr256", "--data", str(data), "--out", str(out), "--crop", "64"]
+    cli.main(
+        [*args, "--checkpoint", "preset:sr256-tiny", "--steps", "2", "--degradation", "jpeg50"]
+    )
+    report = json.loads((out / "eval.json").read_text())
+    assert report["degradation"] == "jpeg50"
+    assert set(report["mean"]) == METHODS
+    for method in METHODS:
+        assert set(report["mean"][method]) == METRICS
+        for item in report["images"]:
+            assert set(item[method]) == METRICS
+    with Image.open(out / "grid.png") as picture:
+        assert picture.size == (6 * 64, 2 * 64)
+    with pytest.raises(SystemExit):  # argparse names the choices
+        cli.main([*args, "--degradation", "blur"])

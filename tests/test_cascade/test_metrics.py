@@ -1,4 +1,4 @@
-"""Tests for PSNR/SSIM (RGB and Y), SR3 consistency and uint8 quantisation."""
+"""Tests for PSNR/SSIM (RGB and Y), SR3 consistency, uint8 quantisation and flat grain."""
 
 from __future__ import annotations
 
@@ -12,6 +12,9 @@ import torch.nn.functional as F
 from cascade.degradations import bicubic_degrade
 from cascade.metrics import (
     consistency,
+    flat_grain,
+    flat_mask,
+    hf_ratio,
     image_metrics,
     psnr,
     psnr_y,
@@ -95,7 +98,8 @@ def test_image_metrics_keys_and_batch_of_one() -> None:
     output = target + 0.05
     low = bicubic_degrade(target[None], 4)[0]
     metrics = image_metrics(output, target, low)
-    assert set(metrics) == {"psnr", "ssim", "psnr_y", "ssim_y", "consistency", "hf_ratio"}
+    keys = {"psnr", "ssim", "psnr_y", "ssim_y", "consistency", "hf_ratio", "flat_grain"}
+    assert set(metrics) == keys
     assert all(isinstance(v, float) for v in metrics.values())
     assert image_metrics(output[None], target[None], low[None]) == metrics
     assert 0 < metrics["consistency"] < 1e-3
@@ -137,3 +141,40 @@ def test_hf_ratio_of_bicubic_is_small_on_a_textured_image() -> None:
     low = bicubic_degrade(target[None], 4)
     assert hf_ratio(upsample_condition(low, (128, 128))[0], target) < 0.05
     assert hf_ratio(target, target) == pytest.approx(1.0)
+
+
+def _flat_plus_edge(noise_sigma: float, seed: int, size: int = 128) -> torch.Tensor:
+    """Grey CHW image in [-1, 1]: two flat halves (luma 90 and 170 on 0..255) meeting at a
+    vertical edge, plus grey Gaussian noise of `noise_sigma` on the 0..255 scale."""
+    generator = torch.Generator().manual_seed(seed)
+    luma = torch.where(torch.arange(size) < size // 2, 90.0, 170.0).expand(size, size)
+    noisy = luma + noise_sigma * torch.randn(size, size, generator=generator)
+    return (noisy / 127.5 - 1).expand(3, size, size)
+
+
+def test_flat_grain_of_known_noise_levels() -> None:
+    target = _flat_plus_edge(2.0, seed=0)
+    assert flat_grain(target, target) == 1.0
+    # Independent noise of the same level and three times as strong: 1 and 3, up to the ~8 %
+    # that choosing the mask where the target's own noise happens to be low adds to both.
+    same = flat_grain(_flat_plus_edge(2.0, seed=1), target)
+    triple = flat_grain(_flat_plus_edge(6.0, seed=1), target)
+    assert same == pytest.approx(1.0, rel=0.1) and triple == pytest.approx(3.0, rel=0.1)
+    assert triple / same == pytest.approx(3.0, rel=0.01)
+    # A denoised output (the clean image, edge and all) has no grain where the photo is flat.
+    assert flat_grain(_flat_plus_edge(0.0, seed=1), target) < 0.02
+
+
+def test_flat_grain_looks_only_at_the_flat_areas() -> None:
+    target = _flat_plus_edge(2.0, seed=0)
+    mask = flat_mask(target)
+    assert mask.mean() == pytest.approx(0.3, abs=0.01)
+    columns = np.nonzero(mask.any(axis=0))[0]
+    assert not set(range(60, 68)) & set(columns)  # the edge's neighbourhood is not flat
+    # A softer edge changes the picture (and hf_ratio) but not the grain in the flat areas.
+    generator = torch.Generator().manual_seed(1)
+    x = torch.arange(128.0)
+    soft = 130 + 40 * torch.tanh((x - 63.5) / 3) + 2.0 * torch.randn(128, 128, generator=generator)
+    soft = (soft / 127.5 - 1).expand(3, 128, 128)
+    assert hf_ratio(soft, target) < 0.8 * hf_ratio(_flat_plus_edge(2.0, seed=1), target)
+    assert flat_grain(soft, target) == pytest.approx(1.0, rel=0.1)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import math
 from pathlib import Path
@@ -197,7 +198,7 @@ def test_training_runs_despite_bad_files(sr_data: Path, caplog: pytest.LogCaptur
 def test_config_and_crop_errors_are_clear(sr_data: Path) -> None:
     with pytest.raises(ValueError, match="ema decay"):
         sr_config(sr_data, ema=1.0)
-    with pytest.raises(ValueError, match="degradation"):
+    with pytest.raises(ValueError, match="unknown degradation 'jpeg'; choose one of .*'mixed'"):
         sr_config(sr_data, degradation="jpeg")
     bank = load_image_folder(sr_data, 32)
     with pytest.raises(ValueError, match="multiple of 8"):
@@ -286,3 +287,68 @@ def test_residual_v_loss_targets() -> None:
     args = (hr, condition, level, noise)
     assert float(sr3_loss(Exact(v), *args, prediction="v", residual_scale=4.0)) < 1e-6
     assert float(sr3_loss(Exact(v), *args, prediction="v")) > 0.1  # image, not residual
+
+
+def test_init_starts_a_fresh_run_from_the_checkpoint_weights(sr_data: Path, tmp_path: Path) -> None:
+    bank = load_image_folder(sr_data, 32)
+    first = Trainer(sr_config(sr_data), bank)
+    for _ in range(2):
+        first.train_step(first.draw_batch())
+    first.save(tmp_path / "first")  # model.safetensors holds the EMA weights
+    saved = load_file(tmp_path / "first" / "model.safetensors")
+
+    tuned = Trainer(sr_config(sr_data, init=str(tmp_path / "first" / "model.safetensors")), bank)
+    assert tuned.step == 0 and not tuned.optimizer.state  # fresh optimizer and warm-up
+    for name, value in tuned.network.state_dict().items():
+        torch.testing.assert_close(value, saved[name], rtol=0, atol=0, msg=name)
+        torch.testing.assert_close(tuned.ema.state_dict()[name], saved[name], rtol=0, atol=0)
+    # The first step's EMA averages the trained weights in at the full decay (0.9), no warm-up.
+    tuned.train_step(tuned.draw_batch())
+    network = tuned.network.state_dict()
+    for name, value in tuned.ema.state_dict().items():
+        if value.is_floating_point():
+            expected = 0.9 * saved[name] + 0.1 * network[name]
+            torch.testing.assert_close(value, expected, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_init_from_another_architecture_is_refused(sr_data: Path, tmp_path: Path) -> None:
+    bank = load_image_folder(sr_data, 32)
+    Trainer(sr_config(sr_data), bank).save(tmp_path / "tiny")
+    init = str(tmp_path / "tiny" / "model.safetensors")
+    with pytest.raises(ValueError, match="same preset"):
+        Trainer(sr_config(sr_data, preset="sr256-small", init=init), bank)
+
+
+def test_cli_init_with_mixed_degradation_records_both_and_resumes_exactly(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    write_images(data, 3, size=40)
+    crop = ("--crop", "32", "--sample-every", "0")  # the grids are tested above
+    _train(data, tmp_path / "base", 2, *crop)
+    init = str(tmp_path / "base" / "model.safetensors")
+    tuned = ("--init", init, "--degradation", "mixed", *crop)
+    _train(data, tmp_path / "a", 3, *tuned)
+    _train(data, tmp_path / "b", 2, *tuned)
+    _train(data, tmp_path / "b", 3, "--resume", str(tmp_path / "b" / "train_state.pt"))
+    with safe_open(str(tmp_path / "a" / "model.safetensors"), framework="pt") as handle:
+        meta = handle.metadata()
+    assert meta["training.init"] == init and meta["training.step"] == "3"
+    assert meta["training.degradation"] == "mixed"
+    assert json.loads(meta["training.config"])["init"] == init
+    mixture = json.loads(meta["training.degradation_mixture"])
+    assert set(mixture) == {"bicubic", "web", "realistic"}
+    assert sum(mixture.values()) == pytest.approx(1.0)
+    a = load_file(tmp_path / "a" / "model.safetensors")
+    b = load_file(tmp_path / "b" / "model.safetensors")
+    base = load_file(init)
+    assert any(not torch.equal(a[key], base[key]) for key in a)  # it trained
+    for key, value in a.items():
+        torch.testing.assert_close(b[key], value, rtol=0, atol=1e-6, msg=key)
+
+
+def test_cli_init_and_resume_together_is_an_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    write_images(tmp_path / "data", 2, size=40)
+    with pytest.raises(SystemExit):
+        _train(tmp_path / "data", tmp_path / "out", 1, "--init", "x", "--resume", "y")
+    assert "give only one" in capsys.readouterr().err

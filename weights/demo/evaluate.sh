@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # How the demo weights' model cards were measured: each upscaler against bicubic on the held-out
 # photos (`cascade demo-data`'s sr/holdout: scikit-image's chelsea and coffee, three Debian
-# wallpaper photographs), LR made by antialiased bicubic /4 from center crops.
+# wallpaper photographs), LR made by antialiased bicubic /4 from center crops (and, at the end,
+# by the real-input degradations of it).
 # Usage: weights/demo/evaluate.sh DATA_DIR OUT_DIR [WEIGHTS_DIR]
 set -euo pipefail
 data=${1:?demo data folder (cascade demo-data --out DATA_DIR)}
@@ -34,6 +35,16 @@ for run in 0.95:estimate 0.9:estimate 0.8:estimate 0.7:estimate \
     fidelity=${run%%:*} band=${run##*:}
     eval_sr "sr1024-512-fidelity$fidelity-$band" sr1024 --sampler dpmpp_2m --steps 20 \
         --crop 512 --fidelity "$fidelity" --low-band "$band"
+done
+# Real inputs: the same photos' low-res versions saved as JPEG (q75, q50), with Gaussian noise
+# (sigma 5/255), and through the second-order chain (seeded by the image's index), every output
+# scored against the clean ground truth (bicubic, Lanczos, the default and fidelity 1).
+for degradation in jpeg75 jpeg50 noise5 realistic; do
+    eval_sr "sr256-$degradation" sr256 --sampler dpmpp_2m --steps 20 --degradation "$degradation"
+done
+for degradation in jpeg75 jpeg50 noise5 realistic; do
+    eval_sr "sr1024-$degradation" sr1024 --sampler dpmpp_2m --steps 20 --crop 512 \
+        --degradation "$degradation"
 done
 # The sampler criteria (each sampler against its own 200-step result and against 1000-step
 # ancestral) are `cascade bench --only samplers --data "$holdout"` (BENCHMARKS.md).
