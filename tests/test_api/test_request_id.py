@@ -122,5 +122,6 @@ def test_the_workers_logs_carry_the_request_id_of_the_post(
     assert runtime.jobs.get(job_id).status == "succeeded"
     lines = [record.getMessage() for record in caplog.records if record.name == "workers.stage"]
     ours = f"job {job_id} (request req-worker-42): stage base64"
-    assert [line.split(" (attempt")[0] for line in lines if "started" in line] == [f"{ours} started"]
+    started = [line.split(" (attempt")[0] for line in lines if "started" in line]
+    assert started == [f"{ours} started"]
     assert [line for line in lines if line.startswith(f"{ours} finished in ")]
