@@ -1,11 +1,14 @@
-"""Shared test fixtures: the parity fixture root, CPU determinism, a real Redis per module."""
+"""Shared test fixtures and helpers: the parity fixture root, CPU determinism, a real Redis per
+module, free loopback ports and waiting on a condition."""
 
 from __future__ import annotations
 
 import json
 import os
 import shutil
+import socket
 import subprocess
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -76,3 +79,20 @@ def tmpfs(tmp_path: Path) -> Iterator[Callable[[str, int], Path]]:
     for path in mounted:
         if subprocess.run(["umount", str(path)], capture_output=True).returncode != 0:
             subprocess.run(["umount", "-l", str(path)], capture_output=True)  # still busy
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now (for a server a test starts)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_for(condition: Callable[[], object], timeout: float, what: str) -> object:
+    """Poll `condition` until it returns something truthy (returned), or fail after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if value := condition():
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")

@@ -6,7 +6,6 @@ from __future__ import annotations
 import io
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from conftest import free_port
 from PIL import Image
 
 from api.main import create_app
@@ -77,12 +77,6 @@ def test_uploads_are_idempotent_too(client: TestClient):
     again = client.post("/v1/upscales", data={"scale": "4"}, files=files, headers=headers)
     assert first.status_code == 202, first.text
     assert first.json()["id"] == again.json()["id"]
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def start_api(port: int, env: dict[str, str]) -> subprocess.Popen:

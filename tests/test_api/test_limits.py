@@ -14,18 +14,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import free_port
 
 from jobs.connection import EmbeddedRedis
 
 REPO = Path(__file__).resolve().parents[2]
 UPLOAD_LIMIT = 10 * 2**20  # the default CASCADE_MAX_UPLOAD_BYTES
 CHUNK = 64 * 1024
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def rss_kib(pid: int, field: str) -> int:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -22,6 +21,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+from conftest import free_port
 from PIL import Image
 
 pytestmark = pytest.mark.service
@@ -55,12 +55,6 @@ if BROWSER is None:
         "no Chromium found (install Debian's `chromium`, or set CASCADE_BROWSER)",
         allow_module_level=True,
     )
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

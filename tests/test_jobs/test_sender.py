@@ -18,6 +18,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from conftest import wait_for
 from rq import Queue
 from rq.serializers import JSONSerializer
 from standardwebhooks.webhooks import Webhook
@@ -109,15 +110,6 @@ def read_request(connection: socket.socket) -> tuple[dict[str, str], bytes]:
     while len(body) < int(headers.get("content-length", 0)):
         body += connection.recv(65536)
     return headers, body
-
-
-def wait_for(check: Callable[[], object], seconds: float, what: str) -> object:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if value := check():
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {seconds} s waiting for {what}")
 
 
 class Senders:

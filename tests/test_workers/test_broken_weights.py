@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import wait_for
 from redis import Redis
 from rq import Worker
 
@@ -37,15 +38,6 @@ with warnings.catch_warnings():
 pytestmark = pytest.mark.service
 
 NAN_OUTPUT = "stage sr256 failed: sr256 produced NaN: its weights or inputs are broken"
-
-
-def wait_for(condition: Callable[[], object], timeout: float, what: str) -> object:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := condition():
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def save_preset(path: Path, preset: str, change: Callable[[dict], None] | None = None) -> Path:

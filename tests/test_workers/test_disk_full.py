@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import wait_for
 from rq import Worker
 
 from api.main import create_app
@@ -140,15 +141,6 @@ def test_the_default_floor_holds_a_2048_job(tmp_path: Path):
 TINY = {f"weights_{stage}": f"preset:{stage}-tiny" for stage in ("base64", "sr256", "sr1024")}
 FLOOR_MB = 0.05  # below one upscaled preview: a stage can start and still run out
 TMPFS_MB = 8
-
-
-def wait_for(condition: Callable[[], object], timeout: float, what: str) -> object:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := condition():
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 @pytest.fixture

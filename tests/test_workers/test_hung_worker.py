@@ -6,18 +6,18 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 
 import httpx
 import psutil
 import pytest
+from conftest import free_port, wait_for
 from redis import Redis
 from rq import Worker
 from rq.job import Job
@@ -39,15 +39,6 @@ pytestmark = pytest.mark.service
 CASCADE = str(Path(__file__).resolve().parents[2] / ".venv" / "bin" / "cascade")
 TINY = {f"weights_{stage}": f"preset:{stage}-tiny" for stage in ("base64", "sr256", "sr1024")}
 HEARTBEAT_TTL, MAINTENANCE = 3, 2
-
-
-def wait_for(condition: Callable[[], object], timeout: float, what: str) -> object:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := condition():
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def start_worker(settings: Settings, log: Path) -> subprocess.Popen:
@@ -204,12 +195,6 @@ def test_a_resumed_hung_worker_writes_nothing(rig, tmp_path: Path):
     assert hung.poll() is None and other.poll() is None
     fresh = settings.worker_fresh_seconds
     wait_for(lambda: worker_alive(connection, name, fresh), fresh + 10, "the resumed one's beat")
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def worker_pid(serve: subprocess.Popen) -> int | None:

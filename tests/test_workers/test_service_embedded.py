@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -14,16 +13,11 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
+from conftest import free_port
 
 pytestmark = pytest.mark.service
 
 CASCADE = str(Path(__file__).resolve().parents[2] / ".venv" / "bin" / "cascade")
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def poll(check, timeout: float, what: str):
