@@ -16,8 +16,10 @@ import pytest
 import torch
 
 from jobs.connection import EmbeddedRedis
+from jobs.settings import Settings
 
 REPO = Path(__file__).resolve().parents[1]
+CASCADE = str(REPO / ".venv" / "bin" / "cascade")
 
 
 def parity_root() -> Path:
@@ -96,3 +98,24 @@ def wait_for(condition: Callable[[], object], timeout: float, what: str) -> obje
             return value
         time.sleep(0.05)
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def service_env(settings: Settings | None = None, **variables: object) -> dict[str, str]:
+    """The environment of a service process a test starts: this one's without its CASCADE_*
+    variables, then `settings` and `variables` (setting names) as CASCADE_* variables."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("CASCADE_")}
+    fields = settings.model_dump(exclude_none=True) if settings is not None else {}
+    for name, value in {**fields, **variables}.items():
+        env[f"CASCADE_{name.upper()}"] = str(value)
+    return env
+
+
+def start_worker(settings: Settings, log: Path, stages: str = "base64") -> subprocess.Popen:
+    """`cascade worker --stages STAGES` with `settings`, its output in `log`."""
+    with open(log, "w") as out:
+        return subprocess.Popen(
+            [CASCADE, "worker", "--stages", stages],
+            env=service_env(settings),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )

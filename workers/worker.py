@@ -30,77 +30,25 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from rq import SimpleWorker
-from rq.exceptions import DequeueTimeout
 from rq.executions import Execution
 from rq.job import Job
 from rq.queue import Queue
 from rq.registry import StartedJobRegistry
 from rq.serializers import JSONSerializer
-from rq.utils import as_text
 from rq.worker import WorkerStatus
 
 from cascade.stages import STAGES
 from jobs.connection import connect, stop_requested, wait_for_redis
 from jobs.health import UNLOADED_FIELD, encode
-from jobs.queues import queue_name
 from jobs.retention import collect_if_due
 from jobs.settings import Settings, get_settings
 from jobs.store import space_shortfall
 from workers.batching import claim
+from workers.queue import StageQueue, worker_queue
 from workers.runtime import Batch, Runtime, current, install
 
 log = logging.getLogger(__name__)
 DISK_RECHECK = 5.0  # seconds between looks at a result disk under its floor
-# How often an idle worker serving several queues looks at them (LMOVE cannot block on several).
-POLL_INTERVAL = 0.1
-
-
-class StageQueue(Queue):
-    """RQ's queue, popped the safe way however many queues a worker serves.
-
-    RQ pops from several queues with BLPOP, which takes the job id out of Redis before the worker
-    has registered it as started: a worker frozen (SIGSTOP) or killed in between loses that
-    stage job for good, and its cascade job stays `queued` forever. From a single queue RQ uses
-    LMOVE into the queue's intermediate list instead, which its maintenance re-queues when the
-    job never started; this does the same for several queues, looking at each in order."""
-
-    @classmethod
-    def dequeue_any(  # type: ignore[override]
-        cls,
-        queues: list[Queue],
-        timeout: int | None,
-        connection: Redis | None = None,
-        job_class: type[Job] | None = None,
-        serializer: object = None,
-        death_penalty_class: object = None,
-    ) -> tuple[Job, Queue] | None:
-        queues = list(queues)
-        if len(queues) == 1:
-            return super().dequeue_any(
-                queues, timeout, connection, job_class, serializer, death_penalty_class
-            )
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            for queue in queues:
-                result = cls.lmove(connection, queue.key, None)  # non-blocking, into intermediate
-                if result is None:
-                    continue
-                queue_key, job_id = map(as_text, result)
-                fetched = cls._fetch_dequeued_job(
-                    connection,
-                    queue_key,
-                    job_id,
-                    job_class=job_class,
-                    serializer=serializer,
-                    death_penalty_class=death_penalty_class,
-                )
-                if fetched is not None:
-                    return fetched
-            if deadline is None:
-                return None
-            if time.monotonic() >= deadline:
-                raise DequeueTimeout(timeout, [queue.key for queue in queues])
-            time.sleep(POLL_INTERVAL)
 
 
 class StageWorker(SimpleWorker):
@@ -313,10 +261,7 @@ def build_worker(
     # Later stages first: finishing jobs already in flight beats starting new ones.
     ordered = sorted(stages, key=STAGES.index, reverse=True)
     return StageWorker(
-        [
-            StageQueue(queue_name(name), connection=connection, serializer=JSONSerializer)
-            for name in ordered
-        ],
+        [worker_queue(connection, name) for name in ordered],
         connection=connection,
         serializer=JSONSerializer,
         queue_class=StageQueue,

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import signal
 import socket
 import subprocess
@@ -20,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import wait_for
+from conftest import service_env, wait_for
 from redis import Redis
 from rq import Worker
 
@@ -71,11 +70,9 @@ class Rig:
     started: float
 
     def start_worker(self, name: str, stages: str, **weights: str) -> subprocess.Popen:
-        env = {key: value for key, value in os.environ.items() if not key.startswith("CASCADE_")}
-        for field, value in self.settings.model_dump(exclude_none=True).items():
-            env[f"CASCADE_{field.upper()}"] = str(value)
-        for stage, path in weights.items():
-            env[f"CASCADE_WEIGHTS_{stage.upper()}"] = path
+        env = service_env(
+            self.settings, **{f"weights_{stage}": path for stage, path in weights.items()}
+        )
         log = open(self.logs / f"worker-{name}.log", "w")  # noqa: SIM115
         process = subprocess.Popen(
             [sys.executable, "-m", "cascade.cli", "worker", "--stages", stages],

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import wait_for
+from conftest import service_env, wait_for
 from rq import Worker
 
 from api.main import create_app
@@ -149,13 +149,6 @@ def small_disk(tmpfs: Callable[[str, int], Path]) -> Path:
     return tmpfs("results", TMPFS_MB)
 
 
-def environment(settings: Settings) -> dict[str, str]:
-    env = {key: value for key, value in os.environ.items() if not key.startswith("CASCADE_")}
-    for name, value in settings.model_dump(exclude_none=True).items():
-        env[f"CASCADE_{name.upper()}"] = str(value)
-    return env
-
-
 def free(path: Path) -> int:
     return shutil.disk_usage(path).free
 
@@ -191,7 +184,7 @@ def test_a_full_result_disk_is_stated_and_survived(
     with open(log, "w") as output:
         worker = subprocess.Popen(
             [sys.executable, "-m", "cascade.cli", "worker"],
-            env=environment(settings),
+            env=service_env(settings),
             stdout=output,
             stderr=subprocess.STDOUT,
         )

@@ -6,7 +6,6 @@ started."""
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import time
@@ -16,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from conftest import wait_for
+from conftest import start_worker, wait_for
 from redis import Redis
 from rq import Worker
 from rq.exceptions import DequeueTimeout
@@ -28,7 +27,7 @@ from api.main import create_app
 from jobs.connection import EmbeddedRedis
 from jobs.queues import stage_job_id, stage_queue
 from jobs.settings import Settings
-from workers.worker import StageQueue
+from workers.queue import StageQueue
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
@@ -36,22 +35,8 @@ with warnings.catch_warnings():
 
 pytestmark = pytest.mark.service
 
-CASCADE = str(Path(__file__).resolve().parents[2] / ".venv" / "bin" / "cascade")
 TINY = {f"weights_{stage}": f"preset:{stage}-tiny" for stage in ("base64", "sr256", "sr1024")}
 ALL_STAGES = "base64,sr256,sr1024"
-
-
-def start_worker(settings: Settings, log: Path) -> subprocess.Popen:
-    env = {key: value for key, value in os.environ.items() if not key.startswith("CASCADE_")}
-    for name, value in settings.model_dump(exclude_none=True).items():
-        env[f"CASCADE_{name.upper()}"] = str(value)
-    with open(log, "w") as out:
-        return subprocess.Popen(
-            [CASCADE, "worker", "--stages", ALL_STAGES],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
 
 
 def listening(connection: Redis, process: subprocess.Popen) -> bool:
@@ -82,7 +67,7 @@ def rig(tmp_path: Path) -> Iterator[tuple[Settings, Redis, TestClient]]:
 
 def test_a_job_queued_while_an_idle_worker_is_frozen_survives_its_death(rig, tmp_path: Path):
     settings, connection, client = rig
-    frozen = start_worker(settings, tmp_path / "frozen.log")
+    frozen = start_worker(settings, tmp_path / "frozen.log", ALL_STAGES)
     replacement = None
     try:
         wait_for(lambda: listening(connection, frozen), 120, "the first worker to listen")
@@ -97,7 +82,7 @@ def test_a_job_queued_while_an_idle_worker_is_frozen_survives_its_death(rig, tmp
         assert connection.lrange(queue_key, 0, -1) == [stage_job_id(job_id, "base64").encode()]
         frozen.kill()
         frozen.wait(15)
-        replacement = start_worker(settings, tmp_path / "replacement.log")
+        replacement = start_worker(settings, tmp_path / "replacement.log", ALL_STAGES)
         wait_for(
             lambda: client.get(f"/v1/jobs/{job_id}").json()["status"] == "succeeded",
             120,

@@ -4,7 +4,6 @@ a short grace period the stage is handed back at once and the next worker retrie
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import time
@@ -15,7 +14,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import free_port, wait_for
+from conftest import CASCADE, free_port, service_env, wait_for
 from redis import Redis
 from rq import Worker
 from rq.job import Job
@@ -34,7 +33,6 @@ with warnings.catch_warnings():
 
 pytestmark = pytest.mark.service
 
-CASCADE = str(Path(__file__).resolve().parents[2] / ".venv" / "bin" / "cascade")
 TINY = {f"weights_{stage}": f"preset:{stage}-tiny" for stage in ("base64", "sr256", "sr1024")}
 # Long: a retry seen here comes from the hand-back, never from a heartbeat running out.
 HEARTBEAT_TTL = 60
@@ -52,10 +50,7 @@ class Rig:
     workers: list[subprocess.Popen]
 
     def start_worker(self, stop_grace: float) -> subprocess.Popen:
-        env = {key: value for key, value in os.environ.items() if not key.startswith("CASCADE_")}
-        for name, value in self.settings.model_dump(exclude_none=True).items():
-            env[f"CASCADE_{name.upper()}"] = str(value)
-        env["CASCADE_STOP_GRACE"] = str(stop_grace)
+        env = service_env(self.settings, stop_grace=stop_grace)
         with open(self.root / f"worker-{len(self.workers)}.log", "w") as log:
             process = subprocess.Popen(
                 [CASCADE, "worker", "--stages", "base64"],
@@ -184,7 +179,7 @@ def serve(env: dict[str, str], port: int, log: Path) -> subprocess.Popen:
 
 def test_ctrl_c_on_cascade_serve_hands_the_stage_to_the_restarted_service(tmp_path: Path):
     port = free_port()
-    env = {key: value for key, value in os.environ.items() if not key.startswith("CASCADE_")}
+    env = service_env()
     env.update(
         CASCADE_STORE=str(tmp_path / "results"),
         CASCADE_EMBEDDED_REDIS=str(tmp_path / "redis" / "cascade.rdb"),

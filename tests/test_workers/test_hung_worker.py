@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
-from conftest import free_port, wait_for
+from conftest import CASCADE, free_port, service_env, start_worker, wait_for
 from redis import Redis
 from rq import Worker
 from rq.job import Job
@@ -36,19 +36,8 @@ with warnings.catch_warnings():
 
 pytestmark = pytest.mark.service
 
-CASCADE = str(Path(__file__).resolve().parents[2] / ".venv" / "bin" / "cascade")
 TINY = {f"weights_{stage}": f"preset:{stage}-tiny" for stage in ("base64", "sr256", "sr1024")}
 HEARTBEAT_TTL, MAINTENANCE = 3, 2
-
-
-def start_worker(settings: Settings, log: Path) -> subprocess.Popen:
-    env = {key: value for key, value in os.environ.items() if not key.startswith("CASCADE_")}
-    for name, value in settings.model_dump(exclude_none=True).items():
-        env[f"CASCADE_{name.upper()}"] = str(value)
-    with open(log, "w") as out:
-        return subprocess.Popen(
-            [CASCADE, "worker", "--stages", "base64"], env=env, stdout=out, stderr=subprocess.STDOUT
-        )
 
 
 def listening(connection: Redis, process: subprocess.Popen) -> bool:
@@ -218,7 +207,7 @@ def gone(pid: int) -> bool:
 
 def test_cascade_serve_replaces_a_hung_worker(tmp_path: Path):
     port = free_port()
-    env = {key: value for key, value in os.environ.items() if not key.startswith("CASCADE_")}
+    env = service_env()
     env.update(
         CASCADE_STORE=str(tmp_path / "results"),
         CASCADE_EMBEDDED_REDIS=str(tmp_path / "redis" / "cascade.rdb"),

@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
-from conftest import free_port
+from conftest import free_port, service_env
 
 pytestmark = pytest.mark.service
 
@@ -41,7 +41,7 @@ def stopped(pid: int) -> bool:
 
 def test_cascade_serve_runs_everything_and_stops_it(tmp_path: Path):
     port = free_port()
-    env = {key: value for key, value in os.environ.items() if not key.startswith("CASCADE_")}
+    env = service_env()
     env.update(
         CASCADE_STORE=str(tmp_path / "results"),
         CASCADE_EMBEDDED_REDIS=str(tmp_path / "redis" / "cascade.rdb"),
