@@ -28,6 +28,7 @@ from jobs.catalog import announced
 from jobs.estimate import quote_stages
 from jobs.health import check_served
 from jobs.idempotency import IdempotencyConflict, bind
+from jobs.listing import index_job
 from jobs.plan import PlannedStage, sizes, upscale_factor, upscaled_size
 from jobs.queues import enqueue_stage, stage_job_exists
 from jobs.quotas import QuotaExceeded, check_active, check_cost, check_queue, track
@@ -238,6 +239,7 @@ def accept(
     if input_tensor is not None:
         jobs.put_tensor(job.id, "input", input_tensor, settings.tensor_ttl)
     jobs.create(job)
+    index_job(connection, job.owner, job.id, settings.result_ttl)
     enqueue_stage(connection, settings, job.id, job.plan[0].name)
     result = accepted(connection, job.id, job.seed, job.plan)
     log.info(
