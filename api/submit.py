@@ -15,13 +15,13 @@ from redis import Redis
 
 from api import request_id as request_ids
 from api.schemas import GenerationRequest, JobAccepted, Links, Quote, UpscaleForm
-from cascade.classes import class_names, resolve_class
+from cascade.classes import class_names
 from jobs.catalog import announced
 from jobs.estimate import quote_stages
 from jobs.health import check_served
 from jobs.idempotency import IdempotencyConflict, bind
 from jobs.listing import index_job
-from jobs.plan import PlannedStage, plan_generation, plan_upscale
+from jobs.plan import PlannedStage, plan_generation, plan_upscale, planned_class
 from jobs.queues import enqueue_stage, stage_job_exists
 from jobs.quotas import QuotaExceeded, check_active, check_cost, check_queue, track
 from jobs.record import JobRecord, Jobs, NewJob
@@ -47,23 +47,7 @@ def generation_job(
 ) -> NewJob:
     """A generation's job: the class resolved (and one the base knows), a seed drawn if none
     was given."""
-    if body.class_name is not None:
-        try:
-            class_id = resolve_class(body.class_name)
-        except ValueError:
-            raise HTTPException(
-                422, f"unknown class name {body.class_name!r}: see GET /v1/classes"
-            ) from None
-    else:
-        class_id = body.class_id
-    if known is not None and class_id not in known:
-        names = class_names()
-        listed = ", ".join(f"{index} ({names[index]})" for index in known)
-        raise HTTPException(
-            422,
-            f"class {class_id} ({names[class_id]}) is not one the loaded base model was trained "
-            f"on; it knows: {listed}",
-        )
+    class_id = planned_class(body.class_id, body.class_name, known)
     seed = body.seed if body.seed is not None else new_seed()
     plan = plan_generation(
         settings,

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Literal
 
+from cascade.classes import class_names, resolve_class
 from cascade.stages import (
     SCALES,
     STAGE_OUTPUT,
@@ -140,6 +141,25 @@ def plan_stages(
         )
         for name, (h, w) in zip(stages, sizes(stages, height, width), strict=True)
     ]
+
+
+def planned_class(class_id: int | None, class_name: str | None, known: list[int] | None) -> int:
+    """The class a generation draws: its id, or its name resolved; one of `known` (the ids the
+    base's workers announced) when given."""
+    if class_name is not None:
+        try:
+            class_id = resolve_class(class_name)
+        except ValueError:
+            raise PlanError(f"unknown class name {class_name!r}: see GET /v1/classes") from None
+    assert class_id is not None  # the request's schema asks for one of the two
+    if known is not None and class_id not in known:
+        names = class_names()
+        listed = ", ".join(f"{index} ({names[index]})" for index in known)
+        raise PlanError(
+            f"class {class_id} ({names[class_id]}) is not one the loaded base model was trained "
+            f"on; it knows: {listed}"
+        )
+    return class_id
 
 
 def plan_generation(

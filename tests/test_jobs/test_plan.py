@@ -180,3 +180,12 @@ def test_a_planned_stage_keeps_its_run_through_the_record():
     assert PlannedStage.from_dict(json.loads(json.dumps(planned.to_dict()))) == planned
     older = {key: value for key, value in planned.to_dict().items() if key != "low_band"}
     assert PlannedStage.from_dict(older).run.low_band is None
+
+
+def test_a_generation_class_is_resolved_and_must_be_known():
+    assert plan.planned_class(None, "goldfish", None) == 1  # ImageNet's class 1
+    assert plan.planned_class(281, None, [281, 1]) == 281
+    with pytest.raises(plan.PlanError, match="unknown class name 'no such thing'"):
+        plan.planned_class(None, "no such thing", None)
+    with pytest.raises(plan.PlanError, match=r"it knows: 1 \(goldfish"):
+        plan.planned_class(281, None, [1])
