@@ -9,6 +9,7 @@ import { seconds, shellQuote, size } from "./format.js";
 import { inputs } from "./inputs.js";
 
 const JOBS_KEY = "cascade.jobs";
+const REMOVED_KEY = "cascade.removedJobs"; // ids removed from the list: the service still lists them
 const KEEP_JOBS = 50;
 const TERMINAL = ["succeeded", "failed", "canceled"];
 const EVENT_TYPES = [
@@ -25,6 +26,15 @@ let streams = 0;
 function loadEntries() {
   try {
     const stored = JSON.parse(localStorage.getItem(JOBS_KEY) || "[]");
+    return Array.isArray(stored) ? stored : [];
+  } catch {
+    return [];
+  }
+}
+
+function removedIds() {
+  try {
+    const stored = JSON.parse(localStorage.getItem(REMOVED_KEY) || "[]");
     return Array.isArray(stored) ? stored : [];
   } catch {
     return [];
@@ -389,6 +399,8 @@ class JobCard {
     clearTimeout(this.timer);
     entries = entries.filter((entry) => entry.id !== this.id);
     saveEntries();
+    const removed = [this.id, ...removedIds()].slice(0, 4 * KEEP_JOBS);
+    localStorage.setItem(REMOVED_KEY, JSON.stringify(removed));
     inputs.remove(this.id);
     cards.delete(this.id);
     const next = this.node.nextElementSibling || this.node.previousElementSibling;
@@ -434,8 +446,9 @@ export async function restoreJobs() {
     const listed = await api(`/v1/jobs?limit=${KEEP_JOBS}`);
     const known = new Map(entries.map((entry) => [entry.id, entry]));
     const started = entries.filter((entry) => cards.has(entry.id)); // submitted meanwhile
+    const removed = new Set(removedIds());
     const served = listed.jobs
-      .filter((view) => !cards.has(view.id))
+      .filter((view) => !cards.has(view.id) && !removed.has(view.id))
       .map((view) => known.get(view.id) ?? entryFromView(view));
     entries = [...started, ...served];
     saveEntries();

@@ -297,6 +297,10 @@ def test_a_job_made_with_curl_is_listed_and_a_new_card_is_shown(page, server: st
     listed = page.locator(f"#jobs > li[data-id='{made.json()['id']}']")
     listed.wait_for()
     assert "Generate goldfish, 64 px" in listed.inner_text()
+    listed.locator("button.forget").click()  # removed here, it stays removed after a reload
+    page.reload()
+    newest_job(page).wait_for()
+    assert listed.count() == 0
     page.fill("#gen-class", "tabby")
     page.click("#generate button[type=submit]")
     card = newest_job(page)
