@@ -1,1 +1,2 @@
-"""The HTTP API: routes, schemas, settings and dependencies. Never imports torch."""
+"""The HTTP API (FastAPI): the app, its routes, request and response schemas, keys and limits,
+and the web page; job control comes from `jobs` (settings too). Never imports torch."""

@@ -15,6 +15,7 @@ from starlette.exceptions import HTTPException
 from api import request_id as request_ids
 from api.headers import EVERY_RESPONSE, RETRY_AFTER_SECONDS
 from api.limits import TOO_LARGE, too_large
+from jobs.plan import PlanError
 from jobs.quotas import QuotaExceeded
 
 log = logging.getLogger(__name__)
@@ -95,6 +96,10 @@ def install(app: FastAPI) -> None:
         response = error_response(exc.status_code, message, detail)
         response.headers.update(headers or {})  # e.g. WWW-Authenticate on a 401, Retry-After
         return response
+
+    @app.exception_handler(PlanError)
+    async def _unplannable(request: Request, exc: PlanError) -> JSONResponse:
+        return error_response(413 if exc.reason == "too_large" else 422, str(exc))
 
     @app.exception_handler(QuotaExceeded)
     async def _quota(request: Request, exc: QuotaExceeded) -> JSONResponse:

@@ -29,8 +29,8 @@ PAGE = {"Content-Security-Policy": PAGE_POLICY, "X-Frame-Options": "DENY"}
 
 
 def is_page(path: str) -> bool:
-    """The web page and its files (not /docs, whose script FastAPI inlines and fetches from a
-    CDN)."""
+    """The web page and its files (not /docs and /redoc, whose pages FastAPI writes with an
+    inline script)."""
     return path == "/" or path.startswith("/static/")
 
 

@@ -13,7 +13,7 @@ from api.headers import SecurityHeaders
 from api.limits import BodyLimit
 from api.logs import install_safe_records
 from api.request_id import RequestId, install_log_filter
-from api.routes import events, generations, jobs, page, service, upscales
+from api.routes import docs, events, generations, jobs, page, service, upscales
 from api.routes.page import STATIC
 from api.schemas import ErrorBody
 from jobs.settings import Settings, get_settings
@@ -40,7 +40,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
     install_log_filter()
     install_safe_records()
-    app = FastAPI(title="cascade", version="0.1.0", description=DESCRIPTION)
+    # /docs and /redoc come from api.routes.docs, which serves their scripts itself.
+    app = FastAPI(
+        title="cascade", version="0.1.0", description=DESCRIPTION, docs_url=None, redoc_url=None
+    )
     if settings is not None:
         app.dependency_overrides[get_settings] = lambda: settings
 
@@ -54,8 +57,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     keyed = [Depends(authenticate)]  # every /v1 route, when API keys are set
     for module in (generations, upscales, jobs, events):
         app.include_router(module.router, dependencies=keyed, responses=V1_ERRORS)
-    for module in (service, page):  # /v1/classes and /v1/limits take the key themselves
+    for module in (service, page, docs):  # /v1/classes and /v1/limits take the key themselves
         app.include_router(module.router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    app.mount(docs.ASSETS, StaticFiles(directory=docs.ASSET_FILES), name="docs-assets")
     logging.getLogger(__name__).info("cascade API ready (store %s)", current_settings().store)
     return app

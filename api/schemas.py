@@ -177,6 +177,15 @@ class JobView(BaseModel):
     links: Links
 
 
+class JobList(BaseModel):
+    """A page of the caller's jobs, newest first."""
+
+    jobs: list[JobView]
+    next_cursor: str | None = Field(
+        description="pass as `cursor` for the next page; null on the last page"
+    )
+
+
 class StageQuote(BaseModel):
     name: str
     height: int

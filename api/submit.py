@@ -1,5 +1,5 @@
-"""Requests become jobs: plan the stages, write the record, queue the first stage; or, for a
-dry run, a quote of what the job would run and cost."""
+"""Requests become jobs: planned by `jobs.plan`, their record written and first stage queued;
+or, for a dry run, a quote of what the job would run and cost."""
 
 from __future__ import annotations
 
@@ -15,20 +15,13 @@ from redis import Redis
 
 from api import request_id as request_ids
 from api.schemas import GenerationRequest, JobAccepted, Links, Quote, UpscaleForm
-from cascade.classes import class_names, resolve_class
-from cascade.stages import (
-    ColorFix,
-    LowBand,
-    SamplerName,
-    StageRun,
-    generation_stages,
-    upscale_stages,
-)
+from cascade.classes import class_names
 from jobs.catalog import announced
 from jobs.estimate import quote_stages
 from jobs.health import check_served
 from jobs.idempotency import IdempotencyConflict, bind
-from jobs.plan import PlannedStage, sizes, upscale_factor, upscaled_size
+from jobs.listing import index_job
+from jobs.plan import PlannedStage, plan_generation, plan_upscale, planned_class
 from jobs.queues import enqueue_stage, stage_job_exists
 from jobs.quotas import QuotaExceeded, check_active, check_cost, check_queue, track
 from jobs.record import JobRecord, Jobs, NewJob
@@ -39,42 +32,6 @@ from jobs.webhooks import WebhookRefused, check_destination
 
 log = logging.getLogger(__name__)
 DISK_RETRY_AFTER = 60  # seconds: space comes back when someone frees it, not by itself
-
-
-def plan_stages(
-    settings: Settings,
-    stages: list[str],
-    start: tuple[int, int] | None,
-    *,
-    sampler: SamplerName | None,
-    steps: int | None,
-    guidance: float = 1.0,
-    color: ColorFix = "none",
-    fidelity: float | None = None,
-    low_band: LowBand | None = None,
-) -> list[PlannedStage]:
-    """Each stage's output size and run: the request's sampler and steps, else the stage's
-    defaults, and the request's guidance, colour fix, fidelity and low band (the stage applies
-    those that concern its model)."""
-    if steps is not None and steps > settings.max_steps:
-        raise HTTPException(422, f"steps must be between 1 and {settings.max_steps}, got {steps}")
-    height, width = start if start else (None, None)
-    return [
-        PlannedStage(
-            name,
-            h,
-            w,
-            StageRun(
-                sampler or settings.sampler_for(name),
-                steps or settings.steps_for(name),
-                guidance=guidance,
-                color=color,
-                fidelity=fidelity,
-                low_band=low_band,
-            ),
-        )
-        for name, (h, w) in zip(stages, sizes(stages, height, width), strict=True)
-    ]
 
 
 def known_classes(connection: Redis) -> list[int]:
@@ -90,28 +47,11 @@ def generation_job(
 ) -> NewJob:
     """A generation's job: the class resolved (and one the base knows), a seed drawn if none
     was given."""
-    if body.class_name is not None:
-        try:
-            class_id = resolve_class(body.class_name)
-        except ValueError:
-            raise HTTPException(
-                422, f"unknown class name {body.class_name!r}: see GET /v1/classes"
-            ) from None
-    else:
-        class_id = body.class_id
-    if known is not None and class_id not in known:
-        names = class_names()
-        listed = ", ".join(f"{index} ({names[index]})" for index in known)
-        raise HTTPException(
-            422,
-            f"class {class_id} ({names[class_id]}) is not one the loaded base model was trained "
-            f"on; it knows: {listed}",
-        )
+    class_id = planned_class(body.class_id, body.class_name, known)
     seed = body.seed if body.seed is not None else new_seed()
-    plan = plan_stages(
+    plan = plan_generation(
         settings,
-        generation_stages(body.size),
-        None,
+        body.size,
         sampler=body.sampler,
         steps=body.steps,
         guidance=body.guidance,
@@ -124,8 +64,8 @@ def generation_job(
         kind="generation",
         request=request,
         seed=seed,
-        plan=plan,
-        output=(body.size, body.size),
+        plan=plan.stages,
+        output=plan.output,
         webhook_url=checked_webhook(body.webhook_url, settings),
     )
 
@@ -133,32 +73,23 @@ def generation_job(
 def upscale_job(form: UpscaleForm, pixels: np.ndarray, settings: Settings) -> NewJob:
     """An upscale's job, planned from the decoded image's size; refuses outputs over the limit."""
     height, width = pixels.shape[-2:]
-    try:
-        scale = upscale_factor(height, width, form.scale, form.target_size)
-    except ValueError as error:
-        raise HTTPException(422, str(error)) from None
-    if height * scale * width * scale > settings.max_output_pixels:
-        raise HTTPException(
-            413,
-            f"a {scale}x upscale of {width}x{height} would be {width * scale}x{height * scale} "
-            f"pixels; the limit is {settings.max_output_pixels} pixels",
-        )
-    seed = form.seed if form.seed is not None else new_seed()
-    stages = upscale_stages(height, width, scale)
-    plan = plan_stages(
+    plan = plan_upscale(
         settings,
-        stages,
-        (height, width),
+        height,
+        width,
+        scale=form.scale,
+        target=form.target_size,
         sampler=form.sampler,
         steps=form.steps,
         color=form.color_fix,
         fidelity=form.fidelity,
         low_band=form.low_band,
     )
+    seed = form.seed if form.seed is not None else new_seed()
     request = form.model_dump(mode="json", exclude={"file", "dry_run"}, exclude_none=True)
     request.update(
         seed=seed,
-        scale=scale,
+        scale=plan.scale,
         filename=form.file.filename,
         input={"height": height, "width": width},
     )
@@ -167,8 +98,8 @@ def upscale_job(form: UpscaleForm, pixels: np.ndarray, settings: Settings) -> Ne
         kind="upscale",
         request=request,
         seed=seed,
-        plan=plan,
-        output=upscaled_size(height, width, scale, form.target_size),
+        plan=plan.stages,
+        output=plan.output,
         webhook_url=checked_webhook(form.webhook_url, settings),
     )
 
@@ -238,6 +169,7 @@ def accept(
     if input_tensor is not None:
         jobs.put_tensor(job.id, "input", input_tensor, settings.tensor_ttl)
     jobs.create(job)
+    index_job(connection, job.owner, job.id, settings.result_ttl)
     enqueue_stage(connection, settings, job.id, job.plan[0].name)
     result = accepted(connection, job.id, job.seed, job.plan)
     log.info(

@@ -1,17 +1,39 @@
-"""Which stages a request runs, at what size and cost: the cascade's plan without torch.
+"""A job's plan: which stages a generation or an upscale runs, at what sizes and settings, and
+the output it makes; a request that cannot be planned raises `PlanError`.
 
-The stage rules live in the torch-free `cascade.stages` (import them from there), which
-`cascade.pipeline` uses too, so the API can plan a job without importing torch.
+The stage rules (the maths) live in the torch-free `cascade.stages`, which `cascade.pipeline`
+uses too, so the API plans a job without importing torch.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
+from typing import Literal
 
-from cascade.stages import SCALES, STAGE_OUTPUT, StageRun
+from cascade.classes import class_names, resolve_class
+from cascade.stages import (
+    SCALES,
+    STAGE_OUTPUT,
+    ColorFix,
+    LowBand,
+    SamplerName,
+    StageRun,
+    generation_stages,
+    upscale_stages,
+)
+from jobs.settings import Settings
 
 RUN_FIELDS = tuple(field.name for field in fields(StageRun))
 UPSCALE_FACTOR = 4  # every upscaling stage multiplies each side by 4
+
+
+class PlanError(ValueError):
+    """A request no plan can serve: the message says what was wrong and what is allowed;
+    `reason` "too_large" when only its size is (the API answers 413 then, else 422)."""
+
+    def __init__(self, message: str, reason: Literal["invalid", "too_large"] = "invalid"):
+        super().__init__(message)
+        self.reason = reason
 
 
 def upscale_factor(height: int, width: int, scale: int | None, target: int | None) -> int:
@@ -22,7 +44,7 @@ def upscale_factor(height: int, width: int, scale: int | None, target: int | Non
     for factor in SCALES:
         if side * factor >= target:
             return factor
-    raise ValueError(
+    raise PlanError(
         f"target_size {target} is more than {SCALES[-1]}x the image's longer side ({side} pixels)"
     )
 
@@ -73,3 +95,127 @@ def sizes(stages: list[str], height: int | None, width: int | None) -> list[tupl
             height, width = height * UPSCALE_FACTOR, width * UPSCALE_FACTOR
         out.append((height, width))
     return out
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a job runs (its stages in order) and the (height, width) it makes; an upscale's
+    `scale` as chosen (the request's, or the one that reaches its target size)."""
+
+    stages: list[PlannedStage]
+    output: tuple[int, int]
+    scale: int | None = None
+
+
+def plan_stages(
+    settings: Settings,
+    stages: list[str],
+    start: tuple[int, int] | None,
+    *,
+    sampler: SamplerName | None,
+    steps: int | None,
+    guidance: float = 1.0,
+    color: ColorFix = "none",
+    fidelity: float | None = None,
+    low_band: LowBand | None = None,
+) -> list[PlannedStage]:
+    """Each stage's output size and run: the request's sampler and steps, else the stage's
+    defaults, and the request's guidance, colour fix, fidelity and low band (the stage applies
+    those that concern its model)."""
+    if steps is not None and not 1 <= steps <= settings.max_steps:
+        raise PlanError(f"steps must be between 1 and {settings.max_steps}, got {steps}")
+    height, width = start if start else (None, None)
+    return [
+        PlannedStage(
+            name,
+            h,
+            w,
+            StageRun(
+                sampler or settings.sampler_for(name),
+                steps or settings.steps_for(name),
+                guidance=guidance,
+                color=color,
+                fidelity=fidelity,
+                low_band=low_band,
+            ),
+        )
+        for name, (h, w) in zip(stages, sizes(stages, height, width), strict=True)
+    ]
+
+
+def planned_class(class_id: int | None, class_name: str | None, known: list[int] | None) -> int:
+    """The class a generation draws: its id, or its name resolved; one of `known` (the ids the
+    base's workers announced) when given."""
+    if class_name is not None:
+        try:
+            class_id = resolve_class(class_name)
+        except ValueError:
+            raise PlanError(f"unknown class name {class_name!r}: see GET /v1/classes") from None
+    assert class_id is not None  # the request's schema asks for one of the two
+    if known is not None and class_id not in known:
+        names = class_names()
+        listed = ", ".join(f"{index} ({names[index]})" for index in known)
+        raise PlanError(
+            f"class {class_id} ({names[class_id]}) is not one the loaded base model was trained "
+            f"on; it knows: {listed}"
+        )
+    return class_id
+
+
+def plan_generation(
+    settings: Settings,
+    size: int,
+    *,
+    sampler: SamplerName | None = None,
+    steps: int | None = None,
+    guidance: float = 1.0,
+    color: ColorFix = "none",
+) -> Plan:
+    """A generation at `size` pixels: the base, then the upscalers up to that size."""
+    try:
+        names = generation_stages(size)
+    except ValueError as error:
+        raise PlanError(str(error)) from None
+    stages = plan_stages(
+        settings, names, None, sampler=sampler, steps=steps, guidance=guidance, color=color
+    )
+    return Plan(stages, (size, size))
+
+
+def plan_upscale(
+    settings: Settings,
+    height: int,
+    width: int,
+    *,
+    scale: int | None = None,
+    target: int | None = None,
+    sampler: SamplerName | None = None,
+    steps: int | None = None,
+    color: ColorFix = "none",
+    fidelity: float | None = None,
+    low_band: LowBand | None = None,
+) -> Plan:
+    """An upscale of a `height` x `width` image by `scale`, or to `target` on the longer side;
+    refused when its output would pass `settings.max_output_pixels`."""
+    factor = upscale_factor(height, width, scale, target)
+    if height * factor * width * factor > settings.max_output_pixels:
+        raise PlanError(
+            f"a {factor}x upscale of {width}x{height} would be {width * factor}x{height * factor} "
+            f"pixels; the limit is {settings.max_output_pixels} pixels",
+            reason="too_large",
+        )
+    try:
+        names = upscale_stages(height, width, factor)
+    except ValueError as error:
+        raise PlanError(str(error)) from None
+    stages = plan_stages(
+        settings,
+        names,
+        (height, width),
+        sampler=sampler,
+        steps=steps,
+        color=color,
+        fidelity=fidelity,
+        low_band=low_band,
+    )
+    return Plan(stages, upscaled_size(height, width, factor, target), factor)

@@ -1,5 +1,5 @@
 """Shared test fixtures and helpers: the parity fixture root, CPU determinism, a real Redis per
-module, free loopback ports and waiting on a condition."""
+module, free loopback ports, waiting on a condition or for a server to listen."""
 
 from __future__ import annotations
 
@@ -98,6 +98,21 @@ def wait_for(condition: Callable[[], object], timeout: float, what: str) -> obje
             return value
         time.sleep(0.05)
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def wait_listening(port: int, process: subprocess.Popen, timeout: float, what: str) -> None:
+    """Wait until something accepts connections on 127.0.0.1:`port` (uvicorn listens once its
+    app has started); fail at once if `process` exits first."""
+
+    def listening() -> bool:
+        assert process.poll() is None, f"{what} exited with {process.returncode}"
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return True
+        except OSError:
+            return False
+
+    wait_for(listening, timeout, f"{what} to listen on port {port}")
 
 
 def service_env(settings: Settings | None = None, **variables: object) -> dict[str, str]:

@@ -1,17 +1,19 @@
-"""A job: its status, its images, and cancelling it."""
+"""Jobs: the caller's list; a job's status, its images, and cancelling it."""
 
 from __future__ import annotations
 
 import logging
+from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Response
+from fastapi import APIRouter, HTTPException, Query, Response
 from fastapi.responses import JSONResponse
 
 from api.auth import Owner
 from api.deps import JobIdDep, JobsDep, RedisDep, SettingsDep, StoreDep, unknown_job
-from api.schemas import ErrorBody, JobView
+from api.schemas import ErrorBody, JobList, JobView
+from jobs.listing import DEFAULT_LIMIT, MAX_LIMIT, BadCursor, page
 from jobs.queues import cancel_stage, live_workers, worker_alive
-from jobs.record import JobRecord, Jobs
+from jobs.record import JobRecord, Jobs, JobStatus
 from jobs.store import RESULT, Store, object_name, stage_preview
 from jobs.view import describe, mark_orphaned
 from jobs.webhooks import enqueue_delivery
@@ -51,6 +53,33 @@ def not_ready(record: JobRecord, what: str) -> HTTPException:
         return HTTPException(409, f"job {record.id} was canceled before {what} was made")
     stage = f" (stage {view['stage']}, {view['progress']:.0%} done)" if view["stage"] else ""
     return HTTPException(409, f"{what} is not ready: job {record.id} is {record.status}{stage}")
+
+
+@router.get("/v1/jobs", response_model=JobList, responses={422: {"model": ErrorBody}})
+def list_jobs(
+    owner: Owner,
+    jobs: JobsDep,
+    connection: RedisDep,
+    settings: SettingsDep,
+    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT, description="jobs per page")] = DEFAULT_LIMIT,
+    cursor: Annotated[str | None, Query(description="`next_cursor` of the previous page")] = None,
+    status: Annotated[JobStatus | None, Query(description="only jobs with this status")] = None,
+) -> dict[str, object]:
+    """The caller's jobs (with API keys: the key's own), newest first, a page at a time."""
+    try:
+        records, next_cursor = page(connection, jobs, owner, limit, cursor, status)
+    except BadCursor as error:
+        raise HTTPException(422, str(error)) from None
+    fresh = settings.worker_fresh_seconds
+    views = [
+        mark_orphaned(
+            describe(record),
+            lambda name: worker_alive(connection, name, fresh),
+            lambda stage: live_workers(connection, stage, fresh),
+        )
+        for record in records
+    ]
+    return {"jobs": views, "next_cursor": next_cursor}
 
 
 @router.get("/v1/jobs/{job_id}", response_model=JobView, responses={404: {"model": ErrorBody}})

@@ -67,20 +67,28 @@ function quoteError(target, message) {
   box.append(line);
 }
 
-function quoter(target, build, send) {
+function quoter(target, build, send, errorTarget, onQuote = () => {}) {
+  // `onQuote(quote)` after each answer (null: no quote); an answer means the input is now
+  // valid, so an error left from an earlier submit goes.
   let controller = null;
   return debounce(async () => {
     const request = build();
     if (!request) {
       $(target).replaceChildren();
+      onQuote(null);
       return;
     }
     controller?.abort();
     controller = new AbortController();
     try {
-      showQuote(target, await send(request, true, controller.signal));
+      const quote = await send(request, true, controller.signal);
+      showQuote(target, quote);
+      $(errorTarget).textContent = "";
+      onQuote(quote);
     } catch (error) {
-      if (error.name !== "AbortError") quoteError(target, error.message);
+      if (error.name === "AbortError") return;
+      quoteError(target, error.message);
+      onQuote(null);
     }
   }, QUOTE_DELAY_MS);
 }
@@ -123,7 +131,7 @@ function sendGeneration(request, dryRun = false, signal = undefined) {
 
 function setUpGenerate() {
   const form = $("#generate");
-  const quote = quoter("#gen-quote", generationRequest, sendGeneration);
+  const quote = quoter("#gen-quote", generationRequest, sendGeneration, "#gen-error");
   form.addEventListener("input", quote);
   form.addEventListener("change", quote);
   form.addEventListener("submit", (event) => {
@@ -152,31 +160,10 @@ function setUpGenerate() {
 // Upscale
 
 let chosen = null; // { file, width, height } once an image is chosen (width null: unreadable)
+let quoted = null; // the service's latest quote for it: the planned output is the quote's
 
 function upscaleMode() {
   return $("input[name=up-mode]:checked").value;
-}
-
-function plannedOutput(width, height) {
-  // As the service plans it: the scale, or the smallest of 4 and 16 reaching the target side.
-  const mode = upscaleMode();
-  let scale = Number(mode);
-  let target = null;
-  if (mode === "target") {
-    target = optionalInt($("#up-target"));
-    if (!target || target < 1) return { error: "give the target size in pixels" };
-    const side = Math.max(width, height);
-    scale = [4, 16].find((factor) => side * factor >= target);
-    if (!scale) return { error: `${target} px is more than 16× the image's longer side (${side} px)` };
-  }
-  let outWidth = width * scale;
-  let outHeight = height * scale;
-  if (target && target < Math.max(outWidth, outHeight)) {
-    const ratio = target / Math.max(outWidth, outHeight);
-    outWidth = Math.max(1, Math.round(outWidth * ratio));
-    outHeight = Math.max(1, Math.round(outHeight * ratio));
-  }
-  return { width: outWidth, height: outHeight, scale };
 }
 
 function showSizes() {
@@ -189,18 +176,15 @@ function showSizes() {
     line.textContent = `${chosen.file.name}: this browser cannot read it as an image; the service will say why.`;
     return;
   }
-  const input = `Input ${size(chosen.width, chosen.height)}`;
-  const output = plannedOutput(chosen.width, chosen.height);
-  if (output.error) {
-    line.textContent = `${input} · output: ${output.error}`;
-    return;
+  let text = `Input ${size(chosen.width, chosen.height)}`;
+  if (quoted) {
+    const { width, height } = quoted.output;
+    text += ` → output ${size(width, height)} (${quoted.request.scale}× model upscale)`;
+  } else {
+    text += " → output: see the quote below";
   }
-  let text = `${input} → output ${size(output.width, output.height)} (${output.scale}× model upscale)`;
-  if (limits) {
-    const pixels = chosen.width * chosen.height;
-    const outPixels = chosen.width * output.scale * chosen.height * output.scale;
-    if (pixels > limits.max_input_pixels) text += ` · over the input limit of ${number.format(limits.max_input_pixels)} pixels`;
-    else if (outPixels > limits.max_output_pixels) text += ` · over the output limit of ${number.format(limits.max_output_pixels)} pixels`;
+  if (limits && chosen.width * chosen.height > limits.max_input_pixels) {
+    text += ` · over the input limit of ${number.format(limits.max_input_pixels)} pixels`;
   }
   line.textContent = text;
 }
@@ -244,6 +228,7 @@ async function choose(file, quote) {
   if (preview.src) URL.revokeObjectURL(preview.src);
   preview.hidden = true;
   chosen = { file, width: null, height: null };
+  quoted = null;
   try {
     const bitmap = await createImageBitmap(file);
     chosen = { file, width: bitmap.width, height: bitmap.height };
@@ -260,7 +245,10 @@ async function choose(file, quote) {
 
 function setUpUpscale() {
   const form = $("#upscale");
-  const quote = quoter("#up-quote", upscaleRequest, sendUpscale);
+  const quote = quoter("#up-quote", upscaleRequest, sendUpscale, "#up-error", (answer) => {
+    quoted = answer;
+    showSizes();
+  });
   const fileInput = $("#up-file");
   fileInput.addEventListener("change", () => {
     if (fileInput.files.length) choose(fileInput.files[0], quote);
@@ -291,6 +279,7 @@ function setUpUpscale() {
   for (const type of ["input", "change"]) {
     form.addEventListener(type, (event) => {
       if (event.target === fileInput) return; // `choose` handles a new file
+      quoted = null; // until the service quotes the changed request
       showSizes();
       quote();
     });
@@ -305,8 +294,8 @@ function setUpUpscale() {
       }
       const accepted = await sendUpscale(request);
       const from = chosen.width === null ? "" : ` ${size(chosen.width, chosen.height)}`;
-      const output = chosen.width === null ? null : plannedOutput(chosen.width, chosen.height);
-      const to = output && !output.error ? ` → ${size(output.width, output.height)}` : "";
+      const output = quoted?.output;
+      const to = output ? ` → ${size(output.width, output.height)}` : "";
       addJob(
         {
           id: accepted.id,

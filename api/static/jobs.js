@@ -1,5 +1,6 @@
-// The job list: the jobs started in this browser (localStorage), newest first. Each active job
-// is followed by Server-Sent Events, or by polling where a stream cannot be had.
+// The job list: the caller's jobs as GET /v1/jobs lists them, newest first (those started in this
+// browser keep their titles and inputs in localStorage). Each active job is followed by
+// Server-Sent Events, or by polling where a stream cannot be had.
 
 import { api, apiKey } from "./api.js";
 import { bicubic } from "./bicubic.js";
@@ -8,6 +9,7 @@ import { seconds, shellQuote, size } from "./format.js";
 import { inputs } from "./inputs.js";
 
 const JOBS_KEY = "cascade.jobs";
+const REMOVED_KEY = "cascade.removedJobs"; // ids removed from the list: the service still lists them
 const KEEP_JOBS = 50;
 const TERMINAL = ["succeeded", "failed", "canceled"];
 const EVENT_TYPES = [
@@ -24,6 +26,15 @@ let streams = 0;
 function loadEntries() {
   try {
     const stored = JSON.parse(localStorage.getItem(JOBS_KEY) || "[]");
+    return Array.isArray(stored) ? stored : [];
+  } catch {
+    return [];
+  }
+}
+
+function removedIds() {
+  try {
+    const stored = JSON.parse(localStorage.getItem(REMOVED_KEY) || "[]");
     return Array.isArray(stored) ? stored : [];
   } catch {
     return [];
@@ -47,6 +58,12 @@ export function addJob(entry, input) {
   cards.set(entry.id, card);
   $("#jobs").prepend(card.node);
   card.start();
+  // The new card may be below the fold (always on a phone): show it, and move focus there so a
+  // screen reader says so too.
+  const article = $("article", card.node);
+  article.tabIndex = -1;
+  article.scrollIntoView({ block: "nearest" });
+  article.focus({ preventScroll: true });
   return card;
 }
 
@@ -382,6 +399,8 @@ class JobCard {
     clearTimeout(this.timer);
     entries = entries.filter((entry) => entry.id !== this.id);
     saveEntries();
+    const removed = [this.id, ...removedIds()].slice(0, 4 * KEEP_JOBS);
+    localStorage.setItem(REMOVED_KEY, JSON.stringify(removed));
     inputs.remove(this.id);
     cards.delete(this.id);
     const next = this.node.nextElementSibling || this.node.previousElementSibling;
@@ -401,13 +420,50 @@ class JobCard {
   }
 }
 
-export function restoreJobs() {
+function entryFromView(view) {
+  // A job this browser did not start (another browser, curl): described from its view.
+  const request = view.request;
+  const title =
+    view.kind === "generation"
+      ? `Generate ${request.class_name ?? request.class_id}, ${request.size} px`
+      : `Upscale ${request.filename ?? "an image"} → ${size(view.output.width, view.output.height)}`;
+  const created = Date.parse(view.created_at ?? "");
+  return {
+    id: view.id,
+    kind: view.kind,
+    title,
+    created: Number.isNaN(created) ? Date.now() : created,
+    seed: view.seed,
+    request,
+    filename: request.filename,
+  };
+}
+
+export async function restoreJobs() {
+  try {
+    // The service's list (the key's own jobs, newest first) is the truth: jobs made elsewhere
+    // appear, expired ones go; this browser's entries keep their titles and inputs.
+    const listed = await api(`/v1/jobs?limit=${KEEP_JOBS}`);
+    const known = new Map(entries.map((entry) => [entry.id, entry]));
+    const started = entries.filter((entry) => cards.has(entry.id)); // submitted meanwhile
+    const removed = new Set(removedIds());
+    const served = listed.jobs
+      .filter((view) => !cards.has(view.id) && !removed.has(view.id))
+      .map((view) => known.get(view.id) ?? entryFromView(view));
+    entries = [...started, ...served];
+    saveEntries();
+  } catch {
+    // the service cannot list now: show the jobs this browser remembers
+  }
   const list = $("#jobs");
+  const restored = [];
   for (const entry of entries) {
+    if (cards.has(entry.id)) continue;
     const card = new JobCard(entry);
     cards.set(entry.id, card);
     list.append(card.node);
+    restored.push(card);
   }
   $("#no-jobs").hidden = entries.length > 0;
-  for (const card of cards.values()) card.start();
+  for (const card of restored) card.start();
 }

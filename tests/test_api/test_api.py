@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import struct
 import subprocess
 import sys
@@ -90,10 +91,21 @@ def test_api_does_not_import_torch():
 
 
 def test_docs_and_openapi(client: TestClient):
-    assert client.get("/docs").status_code == 200
     paths = client.get("/openapi.json").json()["paths"]
-    for path in ("/v1/generations", "/v1/upscales", "/v1/jobs/{job_id}", "/readyz", "/metrics"):
+    for path in ("/v1/generations", "/v1/upscales", "/v1/jobs", "/v1/jobs/{job_id}", "/readyz"):
         assert path in paths
+    assert "/docs" not in paths and "/metrics" in paths
+
+
+@pytest.mark.parametrize("page", ["/docs", "/redoc"])
+def test_the_docs_pages_load_their_scripts_from_the_service(client: TestClient, page: str):
+    html = client.get(page)
+    assert html.status_code == 200 and "/openapi.json" in html.text
+    sources = re.findall(r'(?:src|href)="([^"]+)"', html.text)
+    assert sources and all(source.startswith("/") for source in sources), sources
+    for source in sources:
+        asset = client.get(source)
+        assert asset.status_code == 200 and len(asset.content) > 1000, source
 
 
 def test_classes_and_health(client: TestClient):

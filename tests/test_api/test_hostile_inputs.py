@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import free_port, wait_for, wait_listening
 from PIL import Image
 
 from api.main import create_app
@@ -244,9 +245,7 @@ def test_errors_echo_hostile_text_as_ascii_json(client: TestClient):
 def server(redis_server: EmbeddedRedis, tmp_path_factory: pytest.TempPathFactory):
     """uvicorn serving the API in its own process, as deployed: (port, its log file)."""
     root = tmp_path_factory.mktemp("uvicorn")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     env = {
         **os.environ,
         "PYTHONPATH": str(REPO),
@@ -260,15 +259,7 @@ def server(redis_server: EmbeddedRedis, tmp_path_factory: pytest.TempPathFactory
             [*command, "--port", str(port)], env=env, cwd=REPO, stdout=output, stderr=output
         )
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=1):
-                    break
-            except OSError:
-                assert process.poll() is None, log.read_text()
-                assert time.monotonic() < deadline, "uvicorn did not start"
-                time.sleep(0.2)
+        wait_listening(port, process, 60, "uvicorn")
         yield port, log
     finally:
         process.terminate()
@@ -332,9 +323,8 @@ def test_a_line_break_in_a_path_forges_no_log_line(server):
         for path in ("/foo%0aFORGED", "/v1/jobs/x%0d%0aFORGED%20line", "/v1/jobs/%1b[31mFORGED"):
             request = f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode()
             assert exchange(connection, request)[0] == 404
-    deadline = time.monotonic() + 10
-    while "/foo\\nFORGED" not in log.read_text() and time.monotonic() < deadline:
-        time.sleep(0.2)  # the access line is written after the answer
+    # The access line is written after the answer.
+    wait_for(lambda: "/foo\\nFORGED" in log.read_text(), 10, "the access log line")
     lines = log.read_text().splitlines()
     assert any("GET /foo\\nFORGED 404" in line for line in lines), lines[-10:]
     assert any("/v1/jobs/x\\r\\nFORGED line" in line for line in lines), lines[-10:]

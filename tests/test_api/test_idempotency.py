@@ -16,7 +16,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import free_port
+from conftest import free_port, wait_listening
 from PIL import Image
 
 from api.main import create_app
@@ -84,15 +84,8 @@ def start_api(port: int, env: dict[str, str]) -> subprocess.Popen:
     process = subprocess.Popen(
         [*command, "--port", str(port), "--log-level", "warning"], env=env, cwd=REPO
     )
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                return process
-        except httpx.TransportError:
-            pass
-        assert process.poll() is None and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.1)
+    wait_listening(port, process, 60, "uvicorn")
+    return process
 
 
 def test_api_killed_mid_burst_then_retries_make_no_duplicates(redis: EmbeddedRedis, tmp_path: Path):

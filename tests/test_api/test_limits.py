@@ -9,12 +9,11 @@ import select
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import free_port
+from conftest import free_port, wait_listening
 
 from jobs.connection import EmbeddedRedis
 
@@ -51,15 +50,7 @@ def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, int, Pa
         [*command, "--port", str(port), "--log-level", "warning"], env=env, cwd=REPO
     )
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=1):
-                    break
-            except OSError:
-                assert server.poll() is None, "uvicorn exited"
-                assert time.monotonic() < deadline, "uvicorn did not start"
-                time.sleep(0.2)
+        wait_listening(port, server, 60, "uvicorn")
         yield port, server.pid, spool
     finally:
         server.terminate()

@@ -287,3 +287,100 @@ def test_the_page_fits_a_phone(page, tmp_path: Path):
         ".map(e => e.id || e.className)"
     )
     assert unlabeled == []
+
+
+def test_a_job_made_with_curl_is_listed_and_a_new_card_is_shown(page, server: str):
+    made = httpx.post(f"{server}/v1/generations", json={"class_name": "goldfish", "size": 64})
+    assert made.status_code == 202, made.text
+    page.set_viewport_size({"width": 375, "height": 740})  # where a new card is off-screen
+    page.reload()
+    listed = page.locator(f"#jobs > li[data-id='{made.json()['id']}']")
+    listed.wait_for()
+    assert "Generate goldfish, 64 px" in listed.inner_text()
+    listed.locator("button.forget").click()  # removed here, it stays removed after a reload
+    page.reload()
+    newest_job(page).wait_for()
+    assert listed.count() == 0
+    page.fill("#gen-class", "tabby")
+    page.click("#generate button[type=submit]")
+    card = newest_job(page)
+    card.locator(".badge").wait_for()
+    page.wait_for_function(
+        "() => document.activeElement?.closest('#jobs > li')"
+        " === document.querySelector('#jobs > li')"
+    )
+    top, bottom = card.locator("article").evaluate(
+        "a => { const r = a.getBoundingClientRect(); return [r.top, r.bottom]; }"
+    )
+    assert top < 740 and bottom > 0, (top, bottom)  # on screen
+
+
+def test_an_error_goes_once_the_input_is_valid(page):
+    page.click("#generate button[type=submit]")  # no class chosen yet
+    error = page.locator("#gen-error")
+    error.get_by_text("Choose a class first").wait_for()
+    page.fill("#gen-class", "tabby")
+    page.locator("#gen-quote").get_by_text("Quote: base64").wait_for()
+    page.wait_for_function("() => document.querySelector('#gen-error').textContent === ''")
+
+
+def luminance(rgb: tuple[float, ...]) -> float:
+    """WCAG 2's relative luminance of an sRGB colour (0..255 channels)."""
+    linear = [
+        c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4 for c in (v / 255 for v in rgb)
+    ]
+    return 0.2126 * linear[0] + 0.7152 * linear[1] + 0.0722 * linear[2]
+
+
+def contrast(first: tuple[float, ...], second: tuple[float, ...]) -> float:
+    low, high = sorted((luminance(first), luminance(second)))
+    return (high + 0.05) / (low + 0.05)
+
+
+# The colour an element's background shows through: the nearest ancestor's opaque background.
+BACKDROP = """e => { for (let n = e; n; n = n.parentElement) {
+    const c = getComputedStyle(n).backgroundColor;
+    if (c !== 'rgba(0, 0, 0, 0)' && c !== 'transparent') return c; }
+    return 'rgb(255, 255, 255)'; }"""
+
+
+def rgb(css: str) -> tuple[float, ...]:
+    inside = css[css.index("(") + 1 : css.index(")")]
+    return tuple(float(part) for part in inside.replace("/", ",").split(",")[:3])
+
+
+@pytest.mark.parametrize("scheme", ["light", "dark"])
+def test_inputs_and_text_have_enough_contrast(page, scheme: str):
+    page.emulate_media(color_scheme=scheme)
+    for control in ("#gen-class", "#gen-steps", "#gen-sampler", "#api-key"):
+        field = page.locator(control)
+        border = rgb(field.evaluate("e => getComputedStyle(e).borderTopColor"))
+        around = rgb(field.evaluate(f"e => ({BACKDROP})(e.parentElement)"))
+        assert contrast(border, around) >= 3, (scheme, control, border, around)
+    for text in ("h1", "label[for=gen-class]", ".hint", "#up-limits", ".tabs [role=tab]"):
+        node = page.locator(text).first
+        colour = rgb(node.evaluate("e => getComputedStyle(e).color"))
+        behind = rgb(node.evaluate(BACKDROP))
+        assert contrast(colour, behind) >= 4.5, (scheme, text, colour, behind)
+
+
+def test_the_api_docs_render_offline(page, server: str):
+    outside: list[tuple[str, str]] = []  # (resource type, URL) of each refused request
+
+    def only_the_service(route) -> None:
+        if route.request.url.startswith(server):
+            route.continue_()
+        else:
+            outside.append((route.request.resource_type, route.request.url))
+            route.abort()
+
+    page.route("**/*", only_the_service)
+    page.goto(f"{server}/docs")
+    page.locator(".swagger-ui .info .title").get_by_text("cascade").wait_for()
+    page.locator(".opblock-summary-path").filter(has_text="/v1/jobs").first.wait_for()
+    page.goto(f"{server}/redoc")
+    page.locator("h1").get_by_text("cascade").wait_for()
+    page.get_by_text("GET /v1/jobs").first.wait_for(state="attached")
+    # Nothing either page needs comes from elsewhere; ReDoc's sidebar credit still asks its CDN
+    # for a logo, which offline simply does not show.
+    assert {kind for kind, _ in outside} <= {"image"}, outside

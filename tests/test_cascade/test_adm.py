@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from cascade.adm import ADMConfig, ADMUNet, timestep_embedding
@@ -115,10 +114,16 @@ def test_base_autocast(base: ADMUNet, io: dict) -> None:
     assert (out.float() - io["base_out"]).abs().max() < 0.25
 
 
-def test_sr_low_res_upsample(io: dict) -> None:
-    # The same call ADMUNet.forward makes for super-resolution models.
-    up = F.interpolate(io["sr_low_res"], (32, 32), mode="bilinear", align_corners=False)
-    _close(up, io["sr_low_res_upsampled"])
+@torch.no_grad()
+def test_sr_upsamples_low_res_as_the_reference_does(sr: ADMUNet, io: dict) -> None:
+    # Given the reference's own upsampled input (already at full size, which the model's
+    # upsampling leaves as it is), the model must answer as it does from the small one: that
+    # holds only if its upsampling is the reference's.
+    args = (io["sr_x"], io["sr_t"])
+    assert io["sr_low_res_upsampled"].shape[-2:] == io["sr_x"].shape[-2:]
+    from_reference = sr(*args, y=io["sr_y"], low_res=io["sr_low_res_upsampled"])
+    _close(from_reference, io["sr_out"])
+    _close(sr(*args, y=io["sr_y"], low_res=io["sr_low_res"]), from_reference)
 
 
 @torch.no_grad()

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from conftest import wait_for
 from redis import Redis
 from redis.exceptions import ResponseError
 
@@ -44,13 +45,6 @@ def test_data_in_the_old_folder_is_still_used(
     assert embedded_redis_path(Settings(embedded_redis=chosen)) == chosen
 
 
-def wait_until(condition: Callable[[], bool], what: str, timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
-
-
 def aof_settled(client: Redis) -> bool:
     """Whether the append-only file switched on at start has been written (until then writes
     go to the rewrite's buffer, not to the file)."""
@@ -71,7 +65,7 @@ def test_a_redis_with_a_full_disk_is_waited_for_not_crashed_on(
             "stop-writes-on-bgsave-error": "no"  # a failed snapshot alone stops nothing
         }
         client.set("job", "kept")
-        wait_until(lambda: aof_settled(client), "the append-only file to be written")
+        wait_for(lambda: aof_settled(client), 10, "the append-only file to be written")
         with open(folder / "ballast", "wb") as ballast:
             ballast.write(b"\0" * shutil.disk_usage(folder).free)
         client.set("big", b"x" * 100_000)  # taken in memory; its append to the AOF fails

@@ -18,6 +18,7 @@ from cascade.stages import STAGES, StageRun, generation_stages, upscale_stages
 from jobs import plan
 from jobs.plan import PlannedStage
 from jobs.record import JobRecord
+from jobs.settings import Settings
 from jobs.view import describe
 
 
@@ -27,17 +28,37 @@ def cascade() -> Cascade:
     return Cascade.load(weights)
 
 
-@pytest.mark.parametrize("size", [64, 256, 1024])
-def test_generation_plan_matches(cascade: Cascade, size: int):
-    expected = [stage.name for stage in cascade.plan_generation(size)]
-    assert generation_stages(size) == expected
+GENERATIONS = {
+    64: ["base64"],
+    256: ["base64", "sr256"],
+    1024: ["base64", "sr256", "sr1024"],
+}
+# A 4x upscale enters where the input's longer side is nearest the stage's native input on a
+# log scale (64 for sr256, 256 for sr1024: the boundary is 128, which goes to sr256).
+UPSCALES = [
+    ((16, 16), 4, ["sr256"]),
+    ((64, 64), 4, ["sr256"]),
+    ((100, 60), 4, ["sr256"]),
+    ((127, 128), 4, ["sr256"]),
+    ((129, 40), 4, ["sr1024"]),
+    ((500, 20), 4, ["sr1024"]),
+    ((16, 16), 16, ["sr256", "sr1024"]),
+    ((129, 40), 16, ["sr256", "sr1024"]),
+]
 
 
-@pytest.mark.parametrize("scale", [4, 16])
-@pytest.mark.parametrize("shape", [(16, 16), (64, 64), (100, 60), (127, 128), (129, 40), (500, 20)])
-def test_upscale_plan_matches(cascade: Cascade, shape: tuple[int, int], scale: int):
-    expected = [stage.name for stage in cascade.plan_upscale(*shape, scale)]
+@pytest.mark.parametrize("size", sorted(GENERATIONS))
+def test_generation_runs_the_stages_up_to_its_size(cascade: Cascade, size: int):
+    assert generation_stages(size) == GENERATIONS[size]
+    assert [stage.name for stage in cascade.plan_generation(size)] == GENERATIONS[size]
+
+
+@pytest.mark.parametrize(("shape", "scale", "expected"), UPSCALES)
+def test_upscale_enters_at_the_nearest_stage(
+    cascade: Cascade, shape: tuple[int, int], scale: int, expected: list[str]
+):
     assert upscale_stages(*shape, scale) == expected
+    assert [stage.name for stage in cascade.plan_upscale(*shape, scale)] == expected
 
 
 def test_plan_rejects_what_the_cascade_rejects():
@@ -45,6 +66,47 @@ def test_plan_rejects_what_the_cascade_rejects():
         generation_stages(128)
     with pytest.raises(ValueError, match="scale"):
         upscale_stages(64, 64, 8)
+
+
+def test_a_generation_plan_uses_the_request_else_the_stage_defaults():
+    settings = Settings(sampler_sr256="ddpm", steps_sr256=7)
+    planned = plan.plan_generation(settings, 256, guidance=2.0)
+    assert planned.output == (256, 256)
+    assert [(stage.name, stage.height, stage.width) for stage in planned.stages] == [
+        ("base64", 64, 64),
+        ("sr256", 256, 256),
+    ]
+    assert (planned.stages[0].run.sampler, planned.stages[0].run.steps) == ("ddim", 50)
+    assert (planned.stages[1].run.sampler, planned.stages[1].run.steps) == ("ddpm", 7)
+    assert all(stage.run.guidance == 2.0 for stage in planned.stages)
+    asked = plan.plan_generation(settings, 64, sampler="ancestral", steps=3).stages[0].run
+    assert (asked.sampler, asked.steps) == ("ancestral", 3)
+
+
+def test_an_upscale_plan_picks_its_scale_and_shrinks_to_the_target():
+    settings = Settings()
+    planned = plan.plan_upscale(settings, 30, 20, target=400)  # 4x is 120 long: 16x is needed
+    assert planned.scale == 16 and planned.output == (400, 267)
+    assert [(stage.name, stage.height, stage.width) for stage in planned.stages] == [
+        ("sr256", 120, 80),
+        ("sr1024", 480, 320),
+    ]
+    assert plan.plan_upscale(settings, 30, 20, scale=4).output == (120, 80)
+
+
+def test_unplannable_requests_raise_one_error_saying_what_is_allowed():
+    settings = Settings(max_steps=100, max_output_pixels=1000 * 1000)
+    with pytest.raises(plan.PlanError, match="between 1 and 100, got 101") as caught:
+        plan.plan_generation(settings, 64, steps=101)
+    assert caught.value.reason == "invalid"
+    with pytest.raises(plan.PlanError, match="size must be one of") as caught:
+        plan.plan_generation(settings, 128)
+    with pytest.raises(plan.PlanError, match="more than 16x") as caught:
+        plan.plan_upscale(settings, 10, 10, target=1000)
+    assert caught.value.reason == "invalid"
+    with pytest.raises(plan.PlanError, match="limit is 1000000 pixels") as caught:
+        plan.plan_upscale(settings, 100, 100, scale=16)
+    assert caught.value.reason == "too_large"
 
 
 def test_sizes_follow_the_stages():
@@ -118,3 +180,12 @@ def test_a_planned_stage_keeps_its_run_through_the_record():
     assert PlannedStage.from_dict(json.loads(json.dumps(planned.to_dict()))) == planned
     older = {key: value for key, value in planned.to_dict().items() if key != "low_band"}
     assert PlannedStage.from_dict(older).run.low_band is None
+
+
+def test_a_generation_class_is_resolved_and_must_be_known():
+    assert plan.planned_class(None, "goldfish", None) == 1  # ImageNet's class 1
+    assert plan.planned_class(281, None, [281, 1]) == 281
+    with pytest.raises(plan.PlanError, match="unknown class name 'no such thing'"):
+        plan.planned_class(None, "no such thing", None)
+    with pytest.raises(plan.PlanError, match=r"it knows: 1 \(goldfish"):
+        plan.planned_class(281, None, [1])
