@@ -28,10 +28,11 @@ from jobs.catalog import announced
 from jobs.estimate import quote_stages
 from jobs.health import check_served
 from jobs.idempotency import IdempotencyConflict, bind
+from jobs.lifecycle import Jobs
 from jobs.plan import PlannedStage, sizes, upscale_factor, upscaled_size
 from jobs.queues import enqueue_stage, stage_job_exists
 from jobs.quotas import QuotaExceeded, check_active, check_cost, check_queue, track
-from jobs.record import JobRecord, Jobs, NewJob
+from jobs.record import JobRecord, NewJob
 from jobs.settings import Settings
 from jobs.store import space_shortfall
 from jobs.view import RANDOM_WEIGHTS_WARNING, links

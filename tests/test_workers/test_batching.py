@@ -217,7 +217,7 @@ def test_a_canceled_waiting_job_is_left_out(harness: Harness):
     response = harness.http.delete(f"/v1/jobs/{second}")  # off the queue, as before batching
     assert response.status_code == 202, response.text
     # A cancel racing the claim: the record says canceled, the stage job still waits.
-    assert harness.runtime.jobs.finish(fourth, "canceled")
+    assert harness.runtime.jobs.end(fourth, "canceled")
     harness.work(max_batch=4)
     assert harness.batches("base64") == [2]
     for job_id in (first, third):
