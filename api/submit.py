@@ -50,7 +50,7 @@ def plan_stages(
     sampler: SamplerName | None,
     steps: int | None,
     guidance: float = 1.0,
-    color: ColorFix = "none",
+    color_fix: ColorFix = "none",
     fidelity: float | None = None,
     low_band: LowBand | None = None,
 ) -> list[PlannedStage]:
@@ -69,7 +69,7 @@ def plan_stages(
                 sampler or settings.sampler_for(name),
                 steps or settings.steps_for(name),
                 guidance=guidance,
-                color=color,
+                color_fix=color_fix,
                 fidelity=fidelity,
                 low_band=low_band,
             ),
@@ -116,7 +116,7 @@ def generation_job(
         sampler=body.sampler,
         steps=body.steps,
         guidance=body.guidance,
-        color=body.color_fix,
+        color_fix=body.color_fix,
     )
     request = body.model_dump(mode="json", exclude_none=True, exclude={"dry_run"})
     request.update(class_id=class_id, class_name=class_names()[class_id], seed=seed)
@@ -152,7 +152,7 @@ def upscale_job(form: UpscaleForm, pixels: np.ndarray, settings: Settings) -> Ne
         (height, width),
         sampler=form.sampler,
         steps=form.steps,
-        color=form.color_fix,
+        color_fix=form.color_fix,
         fidelity=form.fidelity,
         low_band=form.low_band,
     )

@@ -97,10 +97,11 @@ return 0
 """
 
 # KEYS: the record, the tensor. ARGV: the lease field, the lease ("" for none), data, ttl.
-# Nothing is stored for a job that has ended (its end dropped the hand-off tensors).
+# Nothing is stored for a job that has ended (its end dropped the hand-off tensors); an upload
+# is stored before its record is made.
 _PUT_FENCED = f"""
 local status = redis.call('HGET', KEYS[1], 'status')
-if {_ENDED} then
+if status and ({_ENDED}) then
   return 0
 end
 if ARGV[2] ~= '' and redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then

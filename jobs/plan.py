@@ -59,6 +59,8 @@ class PlannedStage:
     @classmethod
     def from_dict(cls, data: dict[str, object]) -> PlannedStage:
         run = {key: data[key] for key in RUN_FIELDS if key in data}
+        if "color" in data:  # a record written before the field was named color_fix
+            run.setdefault("color_fix", data["color"])
         return cls(str(data["name"]), int(data["height"]), int(data["width"]), StageRun(**run))
 
 

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from cascade.color import (
     COLOR_FIXES,
     adain_color_fix,
-    color_fix,
+    apply_color_fix,
     wavelet_color_fix,
     wavelet_decompose,
 )
@@ -91,12 +91,12 @@ def test_wavelet_low_frequency_follows_reference() -> None:
 def test_color_fix_dispatch() -> None:
     output, reference = _smooth(8), _smooth(9, size=16)
     assert set(COLOR_FIXES) == {"none", "adain", "wavelet"}
-    assert color_fix(output, reference, "none") is output
+    assert apply_color_fix(output, reference, "none") is output
     torch.testing.assert_close(
-        color_fix(output, reference, "adain"), adain_color_fix(output, reference)
+        apply_color_fix(output, reference, "adain"), adain_color_fix(output, reference)
     )
     torch.testing.assert_close(
-        color_fix(output, reference, "wavelet"), wavelet_color_fix(output, reference)
+        apply_color_fix(output, reference, "wavelet"), wavelet_color_fix(output, reference)
     )
     with pytest.raises(ValueError):
-        color_fix(output, reference, "histogram")  # type: ignore[arg-type]
+        apply_color_fix(output, reference, "histogram")  # type: ignore[arg-type]
