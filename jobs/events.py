@@ -100,7 +100,7 @@ class Event:
 
 
 class EventLog:
-    """Appends to and reads job event logs (the appending side belongs to `jobs.record.Jobs`)."""
+    """Appends to and reads job event logs (the appending side belongs to `jobs.lifecycle.Jobs`)."""
 
     def __init__(self, connection: Redis, ttl: int):
         self.connection = connection

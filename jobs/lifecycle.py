@@ -226,7 +226,7 @@ class Jobs:
         return bool(self._update_if_active(keys=[job_key(job_id)], args=args))
 
     def write(self, job_id: str, fields: dict[str, object]) -> None:
-        """Write fields whatever the job's status (a stage's own outcome after a cancel)."""
+        """Write fields whatever the job's status (a repair by hand; never a state change)."""
         if self.connection.exists(job_key(job_id)):
             mapping = {key: "" if value is None else str(value) for key, value in fields.items()}
             self.connection.hset(job_key(job_id), mapping=mapping)
