@@ -10,7 +10,7 @@ from redis import Redis
 from redis.asyncio import Redis as AsyncRedis
 
 from jobs.connection import connect, connect_async
-from jobs.record import Jobs
+from jobs.lifecycle import Jobs
 from jobs.settings import Settings, get_settings
 from jobs.store import JOB_ID, Store, open_store
 
@@ -39,15 +39,18 @@ async def get_async_redis(request: Request, settings: SettingsDep) -> AsyncRedis
 AsyncRedisDep = Annotated[AsyncRedis, Depends(get_async_redis)]
 
 
-def get_jobs(connection: RedisDep, settings: SettingsDep) -> Jobs:
-    return Jobs(connection, settings.result_ttl)
-
-
 def get_store(request: Request, settings: SettingsDep) -> Store:
     state = request.app.state
     if getattr(state, "store", None) is None:
         state.store = open_store(settings)
     return state.store
+
+
+def get_jobs(request: Request, connection: RedisDep, settings: SettingsDep) -> Jobs:
+    """Job control; a cancel's end writes job.json to the result store."""
+    return Jobs(
+        connection, settings.result_ttl, settings=settings, store=get_store(request, settings)
+    )
 
 
 def unknown_job(job_id: str) -> HTTPException:

@@ -9,6 +9,11 @@ from fastapi import UploadFile
 from pydantic import AfterValidator, AnyHttpUrl, BaseModel, ConfigDict, Field, model_validator
 
 from cascade.stages import DEFAULT_FIDELITY, ColorFix, LowBand, SamplerName
+from jobs.view import JobView, Links, StageView, StageWeights
+
+# The job's view is job control's own model (`jobs.view`), the same for the API, events and
+# webhooks.
+__all__ = ["JobView", "Links", "StageView", "StageWeights"]
 
 MAX_SEED = 2**63 - 1  # stage seeds are taken modulo 2**63 (cascade.pipeline.stage_seed)
 
@@ -101,14 +106,6 @@ class UpscaleForm(BaseModel):
         return self
 
 
-class Links(BaseModel):
-    self: str
-    result: str
-    stages: dict[str, str]
-    cancel: str
-    events: str = Field(description="Server-Sent Events: the job's event log, live")
-
-
 class JobAccepted(BaseModel):
     """A queued job: poll `links.self`, fetch `links.result` when it has succeeded."""
 
@@ -124,57 +121,6 @@ class JobAccepted(BaseModel):
     replayed: bool = Field(
         False, description="true: an earlier request with this Idempotency-Key made this job"
     )
-
-
-class StageWeights(BaseModel):
-    """A stage's weights as the worker that ran it loaded them."""
-
-    file: str = Field(description="the checkpoint's file name")
-    sha256: str = Field(description="the checkpoint file's SHA-256, hex")
-
-
-class StageView(BaseModel):
-    name: str
-    status: Literal["pending", "queued", "running", "succeeded", "failed", "canceled"]
-    step: int
-    steps: int
-    sampler: str
-    height: int
-    width: int
-    started_at: str | None
-    ended_at: str | None
-    seconds: float | None
-    attempts: int
-    model: str | None
-    weights: StageWeights | None = Field(None, description="None: random weights, or not run yet")
-    worker: str | None
-    host: str | None = Field(None, description="the host of the worker that ran the stage")
-    random_weights: bool | None
-    error: str | None
-    preview: str | None
-
-
-class JobView(BaseModel):
-    """A job: the union of its stage jobs."""
-
-    id: str
-    kind: Literal["generation", "upscale"]
-    status: Literal["queued", "running", "succeeded", "failed", "canceled"]
-    stage: str | None
-    progress: float = Field(description="0..1, each stage weighted by output pixels x steps")
-    eta_seconds: float | None
-    error: str | None
-    seed: int
-    request: dict[str, object]
-    output: dict[str, int]
-    created_at: str | None
-    started_at: str | None
-    ended_at: str | None
-    random_weights: bool
-    warning: str | None
-    stages: list[StageView]
-    result: str | None
-    links: Links
 
 
 class JobList(BaseModel):

@@ -20,11 +20,12 @@ from jobs.catalog import announced
 from jobs.estimate import quote_stages
 from jobs.health import check_served
 from jobs.idempotency import IdempotencyConflict, bind
+from jobs.lifecycle import Jobs
 from jobs.listing import index_job
 from jobs.plan import PlannedStage, plan_generation, plan_upscale, planned_class
 from jobs.queues import enqueue_stage, stage_job_exists
 from jobs.quotas import QuotaExceeded, check_active, check_cost, check_queue, track
-from jobs.record import JobRecord, Jobs, NewJob
+from jobs.record import JobRecord, NewJob
 from jobs.settings import Settings
 from jobs.store import space_shortfall
 from jobs.view import RANDOM_WEIGHTS_WARNING, links
@@ -55,7 +56,7 @@ def generation_job(
         sampler=body.sampler,
         steps=body.steps,
         guidance=body.guidance,
-        color=body.color_fix,
+        color_fix=body.color_fix,
     )
     request = body.model_dump(mode="json", exclude_none=True, exclude={"dry_run"})
     request.update(class_id=class_id, class_name=class_names()[class_id], seed=seed)
@@ -81,7 +82,7 @@ def upscale_job(form: UpscaleForm, pixels: np.ndarray, settings: Settings) -> Ne
         target=form.target_size,
         sampler=form.sampler,
         steps=form.steps,
-        color=form.color_fix,
+        color_fix=form.color_fix,
         fidelity=form.fidelity,
         low_band=form.low_band,
     )

@@ -98,7 +98,7 @@ def _reference_stage(model: Model, name: str, steps: int) -> Stage:
     """The reference algorithm on `model`: ancestral over `steps`, the full sample as is, no
     colour fix, NCHW (the stage is never `optimize`d); run it inside `reference_forward()`."""
     model.network.to(memory_format=torch.contiguous_format)
-    run = StageRun("ancestral", steps, color="none", fidelity=0.0, low_band="sample")
+    run = StageRun("ancestral", steps, color_fix="none", fidelity=0.0, low_band="sample")
     return Stage(name, model, run)
 
 

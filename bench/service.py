@@ -239,7 +239,7 @@ def overhead(
 
     def direct(seed: int, counts: tuple[int, int]) -> tuple[float, bytes]:
         runs = {
-            name: StageRun(SAMPLER, count, color="wavelet")
+            name: StageRun(SAMPLER, count, color_fix="wavelet")
             for name, count in zip(("base64", "sr256"), counts, strict=True)
         }
         started = time.perf_counter()

@@ -65,7 +65,7 @@ def _sample(args: argparse.Namespace) -> None:
             sampler=args.sampler or stage.defaults.sampler,
             steps=args.steps or stage.defaults.steps,
             guidance=args.guidance,
-            color=args.color_fix,
+            color_fix=args.color_fix,
             fidelity=args.fidelity,
             low_band=args.low_band,
         )

@@ -67,12 +67,12 @@ def wavelet_color_fix(output: Tensor, reference: Tensor) -> Tensor:
     return high + low
 
 
-def color_fix(output: Tensor, reference: Tensor, method: ColorFix) -> Tensor:
+def apply_color_fix(output: Tensor, reference: Tensor, color_fix: ColorFix) -> Tensor:
     """Dispatch to the named colour fix ("none" returns `output` unchanged)."""
-    if method == "none":
+    if color_fix == "none":
         return output
-    if method == "adain":
+    if color_fix == "adain":
         return adain_color_fix(output, reference)
-    if method == "wavelet":
+    if color_fix == "wavelet":
         return wavelet_color_fix(output, reference)
-    raise ValueError(f"unknown colour fix {method!r}; expected one of {sorted(COLOR_FIXES)}")
+    raise ValueError(f"unknown colour fix {color_fix!r}; expected one of {sorted(COLOR_FIXES)}")

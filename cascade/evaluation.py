@@ -28,7 +28,7 @@ from PIL import Image
 from torch import Tensor
 
 from cascade.checkpoints import load
-from cascade.color import color_fix
+from cascade.color import apply_color_fix
 from cascade.datasets import center_crop, find_images, read_image, to_float
 from cascade.degradations import DEGRADATIONS, upsample_condition
 from cascade.images import save_png
@@ -112,7 +112,7 @@ def evaluate_image(
     name: str,
     seed: int,
     run: StageRun,
-    color: ColorFix = "none",
+    color_fix: ColorFix = "none",
     degradation: str = "bicubic",
     degradation_seed: int = 0,
 ) -> ImageResult:
@@ -129,7 +129,7 @@ def evaluate_image(
     faithful = dataclasses.replace(run, fidelity=1.0)
     for method, method_run in (("model", run), ("fidelity1", faithful)):
         output = stage.run(seeds=[seed], low_res=low_res, run=method_run)
-        output = color_fix(output.float().cpu(), low_res, color).clamp(-1, 1)
+        output = apply_color_fix(output.float().cpu(), low_res, color_fix).clamp(-1, 1)
         if output.shape != target.shape:
             raise ValueError(
                 f"{name}: model output {tuple(output.shape)}, target {tuple(target.shape)}"
@@ -307,14 +307,16 @@ def main(args: argparse.Namespace) -> None:
             low_band=getattr(args, "low_band", None),
         )
     )
-    color = getattr(args, "color_fix", "none")
+    color_fix = getattr(args, "color_fix", "none")
     degradation = getattr(args, "degradation", "bicubic")
     results = []
     for index, (image, name) in enumerate(
         tqdm(list(zip(images, names, strict=True)), desc="eval", unit="image")
     ):
         results.append(
-            evaluate_image(stage, image, name, args.seed + index, run, color, degradation, index)
+            evaluate_image(
+                stage, image, name, args.seed + index, run, color_fix, degradation, index
+            )
         )
     report = {
         "stage": args.stage,
@@ -323,7 +325,7 @@ def main(args: argparse.Namespace) -> None:
         "steps": run.steps,
         "fidelity": run.fidelity,
         "low_band": run.low_band,
-        "color_fix": color,
+        "color_fix": color_fix,
         "degradation": degradation,
         "seed": args.seed,
         "size": size,

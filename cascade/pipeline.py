@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from cascade.checkpoints import Model, load
-from cascade.color import color_fix
+from cascade.color import apply_color_fix
 from cascade.degradations import noise_augment
 from cascade.denoiser import Denoiser
 from cascade.samplers import Callback, generators, randn_like, sample_with_fidelity
@@ -103,7 +103,7 @@ class Stage:
         Equal results sample identically, which is what cross-request batching compares."""
         run = run or self.defaults
         if self.model.spec.task == "generate":
-            return dataclasses.replace(run, color="none", fidelity=None, low_band=None)
+            return dataclasses.replace(run, color_fix="none", fidelity=None, low_band=None)
         return dataclasses.replace(
             run,
             guidance=1.0,
@@ -245,7 +245,7 @@ class Stage:
             return x.float().clamp(-1, 1)
         x = denoiser.to_image(x.float(), cond["low_res"].float()).clamp(-1, 1)
         x = x[..., : crop[0] * spec.scale, : crop[1] * spec.scale]
-        return color_fix(x, low_res[..., : crop[0], : crop[1]], run.color)
+        return apply_color_fix(x, low_res[..., : crop[0], : crop[1]], run.color_fix)
 
     def _class_tensor(self, class_ids: Sequence[int], batch: int) -> Tensor:
         if len(class_ids) != batch:

@@ -267,20 +267,20 @@ def sample(
     model: Denoiser,
     x: Tensor,
     schedule: Schedule,
-    settings: StageRun,
+    run: StageRun,
     *,
     cond: Cond,
     generator: NoiseSource,
     callback: Callback | None = None,
 ) -> Tensor:
-    """Run `settings.sampler` over `schedule` respaced to `settings.steps`."""
-    if settings.steps > len(schedule):
+    """Run `run.sampler` over `schedule` respaced to `run.steps`."""
+    if run.steps > len(schedule):
         raise ValueError(
-            f"steps must be <= {len(schedule)} (the trained schedule), got {settings.steps}"
+            f"steps must be <= {len(schedule)} (the trained schedule), got {run.steps}"
         )
-    spaced = schedule if settings.steps == len(schedule) else schedule.respace(settings.steps)
-    extra = {"eta": settings.eta} if settings.sampler == "ddim" else {}
-    return SAMPLERS[settings.sampler](
+    spaced = schedule if run.steps == len(schedule) else schedule.respace(run.steps)
+    extra = {"eta": run.eta} if run.sampler == "ddim" else {}
+    return SAMPLERS[run.sampler](
         model, x, spaced, cond=cond, generator=generator, callback=callback, **extra
     )
 
@@ -289,7 +289,7 @@ def sample_with_fidelity(
     model: Denoiser,
     x: Tensor,
     schedule: Schedule,
-    settings: StageRun,
+    run: StageRun,
     fidelity: float,
     *,
     cond: Cond,
@@ -303,7 +303,7 @@ def sample_with_fidelity(
     output for every seed (for an L2-trained model, the MMSE estimate: the highest PSNR).
     fidelity 0: the full generative sample from pure noise. In between: that estimate is noised
     to the trained step (1 - fidelity)(T - 1) with the item's own noise and sampled from there
-    with `settings` (steps capped at the truncated length). Lower fidelity restarts from more
+    with `run` (steps capped at the truncated length). Lower fidelity restarts from more
     noise, so more of the output is generated: detail rises and PSNR falls, monotonically.
 
     `band_scale` (an upscale's factor s): the sample keeps only its frequencies above the
@@ -314,9 +314,7 @@ def sample_with_fidelity(
     if not 0.0 <= fidelity <= 1.0:
         raise ValueError(f"fidelity must lie in [0, 1], got {fidelity}")
     if fidelity == 0.0 and band_scale is None:
-        return sample(
-            model, x, schedule, settings, cond=cond, generator=generator, callback=callback
-        )
+        return sample(model, x, schedule, run, cond=cond, generator=generator, callback=callback)
     # The same fixed x_T for every item (and every seed), so the result is batch-independent.
     x_top = randn_like(x, generators([0] * x.shape[0], x.device))
     mean = denoise_once(model, x_top, schedule, cond=cond)
@@ -329,6 +327,6 @@ def sample_with_fidelity(
         schedule = Schedule(schedule.alphas_cumprod[: start + 1], schedule.timesteps[: start + 1])
         acp = float(schedule.alphas_cumprod[-1])
         x = acp**0.5 * mean + (1 - acp) ** 0.5 * randn_like(x, generator)
-        settings = dataclasses.replace(settings, steps=min(settings.steps, len(schedule)))
-    out = sample(model, x, schedule, settings, cond=cond, generator=generator, callback=callback)
+        run = dataclasses.replace(run, steps=min(run.steps, len(schedule)))
+    out = sample(model, x, schedule, run, cond=cond, generator=generator, callback=callback)
     return out if band_scale is None else keep_low_band(mean, out, band_scale)

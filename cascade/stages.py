@@ -55,7 +55,7 @@ class StageRun:
     steps: int = 20
     eta: float = 0.0
     guidance: float = 1.0
-    color: ColorFix = "none"
+    color_fix: ColorFix = "none"
     fidelity: float | None = None
     low_band: LowBand | None = None
 
@@ -64,8 +64,8 @@ class StageRun:
             raise ValueError(f"unknown sampler {self.sampler!r}; choose one of {SAMPLER_NAMES}")
         if self.steps < 1:
             raise ValueError(f"steps must be >= 1, got {self.steps}")
-        if self.color not in COLOR_FIXES:
-            raise ValueError(f"unknown colour fix {self.color!r}; choose one of {COLOR_FIXES}")
+        if self.color_fix not in COLOR_FIXES:
+            raise ValueError(f"unknown colour fix {self.color_fix!r}; choose one of {COLOR_FIXES}")
         if self.fidelity is not None and not 0.0 <= self.fidelity <= 1.0:
             raise ValueError(f"fidelity must lie in [0, 1], got {self.fidelity}")
         if self.low_band is not None and self.low_band not in LOW_BANDS:

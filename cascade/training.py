@@ -51,7 +51,7 @@ log = logging.getLogger(__name__)
 STATE_FORMAT = 1
 GRAD_CLIP_NORM = 1.0
 # Sample grids: ancestral, the sampler least hurt by an early model's poor x0 at high noise.
-SAMPLE_SETTINGS = StageRun("ancestral", 50)
+SAMPLE_RUN = StageRun("ancestral", 50)
 GRID_IMAGES = 4  # SR grid rows
 GRID_CLASSES = 8  # base grid columns
 
@@ -382,7 +382,7 @@ class Trainer:
     def sample_grid(self, path: str | Path) -> Path:
         """A PNG of EMA samples. SR rows: bicubic input | model | ground truth; base: classes."""
         model = Model(self.spec, self.ema, f"EMA weights at training step {self.step}")
-        stage = Stage(self.config.stage, model, SAMPLE_SETTINGS, precision=self.config.precision)
+        stage = Stage(self.config.stage, model, SAMPLE_RUN, precision=self.config.precision)
         devices = [self.device] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):  # sampling never shifts the training RNG
             if self.spec.task == "upscale":

@@ -1,7 +1,7 @@
 """The job's event log: one Redis stream per job (`cascade:job:{id}:events`), the story that
 polling, Server-Sent Events and webhooks all tell.
 
-Job control (`jobs.record.Jobs`) appends an event at every state change: `queued` when the API
+Job control (`jobs.lifecycle.Jobs`) appends an event at every state change: `queued` when the API
 accepts the job, `stage_started`, `progress` (at most every `PROGRESS_INTERVAL` seconds per
 stage, and always on a stage's first and last step), `stage_finished` with the stage's preview,
 `stage_retrying` when a crashed stage is queued again, and exactly one terminal event,
@@ -24,6 +24,8 @@ from typing import Literal, get_args
 from redis import Redis
 from redis.asyncio import Redis as AsyncRedis
 
+from jobs.status import TERMINAL, lua_ended
+
 EventType = Literal[
     "queued",
     "stage_started",
@@ -35,7 +37,7 @@ EventType = Literal[
     "canceled",
 ]
 EVENT_TYPES: tuple[str, ...] = get_args(EventType)
-TERMINAL_EVENTS: tuple[str, ...] = ("succeeded", "failed", "canceled")
+TERMINAL_EVENTS: tuple[str, ...] = tuple(status.value for status in TERMINAL)
 PROGRESS_INTERVAL = 0.5  # seconds between a stage's progress events (its last step always goes)
 MAX_EVENTS = 5000  # a guard, never reached by throttled progress: the stream is trimmed beyond it
 EVENT_ID = re.compile(r"([0-9]{1,20})-([0-9]{1,20})")  # ASCII digits: Redis reads no others
@@ -43,10 +45,10 @@ MAX_ID_PART = 2**64 - 1  # each part of a stream id is an unsigned 64-bit intege
 
 # KEYS: the job's record, its stream. ARGV: ttl, max length, type, data, whether to append only
 # while the record says the job is active ("1") or whatever it says ("0").
-_APPEND = """
+_APPEND = f"""
 if ARGV[5] == '1' then
   local status = redis.call('HGET', KEYS[1], 'status')
-  if (not status) or status == 'succeeded' or status == 'failed' or status == 'canceled' then
+  if {lua_ended("status")} then
     return false
   end
 end
@@ -98,7 +100,7 @@ class Event:
 
 
 class EventLog:
-    """Appends to and reads job event logs (the appending side belongs to `jobs.record.Jobs`)."""
+    """Appends to and reads job event logs (the appending side belongs to `jobs.lifecycle.Jobs`)."""
 
     def __init__(self, connection: Redis, ttl: int):
         self.connection = connection

@@ -12,7 +12,9 @@ from collections.abc import Iterator
 
 from redis import Redis
 
-from jobs.record import JobRecord, Jobs, JobStatus
+from jobs.lifecycle import Jobs
+from jobs.record import JobRecord
+from jobs.status import JobStatus
 
 MAX_LIMIT = 100  # jobs per page: each is a record read and a view built
 DEFAULT_LIMIT = 20

@@ -81,6 +81,8 @@ class PlannedStage:
     @classmethod
     def from_dict(cls, data: dict[str, object]) -> PlannedStage:
         run = {key: data[key] for key in RUN_FIELDS if key in data}
+        if "color" in data:  # a record written before the field was named color_fix
+            run.setdefault("color_fix", data["color"])
         return cls(str(data["name"]), int(data["height"]), int(data["width"]), StageRun(**run))
 
 
@@ -115,7 +117,7 @@ def plan_stages(
     sampler: SamplerName | None,
     steps: int | None,
     guidance: float = 1.0,
-    color: ColorFix = "none",
+    color_fix: ColorFix = "none",
     fidelity: float | None = None,
     low_band: LowBand | None = None,
 ) -> list[PlannedStage]:
@@ -134,7 +136,7 @@ def plan_stages(
                 sampler or settings.sampler_for(name),
                 steps or settings.steps_for(name),
                 guidance=guidance,
-                color=color,
+                color_fix=color_fix,
                 fidelity=fidelity,
                 low_band=low_band,
             ),
@@ -169,7 +171,7 @@ def plan_generation(
     sampler: SamplerName | None = None,
     steps: int | None = None,
     guidance: float = 1.0,
-    color: ColorFix = "none",
+    color_fix: ColorFix = "none",
 ) -> Plan:
     """A generation at `size` pixels: the base, then the upscalers up to that size."""
     try:
@@ -177,7 +179,7 @@ def plan_generation(
     except ValueError as error:
         raise PlanError(str(error)) from None
     stages = plan_stages(
-        settings, names, None, sampler=sampler, steps=steps, guidance=guidance, color=color
+        settings, names, None, sampler=sampler, steps=steps, guidance=guidance, color_fix=color_fix
     )
     return Plan(stages, (size, size))
 
@@ -191,7 +193,7 @@ def plan_upscale(
     target: int | None = None,
     sampler: SamplerName | None = None,
     steps: int | None = None,
-    color: ColorFix = "none",
+    color_fix: ColorFix = "none",
     fidelity: float | None = None,
     low_band: LowBand | None = None,
 ) -> Plan:
@@ -214,7 +216,7 @@ def plan_upscale(
         (height, width),
         sampler=sampler,
         steps=steps,
-        color=color,
+        color_fix=color_fix,
         fidelity=fidelity,
         low_band=low_band,
     )

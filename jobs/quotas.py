@@ -12,12 +12,11 @@ from limits.storage import RedisStorage
 from limits.strategies import MovingWindowRateLimiter
 from redis import Redis
 
+from jobs.lifecycle import Jobs
 from jobs.plan import PlannedStage
 from jobs.queues import stage_queue
-from jobs.record import Jobs
 from jobs.settings import Settings
-
-TERMINAL = ("succeeded", "failed", "canceled")
+from jobs.status import TERMINAL
 
 
 class QuotaExceeded(Exception):

@@ -1,7 +1,8 @@
 """What a client sees of a job: status, per-stage progress and timings, progress and ETA, links.
 
-Shared by `GET /v1/jobs/{id}` and the job's terminal event (`jobs.events`), which webhooks post,
-so all of them say the same thing.
+One typed model (`JobView`), shared by `GET /v1/jobs/{id}` (its response model), the events
+workers log (`jobs.lifecycle`) and the job's terminal event, which webhooks post and job.json
+keeps, so all of them say the same thing.
 Links are paths relative to the API's root.
 """
 
@@ -10,16 +11,81 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import Literal
 from urllib.parse import urlsplit, urlunsplit
 
-if TYPE_CHECKING:  # for annotations only: jobs.record logs this view when a job ends
-    from jobs.record import JobRecord
+from pydantic import BaseModel, Field
+
+from jobs.record import JobRecord
+from jobs.status import JobStatus, StageStatus
 
 RANDOM_WEIGHTS_WARNING = (
     "RANDOM weights in stage(s) {stages}: images are noise-like, not meaningful pictures "
     "(set trained weights with CASCADE_WEIGHTS_<STAGE>)"
 )
+# How much of a stage's work counts as done, by its status; a running stage's share is its
+# steps so far, and so is that of a stage a cancel or failure stopped (the view's progress
+# never goes backwards when a job ends).
+_STOPPED = (StageStatus.RUNNING, StageStatus.CANCELED, StageStatus.FAILED)
+
+
+class Links(BaseModel):
+    self: str
+    result: str
+    stages: dict[str, str]
+    cancel: str
+    events: str = Field(description="Server-Sent Events: the job's event log, live")
+
+
+class StageWeights(BaseModel):
+    """A stage's weights as the worker that ran it loaded them."""
+
+    file: str = Field(description="the checkpoint's file name")
+    sha256: str = Field(description="the checkpoint file's SHA-256, hex")
+
+
+class StageView(BaseModel):
+    name: str
+    status: StageStatus
+    step: int
+    steps: int
+    sampler: str
+    height: int
+    width: int
+    started_at: str | None
+    ended_at: str | None
+    seconds: float | None
+    attempts: int
+    model: str | None
+    weights: StageWeights | None = Field(None, description="None: random weights, or not run yet")
+    worker: str | None
+    host: str | None = Field(None, description="the host of the worker that ran the stage")
+    random_weights: bool | None
+    error: str | None
+    preview: str | None
+
+
+class JobView(BaseModel):
+    """A job: the union of its stage jobs."""
+
+    id: str
+    kind: Literal["generation", "upscale"]
+    status: JobStatus
+    stage: str | None
+    progress: float = Field(description="0..1, each stage weighted by output pixels x steps")
+    eta_seconds: float | None
+    error: str | None
+    seed: int
+    request: dict[str, object]
+    output: dict[str, int]
+    created_at: str | None
+    started_at: str | None
+    ended_at: str | None
+    random_weights: bool
+    warning: str | None
+    stages: list[StageView]
+    result: str | None
+    links: Links
 
 
 def links(job_id: str, stages: list[str]) -> dict[str, object]:
@@ -34,19 +100,27 @@ def links(job_id: str, stages: list[str]) -> dict[str, object]:
 
 
 def describe(record: JobRecord, now: float | None = None) -> dict[str, object]:
+    """The public view of a job record as JSON (events, webhooks, job.json)."""
+    return job_view(record, now).model_dump(mode="json")
+
+
+def job_view(record: JobRecord, now: float | None = None) -> JobView:
     """The public view of a job record."""
     now = time.time() if now is None else now
     plan = record.plan
     stages = []
     done = 0.0
     for planned in plan:
-        status = record.stage(planned.name, "status", "pending")
+        status = record.stage(planned.name, "status", StageStatus.PENDING)
         step = int(record.stage(planned.name, "step") or 0)
         # The sampler's own count once it runs (an upscale's fidelity can shorten it).
         steps = int(record.stage(planned.name, "total") or planned.run.steps)
         started = _float(record.stage(planned.name, "started_at"))
         ended = _float(record.stage(planned.name, "ended_at"))
-        fraction = {"succeeded": 1.0, "running": min(step / steps, 1.0)}.get(status, 0.0)
+        if status == StageStatus.SUCCEEDED:
+            fraction = 1.0
+        else:
+            fraction = min(step / steps, 1.0) if status in _STOPPED else 0.0
         done += planned.cost * fraction
         random_weights = record.stage(planned.name, "random_weights")
         stages.append(
@@ -60,7 +134,7 @@ def describe(record: JobRecord, now: float | None = None) -> dict[str, object]:
                 "width": planned.width,
                 "started_at": _iso(started),
                 "ended_at": _iso(ended),
-                "seconds": _seconds(started, ended if status != "running" else now),
+                "seconds": _seconds(started, ended if status != StageStatus.RUNNING else now),
                 "attempts": int(record.stage(planned.name, "attempts") or 0),
                 "model": record.stage(planned.name, "model") or None,
                 "weights": _weights(record, planned.name),
@@ -69,15 +143,15 @@ def describe(record: JobRecord, now: float | None = None) -> dict[str, object]:
                 "random_weights": None if random_weights is None else random_weights == "1",
                 "error": record.stage(planned.name, "error") or None,
                 "preview": f"/v1/jobs/{record.id}/stages/{planned.name}"
-                if status == "succeeded"
+                if status == StageStatus.SUCCEEDED
                 else None,
             }
         )
     total = sum(stage.cost for stage in plan)
-    progress = 1.0 if record.status == "succeeded" else done / total
+    progress = 1.0 if record.status == JobStatus.SUCCEEDED else done / total
     random_stages = [stage["name"] for stage in stages if stage["random_weights"]]
     height, width = record.output
-    return {
+    view = {
         "id": record.id,
         "kind": record.kind,
         "status": record.status,
@@ -96,9 +170,10 @@ def describe(record: JobRecord, now: float | None = None) -> dict[str, object]:
         if random_stages
         else None,
         "stages": stages,
-        "result": f"/v1/jobs/{record.id}/result" if record.status == "succeeded" else None,
+        "result": f"/v1/jobs/{record.id}/result" if record.status == JobStatus.SUCCEEDED else None,
         "links": links(record.id, [stage.name for stage in plan]),
     }
+    return JobView.model_validate(view)
 
 
 def _weights(record: JobRecord, stage: str) -> dict[str, str] | None:
@@ -126,7 +201,7 @@ def _eta(record: JobRecord, progress: float, now: float) -> float | None:
     """Remaining seconds at the rate seen so far (cost-weighted), once there is a rate."""
     started = record.time("started_at")
     if record.ended or started is None or progress <= 0:
-        return 0.0 if record.status == "succeeded" else None
+        return 0.0 if record.status == JobStatus.SUCCEEDED else None
     elapsed = now - started
     return round(elapsed * (1 - progress) / progress, 1)
 
@@ -162,8 +237,12 @@ def mark_orphaned(
     its last step; `serving(stage)` counts the live workers that could retry it, and only when
     there is one does the view say that another worker will."""
     for stage in view["stages"]:  # type: ignore[union-attr]
-        if stage["status"] == "running" and stage["worker"] and not alive(stage["worker"]):
+        if (
+            stage["status"] == StageStatus.RUNNING
+            and stage["worker"]
+            and not alive(stage["worker"])
+        ):
             others = serving(stage["name"]) > 0
-            stage["status"] = "queued"
+            stage["status"] = StageStatus.QUEUED.value
             stage["error"] = ORPHANED if others else ORPHANED_ALONE.format(stage=stage["name"])
     return view

@@ -70,7 +70,7 @@ class Member:
     low_res: Tensor | None
 
     @property
-    def id(self) -> str:
+    def job_id(self) -> str:
         return self.record.id
 
 
@@ -86,12 +86,12 @@ def claim(
     worker: BaseWorker, queue: Queue, lead: Job, runtime: Runtime, limit: int
 ) -> list[tuple[Job, Execution]]:
     """Claim up to `limit - 1` jobs waiting in `queue` that can run with `lead` (module doc)."""
-    job_id, stage = lead.args
+    job_id, name = lead.args
     record = runtime.jobs.get(job_id)
     if limit <= 1 or record is None:
         return []
-    model = runtime.stage(stage)
-    wanted = batch_key(record, model)
+    stage = runtime.stage(name)
+    wanted = batch_key(record, stage)
     if wanted is None:
         return []
     for _ in range(CLAIM_ATTEMPTS):
@@ -99,23 +99,23 @@ def claim(
             try:
                 pipeline.watch(queue.key)  # a push or another worker's pop aborts the claim
                 waiting = pipeline.lrange(queue.key, 0, limit * LOOK_AHEAD - 1)
-                members = _compatible(waiting, wanted, limit - 1, runtime, model, queue)
-                if not members:
+                stage_jobs = _compatible(waiting, wanted, limit - 1, runtime, stage, queue)
+                if not stage_jobs:
                     return []
                 pipeline.multi()
                 ttl = worker.get_heartbeat_ttl(lead)
                 executions = []
-                for member in members:
-                    pipeline.lrem(queue.key, 1, member.id)
-                    executions.append(Execution.create(member, ttl, pipeline, worker.name))
-                    member.prepare_for_execution(worker.name, pipeline)
+                for stage_job in stage_jobs:
+                    pipeline.lrem(queue.key, 1, stage_job.id)
+                    executions.append(Execution.create(stage_job, ttl, pipeline, worker.name))
+                    stage_job.prepare_for_execution(worker.name, pipeline)
                 pipeline.execute()
             except WatchError:
                 continue
         for execution in executions:
             worker.executions[execution.id] = execution
-        log.info("job %s: stage %s batched with %d waiting job(s)", job_id, stage, len(members))
-        return list(zip(members, executions, strict=True))
+        log.info("job %s: stage %s batched with %d waiting job(s)", job_id, name, len(stage_jobs))
+        return list(zip(stage_jobs, executions, strict=True))
     return []
 
 
@@ -124,10 +124,10 @@ def _compatible(
     wanted: BatchKey,
     count: int,
     runtime: Runtime,
-    model: Stage,
+    stage: Stage,
     queue: Queue,
 ) -> list[Job]:
-    """Up to `count` queued jobs among `rq_ids` that run `model`'s stage with `wanted`."""
+    """Up to `count` queued jobs among `rq_ids` that run `stage` with `wanted`."""
     found: list[Job] = []
     ids = [_text(rq_id) for rq_id in rq_ids]
     for job in Job.fetch_many(ids, queue.connection, serializer=JSONSerializer):
@@ -135,28 +135,28 @@ def _compatible(
             break
         if job is None or job.func_name != RUN_STAGE:
             continue
-        if job.get_status(refresh=False) != JobStatus.QUEUED or job.args[1] != model.name:
+        if job.get_status(refresh=False) != JobStatus.QUEUED or job.args[1] != stage.name:
             continue
         record = runtime.jobs.get(job.args[0])
-        if record is not None and not record.ended and batch_key(record, model) == wanted:
+        if record is not None and not record.ended and batch_key(record, stage) == wanted:
             found.append(job)
     return found
 
 
-def sample(runtime: Runtime, model: Stage, members: list[Member]) -> Tensor:
+def sample(runtime: Runtime, stage: Stage, members: list[Member]) -> Tensor:
     """One `Stage.run` call for every member, checking for cancels after every sampler step."""
-    key = batch_key(members[0].record, model)
+    key = batch_key(members[0].record, stage)
     assert key is not None
-    job_ids = [member.id for member in members]
+    job_ids = [member.job_id for member in members]
     classes = [member.record.request.get("class_id") for member in members]
     known = all(item is not None for item in classes)  # Stage.run uses them if its model does
     lows = [member.low_res for member in members]
 
     def check(step: int, total: int, x0: Tensor) -> None:
-        if ended := runtime.jobs.progress(job_ids, model.name, step, total):
+        if ended := runtime.jobs.progress(job_ids, stage.name, step, total):
             raise JobsCanceled(ended)
 
-    images = model.run(
+    images = stage.run(
         seeds=[member.record.seed for member in members],
         class_ids=[int(item) for item in classes] if known else None,  # type: ignore[arg-type]
         low_res=None if lows[0] is None else torch.cat(lows),  # type: ignore[arg-type]
@@ -167,17 +167,17 @@ def sample(runtime: Runtime, model: Stage, members: list[Member]) -> Tensor:
 
 
 def sample_each(
-    runtime: Runtime, model: Stage, members: list[Member]
+    runtime: Runtime, stage: Stage, members: list[Member]
 ) -> dict[str, Tensor | Exception]:
     """Each member's image ([1, 3, H, W]), or the exception that ended it, sampled together
     where possible (cancels and failures as the module doc says)."""
     results: dict[str, Tensor | Exception] = {}
     while members:
         try:
-            images = sample(runtime, model, members)
+            images = sample(runtime, stage, members)
         except JobsCanceled as canceled:
             results.update({job_id: canceled for job_id in canceled.job_ids})
-            members = [member for member in members if member.id not in canceled.job_ids]
+            members = [member for member in members if member.job_id not in canceled.job_ids]
             continue
         except JobTimeoutException:
             raise  # RQ's timeout for the whole batch: the lead fails, the rest run alone
@@ -187,10 +187,10 @@ def sample_each(
             else:
                 log.warning("a batch of %d failed (%s); one job at a time", len(members), error)
                 for member in members:
-                    results.update(sample_each(runtime, model, [member]))
+                    results.update(sample_each(runtime, stage, [member]))
             break
         for index, member in enumerate(members):
-            results[member.id] = images[index : index + 1].clone()
+            results[member.job_id] = images[index : index + 1].clone()
         break
     return results
 

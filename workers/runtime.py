@@ -19,7 +19,7 @@ from cascade.pipeline import Stage, default_weights
 from cascade.stages import STAGES, StageRun
 from jobs.catalog import announce
 from jobs.connection import connect
-from jobs.record import Jobs
+from jobs.lifecycle import Jobs
 from jobs.settings import Settings, get_settings
 from jobs.store import Store, open_store
 
@@ -59,8 +59,16 @@ class Runtime:
     def __init__(self, settings: Settings, connection: object | None = None):
         self.settings = settings
         self.connection = connection if connection is not None else connect(settings)
-        self.jobs = Jobs(self.connection, settings.result_ttl)
         self.store: Store = open_store(settings)
+        # A job's end writes job.json (`Jobs.end`), which names the torch that made it.
+        self.about = {"torch": torch.__version__}
+        self.jobs = Jobs(
+            self.connection,
+            settings.result_ttl,
+            settings=settings,
+            store=self.store,
+            about=self.about,
+        )
         self.device = resolve_device(settings.device)
         self.weights = stage_weights(settings)
         self.stages: dict[str, Stage] = {}

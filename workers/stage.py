@@ -5,14 +5,13 @@ the input is the previous stage's stored float tensor, and a stage that already 
 hands on again. Seeds are per stage (`stage_seed`), so a rerun gives the same image, and so
 does a run batched with other jobs (`workers.batching`).
 
-Each run holds its stage's lease (`jobs.record`): one whose stage was taken over by a newer
+Each run holds its stage's lease (`jobs.lifecycle`): one whose stage was taken over by a newer
 attempt stops at its next sampler step and writes nothing, and one whose worker is stopping
 past its grace period hands the stage back (queued again at the front) instead of finishing.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -33,31 +32,18 @@ from cascade.checkpoints import CheckpointError
 from cascade.images import bytes_to_tensor, tensor_to_bytes, to_png
 from cascade.pipeline import Stage, StageError
 from cascade.samplers import SamplingCanceled
+from jobs.lifecycle import Jobs
 from jobs.queues import enqueue_stage
-from jobs.record import JobRecord, Jobs
+from jobs.record import JobRecord
 from jobs.settings import Settings, get_settings
 from jobs.stats import record_stage
-from jobs.store import RECORD, RESULT, DiskFull, object_name, stage_preview
-from jobs.view import describe
-from jobs.webhooks import enqueue_delivery
+from jobs.status import WAITING, JobStatus, StageStatus
+from jobs.store import RESULT, DiskFull, object_name, stage_preview
 from workers.batching import Member, sample_each
 from workers.runtime import Runtime, current
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-
-# Failures a retry can mend: the worker died, Redis or the store could not be reached, the GPU
-# was short of memory (a retry may run alone, outside a batch). Any other error happens again on
-# every run, so the job fails at once instead of re-running its sampling; so does a full result
-# disk (`DiskFull`, an OSError), which stays full until someone frees space.
-TRANSIENT: tuple[type[BaseException], ...] = (
-    AbandonedJobError,
-    RedisConnectionError,
-    RedisTimeoutError,
-    OSError,
-    torch.cuda.OutOfMemoryError,
-)
 
 
 # What a job is told when its stage's output holds NaN or infinity: saved, it would be a black
@@ -102,25 +88,26 @@ def run_stage(job_id: str, stage: str) -> Retry | None:
     return None
 
 
-def run_jobs(runtime: Runtime, job_ids: list[str], stage: str) -> dict[str, Exception | None]:
-    """Run `stage` of each job, sampling those that need it in one batch; each job's outcome:
-    None, or the exception RQ should see for it (so one job's error never ends another)."""
-    model = runtime.stage(stage)
-    rq_job = get_current_job()
-    worker = (rq_job.worker_name if rq_job else None) or "unknown"
+def run_jobs(runtime: Runtime, job_ids: list[str], name: str) -> dict[str, Exception | None]:
+    """Run stage `name` of each job, sampling those that need it in one batch; each job's
+    outcome: None, or the exception RQ should see for it (one job's error never ends another)."""
+    stage = runtime.stage(name)
+    stage_job = get_current_job()
+    worker = (stage_job.worker_name if stage_job else None) or "unknown"
     outcomes: dict[str, Exception | None] = {}
     members = []
     for job_id in job_ids:
-        member = _caught(start, runtime, job_id, model, worker)
+        member = _caught(start, runtime, job_id, stage, worker)
         if isinstance(member, Member):
             members.append(member)
         else:  # nothing to sample (None), or an error
             outcomes[job_id] = member
     started = time.monotonic()
-    results = sample_each(runtime, model, members) if members else {}
+    results = sample_each(runtime, stage, members) if members else {}
     for member in members:
-        result = results[member.id]
-        outcomes[member.id] = _caught(finish, runtime, member, model, result, started, len(members))
+        result = results[member.job_id]
+        outcome = _caught(finish, runtime, member, stage, result, started, len(members))
+        outcomes[member.job_id] = outcome
     return outcomes
 
 
@@ -135,40 +122,40 @@ def _caught(function: Callable[..., T], *args: object) -> T | Exception:
         return error
 
 
-def start(runtime: Runtime, job_id: str, model: Stage, worker: str) -> Member | None:
+def start(runtime: Runtime, job_id: str, stage: Stage, worker: str) -> Member | None:
     """Mark the job's stage running and load its input; None when there is nothing to sample
     (no record, a retry of a finished stage, a canceled job, a missing input)."""
-    jobs, stage = runtime.jobs, model.name
+    jobs, name = runtime.jobs, stage.name
     record = jobs.get(job_id)
     if record is None:
-        log.warning("job %s: no record (expired or deleted); stage %s skipped", job_id, stage)
+        log.warning("job %s: no record (expired or deleted); stage %s skipped", job_id, name)
         return None
-    if record.stage(stage, "status") == "succeeded":
-        log.info("job %s: stage %s already finished (a retry); handing on", job_id, stage)
-        hand_on(runtime, job_id, stage)
+    if record.stage(name, "status") == StageStatus.SUCCEEDED:
+        log.info("job %s: stage %s already finished (a retry); handing on", job_id, name)
+        hand_on(runtime, job_id, name)
         return None
-    attempt = jobs.stage_started(job_id, stage, runtime.describe(stage), worker)
+    attempt = jobs.stage_started(job_id, name, runtime.describe(name), worker)
     if not attempt:
         latest = jobs.get(job_id) or record
-        if latest.stage(stage, "status") == "succeeded":  # another attempt finished it meanwhile
-            hand_on(runtime, job_id, stage)
+        if latest.stage(name, "status") == StageStatus.SUCCEEDED:  # another attempt finished it
+            hand_on(runtime, job_id, name)
             return None
-        log.info("job %s has %s; stage %s not run", job_id, latest.status, stage)
-        jobs.stage_ended(job_id, stage, "canceled")
+        # Its end has ended the stage too (`Jobs.end`).
+        log.info("job %s has %s; stage %s not run", job_id, latest.status, name)
         return None
     log.info(
         "job %s%s: stage %s started (attempt %d, %s)%s",
         job_id,
         _request(record),
-        stage,
+        name,
         attempt,
-        model.model.id,
-        _tag(model),
+        stage.model.id,
+        _tag(stage),
     )
     try:
-        return Member(record, load_input(runtime, record, stage))
+        return Member(record, load_input(runtime, record, name))
     except InputMissing as error:
-        fail(runtime.connection, jobs, job_id, stage, str(error))
+        fail(runtime.connection, jobs, job_id, name, str(error))
         return None
 
 
@@ -191,7 +178,7 @@ def load_input(runtime: Runtime, record: JobRecord, stage: str) -> Tensor | None
 def finish(
     runtime: Runtime,
     member: Member,
-    model: Stage,
+    stage: Stage,
     result: Tensor | Exception,
     started: float,
     batch: int = 1,
@@ -199,27 +186,26 @@ def finish(
     """Store the sampled image and hand on, or end the stage as the error says: an error no
     retry can mend fails the job, any other is returned for RQ to retry. `batch` jobs were
     sampled with this one (they share the time recorded for a quote's per-step costs)."""
-    jobs, stage, job_id = runtime.jobs, model.name, member.id
-    if jobs.superseded(job_id, stage):  # its worker hung past the TTL; a newer attempt runs it
+    jobs, name, job_id = runtime.jobs, stage.name, member.job_id
+    if jobs.superseded(job_id, name):  # its worker hung past the TTL; a newer attempt runs it
         log.warning(
             "job %s%s: stage %s was taken over by a newer attempt; this one stops, writing nothing",
             job_id,
             _request(member.record),
-            stage,
+            name,
         )
         return None
-    if isinstance(result, SamplingCanceled):
+    if isinstance(result, SamplingCanceled):  # the job's end (`Jobs.end`) has ended the stage
         latest = jobs.get(job_id)
         if latest is not None and not latest.ended and jobs.handing_back:
-            return hand_back(runtime, member, stage)
-        jobs.stage_ended(job_id, stage, "canceled")
-        record_stage(runtime.connection, stage, time.monotonic() - started, "canceled")
+            return hand_back(runtime, member, name)
+        record_stage(runtime.connection, name, time.monotonic() - started, "canceled")
         log.info(
-            "job %s%s: stage %s canceled%s", job_id, _request(member.record), stage, _tag(model)
+            "job %s%s: stage %s canceled%s", job_id, _request(member.record), name, _tag(stage)
         )
         return None
     if isinstance(result, StageError):  # this request can never succeed
-        fail(runtime.connection, jobs, job_id, stage, str(result))
+        fail(runtime.connection, jobs, job_id, name, str(result))
         return None
     if isinstance(result, Exception):
         return result
@@ -228,36 +214,36 @@ def finish(
             "job %s%s: stage %s output holds NaN or infinity (weights %s, sha256 %s)%s",
             job_id,
             _request(member.record),
-            stage,
-            runtime.weights[stage],
-            model.model.sha256,
-            _tag(model),
+            name,
+            runtime.weights[name],
+            stage.model.sha256,
+            _tag(stage),
         )
-        fail(runtime.connection, jobs, job_id, stage, NON_FINITE.format(stage=stage))
+        fail(runtime.connection, jobs, job_id, name, NON_FINITE.format(stage=name))
         return None
-    if not save_outputs(runtime, member.record, stage, result):
+    if not save_outputs(runtime, member.record, name, result):
         return None  # a newer attempt took the stage over while this one saved
     seconds = time.monotonic() - started
-    work = next(planned.cost for planned in member.record.plan if planned.name == stage)
-    if not jobs.stage_ended(job_id, stage, "succeeded"):
+    work = next(planned.cost for planned in member.record.plan if planned.name == name)
+    if not jobs.stage_ended(job_id, name, StageStatus.SUCCEEDED):
         return None
-    record_stage(runtime.connection, stage, seconds, "succeeded", work, batch)
+    record_stage(runtime.connection, name, seconds, "succeeded", work, batch)
     log.info(
         "job %s%s: stage %s finished in %.2f s%s",
         job_id,
         _request(member.record),
-        stage,
+        name,
         seconds,
-        _tag(model),
+        _tag(stage),
     )
-    hand_on(runtime, job_id, stage)
+    hand_on(runtime, job_id, name)
     return None
 
 
 def hand_back(runtime: Runtime, member: Member, stage: str) -> HandedBack | None:
     """Queue the stage again for the next worker (this one is stopping), or nothing when a
     newer attempt holds it or the job ended."""
-    job_id = member.id
+    job_id = member.job_id
     if not runtime.jobs.stage_retrying(job_id, stage, HANDED_BACK_REASON):
         return None
     record_stage(runtime.connection, stage, 0.0, "retried")
@@ -270,8 +256,8 @@ def hand_back(runtime: Runtime, member: Member, stage: str) -> HandedBack | None
     return HandedBack(job_id)
 
 
-def _tag(model: Stage) -> str:
-    return " [RANDOM weights]" if model.model.random_weights else ""
+def _tag(stage: Stage) -> str:
+    return " [RANDOM weights]" if stage.model.random_weights else ""
 
 
 def save_outputs(runtime: Runtime, record: JobRecord, stage: str, image: Tensor) -> bool:
@@ -308,44 +294,14 @@ def hand_on(runtime: Runtime, job_id: str, stage: str) -> None:
     index = names.index(stage)
     if index + 1 < len(names):
         following = names[index + 1]
-        if record.stage(following, "status") not in ("pending", "queued"):
+        if record.stage(following, "status") not in WAITING:
             return
         if jobs.advance(job_id, following):
             enqueue_stage(runtime.connection, runtime.settings, job_id, following)
         else:
             log.info("job %s has %s; stage %s will not start", job_id, record.status, following)
         return
-    if jobs.finish(job_id, "succeeded"):
-        jobs.drop_tensors(job_id, ["input", *names])
-        finished = jobs.get(job_id)
-        if finished is not None:
-            save_record(runtime, finished)
-            announce_end(runtime.connection, runtime.settings, finished)
-
-
-def save_record(runtime: Runtime, record: JobRecord) -> None:
-    """job.json beside the PNGs: request, seed, plan, models, timings, enough to reproduce."""
-    view = describe(record)
-    # Each stage's weights by file name and SHA-256 and the host that ran it, from the record
-    # (stages may run on different hosts); never a host's folders.
-    view["weights"] = {
-        stage["name"]: {
-            **(stage["weights"] or {"file": None, "sha256": None}),
-            "host": stage["host"],
-        }
-        for stage in view["stages"]  # type: ignore[union-attr]
-    }
-    view["torch"] = torch.__version__
-    runtime.store.put(
-        object_name(record.id, RECORD), json.dumps(view, indent=2).encode(), "application/json"
-    )
-
-
-def announce_end(connection: Redis, settings: Settings, record: JobRecord) -> None:
-    """The job's webhook, if it has one: its terminal event, queued for the webhook sender (a
-    slow receiver must never hold a GPU worker)."""
-    if record.webhook_url:
-        enqueue_delivery(connection, settings, record.id, record.webhook_url)
+    jobs.end(job_id, JobStatus.SUCCEEDED)  # once: a repeated hand-on finds the job ended
 
 
 def _request(record: JobRecord | None) -> str:
@@ -356,16 +312,12 @@ def _request(record: JobRecord | None) -> str:
 
 def fail(connection: Redis, jobs: Jobs, job_id: str, stage: str, reason: str) -> None:
     """End the job as failed because of `stage`, and say so (once); nothing when a newer
-    attempt holds the stage."""
-    if not jobs.stage_ended(job_id, stage, "failed", reason):
-        return
-    record_stage(connection, stage, 0.0, "failed")
-    record = jobs.get(job_id)
-    log.warning("job %s%s failed in stage %s: %s", job_id, _request(record), stage, reason)
-    if jobs.finish(job_id, "failed", f"stage {stage} failed: {reason}"):
+    attempt holds the stage or the job has ended."""
+    error = f"stage {stage} failed: {reason}"
+    if jobs.end(job_id, JobStatus.FAILED, error, stage=stage, stage_error=reason):
+        record_stage(connection, stage, 0.0, "failed")
         record = jobs.get(job_id)
-        if record is not None:
-            announce_end(connection, get_settings(), record)
+        log.warning("job %s%s failed in stage %s: %s", job_id, _request(record), stage, reason)
 
 
 def on_stage_failure(
@@ -418,7 +370,9 @@ def _jobs(connection: Redis, settings: Settings) -> Jobs:
     runtime = current()
     if runtime.connection is connection:
         return runtime.jobs
-    return Jobs(connection, settings.result_ttl)
+    return Jobs(
+        connection, settings.result_ttl, settings=settings, store=runtime.store, about=runtime.about
+    )
 
 
 def failure_reason(

@@ -211,23 +211,23 @@ class StageWorker(SimpleWorker):
         runtime = current()
         execution = self.prepare_execution(job)  # in the started registry before anything else
         claimed = claim(self, queue, job, runtime, self.max_batch)
-        running = {job.id: job, **{member.id: member for member, _ in claimed}}
+        running = {job.id: job, **{stage_job.id: stage_job for stage_job, _ in claimed}}
         if claimed:
-            runtime.batch = Batch([job.args[0], *(member.args[0] for member, _ in claimed)])
+            runtime.batch = Batch([job.args[0], *(stage_job.args[0] for stage_job, _ in claimed)])
         stop = threading.Event()
         beat = threading.Thread(target=self._beat, args=(running, stop), daemon=True)
         beat.start()
         try:
             self.perform_job(job, queue, execution)  # the lead: its run samples the batch
-            for member, member_execution in claimed:
-                self.perform_job(member, queue, member_execution)
+            for stage_job, stage_job_execution in claimed:
+                self.perform_job(stage_job, queue, stage_job_execution)
             self.set_state(WorkerStatus.IDLE)
         finally:
             runtime.batch = None
             stop.set()
             beat.join()
-            for member in running.values():
-                runtime.jobs.release(*member.args)
+            for stage_job in running.values():
+                runtime.jobs.release(*stage_job.args)
 
     def _beat(self, running: dict[str, Job], stop: threading.Event) -> None:
         jobs = current().jobs

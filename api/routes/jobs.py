@@ -10,13 +10,14 @@ from fastapi.responses import JSONResponse
 
 from api.auth import Owner
 from api.deps import JobIdDep, JobsDep, RedisDep, SettingsDep, StoreDep, unknown_job
-from api.schemas import ErrorBody, JobList, JobView
+from api.schemas import ErrorBody, JobList
+from jobs.lifecycle import Jobs
 from jobs.listing import DEFAULT_LIMIT, MAX_LIMIT, BadCursor, page
 from jobs.queues import cancel_stage, live_workers, worker_alive
-from jobs.record import JobRecord, Jobs, JobStatus
+from jobs.record import JobRecord
+from jobs.status import JobStatus, StageStatus
 from jobs.store import RESULT, Store, object_name, stage_preview
-from jobs.view import describe, mark_orphaned
-from jobs.webhooks import enqueue_delivery
+from jobs.view import JobView, describe, mark_orphaned
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["jobs"])
@@ -47,9 +48,9 @@ def read_stored(store: Store, key: str) -> bytes | None:
 def not_ready(record: JobRecord, what: str) -> HTTPException:
     """409 saying why `what` cannot be had yet (or ever)."""
     view = describe(record)
-    if record.status == "failed":
+    if record.status == JobStatus.FAILED:
         return HTTPException(409, f"job {record.id} failed: {view['error']}")
-    if record.status == "canceled":
+    if record.status == JobStatus.CANCELED:
         return HTTPException(409, f"job {record.id} was canceled before {what} was made")
     stage = f" (stage {view['stage']}, {view['progress']:.0%} done)" if view["stage"] else ""
     return HTTPException(409, f"{what} is not ready: job {record.id} is {record.status}{stage}")
@@ -99,7 +100,7 @@ def get_job(
 def get_result(job_id: JobIdDep, owner: Owner, jobs: JobsDep, store: StoreDep) -> Response:
     """The final image as PNG, once the job has succeeded."""
     record = find(jobs, job_id, owner)
-    if record.status != "succeeded":
+    if record.status != JobStatus.SUCCEEDED:
         raise not_ready(record, "the result")
     data = read_stored(store, object_name(job_id, RESULT))
     if data is None:
@@ -116,8 +117,8 @@ def get_stage_image(
     names = [planned.name for planned in record.plan]
     if stage not in names:
         raise HTTPException(404, f"job {job_id} has no stage {stage!r}; its stages are {names}")
-    if record.stage(stage, "status") != "succeeded":
-        if record.status in ("failed", "canceled"):
+    if record.stage(stage, "status") != StageStatus.SUCCEEDED:
+        if record.status in (JobStatus.FAILED, JobStatus.CANCELED):
             raise not_ready(record, f"stage {stage}'s image")
         status = record.stage(stage, "status")
         raise HTTPException(
@@ -136,27 +137,19 @@ def get_stage_image(
     responses={404: {"model": ErrorBody}, 409: {"model": ErrorBody}},
 )
 def cancel_job(
-    job_id: JobIdDep,
-    owner: Owner,
-    jobs: JobsDep,
-    connection: RedisDep,
-    settings: SettingsDep,
+    job_id: JobIdDep, owner: Owner, jobs: JobsDep, connection: RedisDep
 ) -> JSONResponse | dict[str, object]:
     """Cancel: a running stage stops within one sampler step, later stages never start."""
     record = find(jobs, job_id, owner)
-    if record.status == "canceled":
+    if record.status == JobStatus.CANCELED:
         return JSONResponse(describe(record), status_code=200)
-    if not jobs.finish(job_id, "canceled"):  # also marks the stages that never started
+    if not jobs.end(job_id, JobStatus.CANCELED):  # someone else ended it first
         record = find(jobs, job_id, owner)
-        if record.status == "canceled":
+        if record.status == JobStatus.CANCELED:
             return JSONResponse(describe(record), status_code=200)
         raise HTTPException(409, f"job {job_id} has already {record.status}; nothing to cancel")
     for planned in record.plan:
-        if record.stage(planned.name, "status") == "queued":
+        if record.stage(planned.name, "status") == StageStatus.QUEUED:
             cancel_stage(connection, job_id, planned.name)
-    jobs.drop_tensors(job_id, ["input", *(planned.name for planned in record.plan)])
     log.info("job %s canceled by request", job_id)
-    record = find(jobs, job_id, owner)
-    if record.webhook_url:
-        enqueue_delivery(connection, settings, job_id, record.webhook_url)
-    return describe(record)
+    return describe(find(jobs, job_id, owner))

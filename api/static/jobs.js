@@ -76,7 +76,6 @@ class JobCard {
     this.timer = null;
     this.previews = new Map();
     this.resultShown = false;
-    this.settling = 0;
     this.node = $("#job-template").content.firstElementChild.cloneNode(true);
     this.node.dataset.id = entry.id;
     const titleId = `job-${entry.id}-title`;
@@ -206,23 +205,6 @@ class JobCard {
       this.resultShown = true;
       this.showResult(view);
     }
-    this.settle(view);
-  }
-
-  settle(view) {
-    // A canceled job's running stage stops within a sampler step of the end: look once more
-    // so that the stage's own outcome shows too.
-    const stopping = view.stages.some((stage) => stage.status === "running");
-    if (!TERMINAL.includes(view.status) || !stopping || this.settling >= 5) return;
-    this.settling += 1;
-    clearTimeout(this.timer);
-    this.timer = setTimeout(async () => {
-      try {
-        this.render(await api(`/v1/jobs/${this.id}`));
-      } catch {
-        // the job's outcome is shown already
-      }
-    }, POLL_MS);
   }
 
   speak(view, progress) {

@@ -321,7 +321,7 @@ def test_redis_down_is_a_503_not_a_crash(tmp_path: Path):
 
 
 def test_a_stage_whose_worker_is_gone_shows_as_retrying(client: TestClient, redis_server):
-    from jobs.record import Jobs
+    from jobs.lifecycle import Jobs
 
     job_id = submit(client)
     jobs = Jobs(redis_server.client(), 60)

@@ -23,7 +23,7 @@ from PIL import Image
 
 from api.main import create_app
 from jobs.connection import EmbeddedRedis
-from jobs.record import Jobs
+from jobs.lifecycle import Jobs
 from jobs.settings import Settings
 
 with warnings.catch_warnings():
@@ -216,7 +216,7 @@ def test_resuming_past_the_end_of_a_running_log_ends_with_the_terminal_event(
         time.sleep(0.5)  # the client is already waiting on the stream
         jobs.stage_started(job_id, "base64", {"model": "tiny"}, "worker-1")
         jobs.stage_ended(job_id, "base64", "succeeded")
-        jobs.finish(job_id, "succeeded")
+        jobs.end(job_id, "succeeded")
 
     thread = threading.Thread(target=worker)
     thread.start()

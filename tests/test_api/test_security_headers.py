@@ -15,7 +15,7 @@ import pytest
 
 from api.main import create_app
 from jobs.connection import EmbeddedRedis
-from jobs.record import Jobs
+from jobs.lifecycle import Jobs
 from jobs.settings import Settings
 
 with warnings.catch_warnings():
@@ -201,7 +201,7 @@ def test_every_503_says_when_to_retry(
     jobs = Jobs(redis_server.client(), settings.result_ttl)
     jobs.stage_started(job_id, "base64", {"model": "tiny"}, "worker-1")
     jobs.stage_ended(job_id, "base64", "succeeded")
-    jobs.finish(job_id, "succeeded")
+    jobs.end(job_id, "succeeded")
     app = client.app
     working, app.state.store = getattr(app.state, "store", None), BrokenStore()
     try:

@@ -18,8 +18,8 @@ from PIL import Image
 from api.main import create_app
 from cascade.stages import DEFAULT_FIDELITY, STAGES
 from jobs.connection import EmbeddedRedis
+from jobs.lifecycle import Jobs
 from jobs.queues import stage_queue
-from jobs.record import Jobs
 from jobs.settings import Settings
 from jobs.stats import record_stage, stats_key
 
@@ -80,7 +80,7 @@ def run_like_a_worker(jobs: Jobs, job_id: str) -> None:
         jobs.progress([job_id], stage, 1, 2)
         jobs.progress([job_id], stage, 2, 2)
         jobs.stage_ended(job_id, stage, "succeeded")
-    jobs.finish(job_id, "succeeded")
+    jobs.end(job_id, "succeeded")
 
 
 def test_events_of_an_unknown_job_are_404(client: TestClient):

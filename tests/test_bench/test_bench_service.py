@@ -94,7 +94,7 @@ def test_minimal_run_has_every_figure(tmp_path: Path, one_thread: None):
         "steps": 6,
         "eta": 0.0,
         "guidance": 1.0,
-        "color": "none",
+        "color_fix": "none",
         "fidelity": 0.0,
         "low_band": "sample",  # the reference's sample as is
     }

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from cascade.color import (
     COLOR_FIXES,
     adain_color_fix,
-    color_fix,
+    apply_color_fix,
     wavelet_color_fix,
     wavelet_decompose,
 )
@@ -93,7 +93,7 @@ def test_every_color_fix_brings_a_colour_cast_back_to_the_reference(name: str) -
     reference = _smooth(9, size=16)
     cast = torch.tensor([0.3, -0.2, 0.1]).view(1, 3, 1, 1)
     output = F.interpolate(reference, size=(64, 64), mode="bicubic", align_corners=False) + cast
-    fixed = color_fix(output, reference, name)  # type: ignore[arg-type]
+    fixed = apply_color_fix(output, reference, name)  # type: ignore[arg-type]
     assert fixed.shape == output.shape
     before = (output.mean((2, 3)) - reference.mean((2, 3))).abs().max()
     after = (fixed.mean((2, 3)) - reference.mean((2, 3))).abs().max()
@@ -102,12 +102,12 @@ def test_every_color_fix_brings_a_colour_cast_back_to_the_reference(name: str) -
 
 def test_color_fix_dispatch() -> None:
     output, reference = _smooth(8), _smooth(9, size=16)
-    assert color_fix(output, reference, "none") is output
+    assert apply_color_fix(output, reference, "none") is output
     torch.testing.assert_close(
-        color_fix(output, reference, "adain"), adain_color_fix(output, reference)
+        apply_color_fix(output, reference, "adain"), adain_color_fix(output, reference)
     )
     torch.testing.assert_close(
-        color_fix(output, reference, "wavelet"), wavelet_color_fix(output, reference)
+        apply_color_fix(output, reference, "wavelet"), wavelet_color_fix(output, reference)
     )
     with pytest.raises(ValueError):
-        color_fix(output, reference, "histogram")  # type: ignore[arg-type]
+        apply_color_fix(output, reference, "histogram")  # type: ignore[arg-type]

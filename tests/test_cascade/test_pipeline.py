@@ -58,7 +58,7 @@ def test_upscale_any_size_with_tiling(cascade):
     # 150 x 100 -> sr1024 territory is 256; 100x60 is nearer 64: sr256 tiled over 256 tiles.
     image = torch.rand(1, 3, 100, 60) * 2 - 1
     result = cascade.upscale(
-        image, [3], runs={name: StageRun("ddim", 2, color="adain") for name in FAST}
+        image, [3], runs={name: StageRun("ddim", 2, color_fix="adain") for name in FAST}
     )
     assert result.final.shape == (1, 3, 400, 240)
     sixteen = cascade.upscale(torch.rand(1, 3, 64, 64) * 2 - 1, [3], scale=16, runs=FAST)

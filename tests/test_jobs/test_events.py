@@ -6,11 +6,12 @@ from __future__ import annotations
 import pytest
 
 from cascade.stages import StageRun
-from jobs import record as record_module
+from jobs import lifecycle as lifecycle_module
 from jobs.connection import EmbeddedRedis
 from jobs.events import EventLog, events_key, parse_event_id
+from jobs.lifecycle import Jobs
 from jobs.plan import PlannedStage
-from jobs.record import Jobs, NewJob, job_key
+from jobs.record import NewJob, job_key
 
 
 @pytest.fixture
@@ -33,14 +34,14 @@ def types(jobs: Jobs, job_id: str) -> list[str]:
 
 
 def test_a_job_tells_its_story(jobs: Jobs, monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.setattr(record_module, "PROGRESS_INTERVAL", 0.0)  # every step
+    monkeypatch.setattr(lifecycle_module, "PROGRESS_INTERVAL", 0.0)  # every step
     job_id = new_job(jobs, steps=2)
     for stage in ("base64", "sr256"):
         assert jobs.stage_started(job_id, stage, {"model": "tiny", "random_weights": True}, "w1")
         for step in (1, 2):
             assert jobs.progress([job_id], stage, step, 2) == []
         jobs.stage_ended(job_id, stage, "succeeded")
-    assert jobs.finish(job_id, "succeeded")
+    assert jobs.end(job_id, "succeeded")
     events = jobs.events.read(job_id)
     assert [event.type for event in events] == [
         "queued",
@@ -86,16 +87,17 @@ def test_progress_is_throttled_but_the_last_step_always_goes(jobs: Jobs):
 def test_nothing_follows_the_terminal_event(jobs: Jobs):
     job_id = new_job(jobs)
     jobs.stage_started(job_id, "base64", {"model": "tiny"}, "w1")
-    assert jobs.finish(job_id, "canceled")
-    assert not jobs.finish(job_id, "succeeded")  # the first ending wins, and only it is logged
+    assert jobs.end(job_id, "canceled")
+    assert not jobs.end(job_id, "succeeded")  # the first ending wins, and only it is logged
     assert jobs.progress([job_id], "base64", 3, 4) == [job_id]  # the worker learns to stop
-    jobs.stage_ended(job_id, "base64", "canceled")
+    assert not jobs.stage_ended(job_id, "base64", "canceled")  # the end has ended it already
     assert not jobs.stage_started(job_id, "sr256", {"model": "tiny"}, "w1")
     assert types(jobs, job_id) == ["queued", "stage_started", "canceled"]
     view = jobs.events.last(job_id).data
     assert view["status"] == "canceled"
-    # A cancel marks the stages that never started, before the terminal view is taken.
-    assert [stage["status"] for stage in view["stages"]] == ["running", "canceled"]
+    # A cancel ends the running stage and those that never started before the terminal view
+    # is taken: no stage of an ended job is left running.
+    assert [stage["status"] for stage in view["stages"]] == ["canceled", "canceled"]
 
 
 def test_a_retried_stage_and_a_failure(jobs: Jobs):
@@ -103,8 +105,8 @@ def test_a_retried_stage_and_a_failure(jobs: Jobs):
     jobs.stage_started(job_id, "base64", {"model": "tiny"}, "w1")
     assert jobs.stage_retrying(job_id, "base64", "RuntimeError: boom")
     jobs.stage_started(job_id, "base64", {"model": "tiny"}, "w2")
-    jobs.stage_ended(job_id, "base64", "failed", "boom")
-    assert jobs.finish(job_id, "failed", "stage base64 failed: boom")
+    error = "stage base64 failed: boom"
+    assert jobs.end(job_id, "failed", error, stage="base64", stage_error="boom")
     events = jobs.events.read(job_id)
     assert [event.type for event in events] == [
         "queued",
@@ -116,6 +118,8 @@ def test_a_retried_stage_and_a_failure(jobs: Jobs):
     assert events[2].data == {"stage": "base64", "error": "RuntimeError: boom"}
     assert events[3].data["attempt"] == 2
     assert events[-1].data["error"] == "stage base64 failed: boom"
+    failed = events[-1].data["stages"][0]
+    assert (failed["status"], failed["error"]) == ("failed", "boom")
 
 
 def test_appends_are_refused_for_an_unknown_job(redis_server: EmbeddedRedis):

@@ -9,8 +9,9 @@ import pytest
 
 from cascade.stages import StageRun
 from jobs.connection import EmbeddedRedis
+from jobs.lifecycle import Jobs
 from jobs.plan import PlannedStage
-from jobs.record import Jobs, NewJob, job_key, tensor_key
+from jobs.record import NewJob, job_key, tensor_key
 from jobs.view import ORPHANED, mark_orphaned
 
 MODEL = {"model": "tiny"}
@@ -74,7 +75,7 @@ def test_a_stage_starts_only_while_it_can_run(redis: EmbeddedRedis):
     assert jobs.stage_started(job_id, "base64", MODEL, "w2") == 0  # a late duplicate delivery
     assert jobs.get(job_id).stage("base64", "attempts") == "1"
     assert jobs.get(job_id).stage("base64", "worker") == "w1"
-    assert jobs.finish(job_id, "canceled")
+    assert jobs.end(job_id, "canceled")
     assert jobs.stage_started(job_id, "sr256", MODEL, "w1") == 0
     assert jobs.get(job_id).stage("sr256", "attempts") == "0"
     assert jobs.stage_started("no-such-job", "base64", MODEL, "w1") == 0
@@ -86,10 +87,11 @@ def test_progress_of_a_canceled_job_tells_its_worker_to_stop(redis: EmbeddedRedi
     job_id = new_job(jobs)
     jobs.stage_started(job_id, "base64", MODEL, "w1")
     assert jobs.progress([job_id], "base64", 1, 4) == []
-    assert jobs.finish(job_id, "canceled")
+    assert jobs.end(job_id, "canceled")
+    assert jobs.get(job_id).stage("base64", "status") == "canceled"  # ended with the job
     assert jobs.progress([job_id], "base64", 2, 4) == [job_id]
-    assert jobs.get(job_id).stage("base64", "step") == "2"  # the step it stopped at
-    assert jobs.stage_ended(job_id, "base64", "canceled")  # its own outcome, after the cancel
+    assert jobs.get(job_id).stage("base64", "step") == "1"  # frozen as the job ended
+    assert not jobs.stage_ended(job_id, "base64", "succeeded")  # too late: the job has ended
     assert jobs.get(job_id).stage("base64", "status") == "canceled"
     assert jobs.progress(["no-such-job"], "base64", 1, 4) == ["no-such-job"]
     assert not redis.client().exists(job_key("no-such-job"))  # no stub record made

@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 
 from cascade.stages import StageRun
+from jobs.lifecycle import Jobs
 from jobs.listing import BATCH, BadCursor, index_job, index_key, page
 from jobs.plan import PlannedStage
-from jobs.record import Jobs, NewJob, job_key
+from jobs.record import NewJob, job_key
 
 
 def new_job(job_id: str, owner: str = "k1") -> NewJob:

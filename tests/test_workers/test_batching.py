@@ -217,7 +217,7 @@ def test_a_canceled_waiting_job_is_left_out(harness: Harness):
     response = harness.http.delete(f"/v1/jobs/{second}")  # off the queue, as before batching
     assert response.status_code == 202, response.text
     # A cancel racing the claim: the record says canceled, the stage job still waits.
-    assert harness.runtime.jobs.finish(fourth, "canceled")
+    assert harness.runtime.jobs.end(fourth, "canceled")
     harness.work(max_batch=4)
     assert harness.batches("base64") == [2]
     for job_id in (first, third):
@@ -253,7 +253,9 @@ def test_a_job_canceled_mid_batch_stops_and_the_rest_run_again(harness: Harness)
     assert started == [3, 2]  # stopped at the cancel, then the other two again
     record = harness.record(victim)
     assert record.status == "canceled" and record.stage("base64", "status") == "canceled"
-    assert record.stage("base64", "step") == "2"  # stopped within a step of the cancel
+    # Stopped within a step of the cancel; its steps stop counting at the cancel (step 2's
+    # report came after it), so the view it ended with does not move afterwards.
+    assert record.stage("base64", "step") == "1"
     for job_id in (job_ids[0], job_ids[2]):
         record = harness.record(job_id)
         assert record.status == "succeeded" and record.stage("base64", "batch") == "2"

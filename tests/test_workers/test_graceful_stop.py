@@ -23,8 +23,8 @@ from rq.serializers import JSONSerializer
 
 from api.main import create_app
 from jobs.connection import EmbeddedRedis
+from jobs.lifecycle import Jobs
 from jobs.queues import stage_job_id, stage_queue
-from jobs.record import Jobs
 from jobs.settings import Settings
 
 with warnings.catch_warnings():

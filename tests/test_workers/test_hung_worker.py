@@ -26,8 +26,9 @@ from rq.serializers import JSONSerializer
 
 from api.main import create_app
 from jobs.connection import EmbeddedRedis
+from jobs.lifecycle import Jobs
 from jobs.queues import stage_job_id, stage_queue, worker_alive
-from jobs.record import Jobs, job_key
+from jobs.record import job_key
 from jobs.settings import Settings
 
 with warnings.catch_warnings():

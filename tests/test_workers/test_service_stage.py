@@ -18,9 +18,10 @@ from rq.serializers import JSONSerializer
 
 from cascade.stages import StageRun
 from jobs.connection import EmbeddedRedis
+from jobs.lifecycle import Jobs
 from jobs.plan import PlannedStage
 from jobs.queues import enqueue_stage, stage_job_id, stage_queue
-from jobs.record import Jobs, NewJob
+from jobs.record import NewJob
 from jobs.sender import deliver_pending
 from jobs.settings import Settings, get_settings
 from jobs.stats import read_stage, record_stage
@@ -167,7 +168,7 @@ def test_missing_input_fails_with_a_sentence_and_a_webhook(
 
 def test_canceled_job_does_not_start_its_stage(runtime: Runtime):
     job_id = new_job(runtime)
-    assert runtime.jobs.finish(job_id, "canceled")
+    assert runtime.jobs.end(job_id, "canceled")
     run_stage(job_id, "base64")
     record = runtime.jobs.get(job_id)
     assert record.status == "canceled" and record.stage("base64", "status") == "canceled"
@@ -224,11 +225,11 @@ def test_deterministic_failure_is_not_retried_and_not_shown(runtime: Runtime):
 def test_a_job_ends_once(runtime: Runtime):
     jobs = Jobs(runtime.connection, 60)
     job_id = new_job(runtime)
-    assert jobs.finish(job_id, "canceled")
-    assert not jobs.finish(job_id, "succeeded")
+    assert jobs.end(job_id, "canceled")
+    assert not jobs.end(job_id, "succeeded")
     assert not jobs.update(job_id, {"status": "running"})
     assert jobs.get(job_id).status == "canceled"
-    assert not jobs.finish("no-such-job", "failed")
+    assert not jobs.end("no-such-job", "failed")
     assert 0 < runtime.connection.ttl(f"cascade:job:{job_id}") <= 60
 
 

@@ -3,11 +3,13 @@ a child SIGKILLed is restarted; SIGINT stops every process it started."""
 
 from __future__ import annotations
 
+import importlib
 import os
 import re
 import signal
 import subprocess
 import time
+import tomllib
 from pathlib import Path
 
 import httpx
@@ -119,3 +121,14 @@ def child_pids(serve: subprocess.Popen) -> dict[str, int]:
         elif "worker" in command:
             roles["worker"] = child.pid
     return roles
+
+
+def test_every_subcommand_entry_point_resolves():
+    """pyproject's `cascade.commands` entries name modules that exist here, `serve` among them
+    (an installed copy's stale metadata would otherwise hide a renamed module)."""
+    pyproject = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())
+    entries = pyproject["project"]["entry-points"]["cascade.commands"]
+    assert entries["serve"] == "workers.serve:register"
+    for name, target in entries.items():
+        module, _, function = target.partition(":")
+        assert callable(getattr(importlib.import_module(module), function)), name
