@@ -35,6 +35,13 @@ class Settings(BaseSettings):
     s3_region: str | None = None
     s3_access_key_id: str | None = None  # unset: boto3's usual credential chain
     s3_secret_access_key: SecretStr | None = None
+    # A missing bucket: workers create it when set, else wait for it (saying so) before taking
+    # jobs. Each S3 call's connect and read timeout (seconds), and how long a call meeting
+    # transient faults (unreachable, timeouts, throttling, 5xx) is tried again before its stage
+    # counts as failed and is retried like one whose worker was lost.
+    s3_create_bucket: bool = False
+    s3_timeout: float = Field(10.0, gt=0)
+    store_retry_seconds: float = Field(60.0, ge=0)
     # Free space (MB, 10^6 bytes) kept on a local store's disk: below it workers take no stages
     # and new jobs get 507. A 2048x2048 job writes its last stage's preview and result.png (each
     # at most ~12.6 MB, a PNG of 2048*2048*3 bytes of noise), the previous stage's 512x512

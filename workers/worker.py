@@ -42,7 +42,7 @@ from jobs.connection import connect, stop_requested, wait_for_redis
 from jobs.health import UNLOADED_FIELD, encode
 from jobs.retention import collect_if_due
 from jobs.settings import Settings, get_settings
-from jobs.store import space_shortfall
+from jobs.store import space_shortfall, wait_for_store
 from workers.batching import claim
 from workers.queue import StageQueue, worker_queue
 from workers.runtime import Batch, Runtime, current, install
@@ -285,6 +285,7 @@ def main(args: argparse.Namespace) -> None:
     wait_for_redis(connection, settings)
     runtime = Runtime(settings, connection)
     install(runtime)
+    wait_for_store(runtime.store, settings)  # a missing bucket: created, or waited for
     serving = [name for name in stages if runtime.try_load(name)]
     random = [name for name in serving if runtime.stages[name].model.random_weights]
     if not serving:

@@ -9,7 +9,7 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from api.auth import authenticate
-from api.deps import RedisDep, SettingsDep
+from api.deps import RedisDep, SettingsDep, StoreDep
 from api.metrics import StageCollector
 from api.schemas import ClassInfo, ErrorBody, Limits
 from api.submit import known_classes
@@ -76,7 +76,7 @@ def healthz() -> dict[str, str]:
 
 
 @router.get("/readyz", responses={503: {"model": ErrorBody}})
-def readyz(connection: RedisDep, settings: SettingsDep) -> JSONResponse:
+def readyz(connection: RedisDep, settings: SettingsDep, store: StoreDep) -> JSONResponse:
     """Ready when Redis answers, every stage queue has at least one worker listening whose
     heartbeat is fresh (a killed worker's registration outlives it), and a local result disk
     has its floor of free space (`disk`; below it workers take no stages); names the stages
@@ -98,7 +98,8 @@ def readyz(connection: RedisDep, settings: SettingsDep) -> JSONResponse:
         stage: [asdict(report) for report in reports]
         for stage, reports in unloaded_stages(connection, fresh).items()
     }
-    problems = []
+    store_problem = store.check()  # a bucket missing or unreachable: stages cannot save
+    problems = [] if store_problem is None else [f"result store: {store_problem}"]
     if missing:
         reasons = [
             f"{name}: {'; '.join(sorted({report['reason'] for report in unloaded[name]}))}"
@@ -111,7 +112,8 @@ def readyz(connection: RedisDep, settings: SettingsDep) -> JSONResponse:
         )
     if shortfall is not None:
         problems.append(f"{shortfall}: workers take no stages until space is freed")
-    detail = {"workers": workers, "unloaded": unloaded, "disk": disk}
+    store_state = {"ok": store_problem is None, "error": store_problem}
+    detail = {"workers": workers, "unloaded": unloaded, "disk": disk, "store": store_state}
     if problems:
         return JSONResponse({"error": "; ".join(problems), "detail": detail}, status_code=503)
     return JSONResponse({"status": "ready", **detail})
