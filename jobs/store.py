@@ -339,8 +339,9 @@ def parse_s3_url(url: str) -> tuple[str, str]:
     return bucket, prefix
 
 
-def open_store(settings: Settings) -> Store:
-    """The store `settings.store` names: a folder path, or s3://bucket/prefix."""
+def open_store(settings: Settings, *, retry_seconds: float | None = None) -> Store:
+    """The store `settings.store` names: a folder path, or s3://bucket/prefix; an S3 call is
+    retried for `retry_seconds` (default `store_retry_seconds`)."""
     if not settings.store.startswith("s3://"):
         return LocalStore(settings.store)
     import boto3  # only S3 deployments need it
@@ -367,7 +368,7 @@ def open_store(settings: Settings) -> Store:
         bucket,
         prefix,
         client(settings.s3_timeout, 3),
-        retry_seconds=settings.store_retry_seconds,
+        retry_seconds=settings.store_retry_seconds if retry_seconds is None else retry_seconds,
         probe=client(min(settings.s3_timeout, 2.0), 1),
     )
 
