@@ -93,6 +93,9 @@ def test_two_hosts_a_late_bucket_a_killed_worker_and_a_paused_store(
                 return stage["status"] == "running" and (stage["step"] or 0) >= 2
 
             wait_for(sampling, 180, "the generation's base64 stage to sample")
+            metrics = client.get("/metrics").text  # the signal an autoscaler reads
+            assert 'cascade_stage_in_flight{stage="base64"} 1.0' in metrics
+            assert 'cascade_queue_depth{stage="base64"} 0.0' in metrics
             with io.BytesIO() as buffer:
                 Image.new("RGB", (64, 64), (200, 30, 90)).save(buffer, format="PNG")
                 files = {"file": ("in.png", buffer.getvalue())}
