@@ -10,10 +10,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from cascade.stages import DEFAULT_RUNS, Precision, SamplerName
+from cascade.stages import DEFAULT_RUNS, STAGES, Precision, SamplerName
 
 
 class Settings(BaseSettings):
@@ -58,6 +58,10 @@ class Settings(BaseSettings):
     # A request's whole cost, sampler steps x output pixels summed over its stages (the default
     # plans cost ~23 M; this admits e.g. 200 steps at 1024 px): more is a 422.
     max_cost: int = Field(200 * 1024 * 1024, gt=0)
+    # The stages this deployment serves, comma-separated: /readyz is ready when each has a live
+    # worker. Unset: every stage a worker has ever served here (an upscale-only deployment is
+    # ready without a base64 worker), or all of them before any worker has started.
+    served_stages: str = ""
     # Stage jobs waiting in one stage's queue before new requests get 503 + Retry-After.
     max_queue_depth: int = Field(1000, ge=1)
 
@@ -141,6 +145,18 @@ class Settings(BaseSettings):
     # the next sender retries them.
     webhook_concurrency: int = Field(16, ge=1, le=1000)
     webhook_per_destination: int = Field(4, ge=1)
+
+    @field_validator("served_stages")
+    @classmethod
+    def _known_stages(cls, value: str) -> str:
+        """A comma-separated list of stage names (spaces dropped); any other name is refused."""
+        names = [name.strip() for name in value.split(",") if name.strip()]
+        unknown = [name for name in names if name not in STAGES]
+        if unknown:
+            raise ValueError(
+                f"unknown stage(s) {', '.join(unknown)}; the stages are {', '.join(STAGES)}"
+            )
+        return ",".join(names)
 
     @property
     def worker_fresh_seconds(self) -> int:

@@ -41,7 +41,7 @@ from rq.worker import WorkerStatus
 
 from cascade.stages import STAGES
 from jobs.connection import connect, stop_requested, wait_for_redis
-from jobs.health import UNLOADED_FIELD, encode
+from jobs.health import UNLOADED_FIELD, encode, remember_served
 from jobs.queues import stage_queue, worker_alive
 from jobs.retention import collect_if_due
 from jobs.settings import Settings, get_settings
@@ -310,6 +310,7 @@ def main(args: argparse.Namespace) -> None:
         if runtime.unloaded
         else "",
     )
+    remember_served(connection, serving)
     work(settings, serving, connection, burst=args.burst, unloaded=runtime.unloaded)
 
 
