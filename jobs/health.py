@@ -20,7 +20,7 @@ from jobs.quotas import QuotaExceeded
 from jobs.settings import Settings
 
 UNLOADED_FIELD = "cascade_unloaded"  # in RQ's worker hash: JSON {stage: reason}
-SERVED_KEY = "cascade:served-stages"  # a set: every stage a worker has served (never expires)
+SERVED_KEY = "cascade:served-stages"  # a set: every stage a worker was started for (no expiry)
 
 
 @dataclass(frozen=True)
@@ -39,7 +39,8 @@ def encode(unloaded: dict[str, str]) -> str:
 
 
 def remember_served(connection: Redis, stages: list[str]) -> None:
-    """Note that a worker serves `stages`, for `served_stages`' default."""
+    """Note that a worker was started to serve `stages` (whether their weights loaded or not),
+    for `served_stages`' default."""
     if stages:
         connection.sadd(SERVED_KEY, *stages)
 

@@ -291,6 +291,7 @@ def main(args: argparse.Namespace) -> None:
     runtime = Runtime(settings, connection)
     install(runtime)
     wait_for_store(runtime.store, settings)  # a missing bucket: created, or waited for
+    remember_served(connection, stages)  # asked for, loaded or not: the deployment serves them
     serving = [name for name in stages if runtime.try_load(name)]
     random = [name for name in serving if runtime.stages[name].model.random_weights]
     if not serving:
@@ -310,7 +311,6 @@ def main(args: argparse.Namespace) -> None:
         if runtime.unloaded
         else "",
     )
-    remember_served(connection, serving)
     work(settings, serving, connection, burst=args.burst, unloaded=runtime.unloaded)
 
 
