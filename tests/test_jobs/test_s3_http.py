@@ -1,6 +1,7 @@
 """The S3 store over real HTTP (moto's server on 127.0.0.1): round trips, a missing bucket found
 and created, a server paused mid-call (the call waits it out), a server gone (StoreUnavailable
-after the retry window, which a stage counts as transient), and /readyz naming the store."""
+after the retry window, which a stage counts as transient), and /readyz naming the store; and
+(with botocore's Stubber, since moto does not throttle) which S3 errors count as transient."""
 
 from __future__ import annotations
 
@@ -95,3 +96,31 @@ def test_a_server_gone_is_unavailable_and_readyz_says_so(redis_server, tmp_path)
         body = response.json()
         assert body["detail"]["store"]["ok"] is False
         assert "result store: the S3 store is unreachable" in body["error"]
+
+
+@pytest.mark.parametrize(
+    ("code", "status", "transient"),
+    [
+        ("SlowDown", 503, True),  # throttling
+        ("InternalError", 500, True),
+        ("SomethingNew", 502, True),  # any 5xx
+        ("AccessDenied", 403, False),  # a setting to fix: no retry mends it
+    ],
+)
+def test_store_errors_are_classed(code: str, status: int, transient: bool) -> None:
+    import boto3
+    from botocore.exceptions import ClientError
+    from botocore.stub import Stubber
+
+    from jobs.store import S3Store
+
+    client = boto3.client(
+        "s3", region_name="us-east-1", aws_access_key_id="a", aws_secret_access_key="b"
+    )
+    store = S3Store("bucket", "", client, retry_seconds=0)
+    with Stubber(client) as stub:
+        stub.add_client_error("put_object", service_error_code=code, http_status_code=status)
+        expected = StoreUnavailable if transient else ClientError
+        with pytest.raises(expected) as caught:
+            store.put("f" * 32 + "/x.png", b"x", "image/png")
+        assert isinstance(caught.value, OSError) is transient  # what a stage retries
