@@ -2,19 +2,31 @@
 PYTHON ?= python3
 VENV ?= .venv
 # The CPU build is enough for tests and CPU demos. On a CUDA machine, pick the build for it,
-# e.g. make serve TORCH_SPEC="torch==2.13.0" PIP_TORCH_INDEX=https://download.pytorch.org/whl/cu128
+# e.g. make serve PIP_TORCH_INDEX=https://download.pytorch.org/whl/cu130 (the index the worker
+# image uses; the cu124 index ends at torch 2.6). Asking for another spec or index later
+# re-installs torch: its stamp is keyed on both.
 TORCH_SPEC ?= torch==2.13.0
 PIP_TORCH_INDEX ?=
 
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+TORCH_KEY := $(shell printf '%s|%s' '$(TORCH_SPEC)' '$(PIP_TORCH_INDEX)' | cksum | cut -d' ' -f1)
+TORCH_STAMP := $(VENV)/.torch-$(TORCH_KEY)
 
 .PHONY: setup browser serve test lint bench
 
-$(STAMP): pyproject.toml
+$(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
+
+# Uninstalled first: pip counts an installed 2.13.0+cpu as satisfying torch==2.13.0.
+$(TORCH_STAMP): | $(BIN)/python
+	rm -f $(VENV)/.torch-*
+	$(BIN)/python -m pip uninstall -q -y torch
 	$(BIN)/python -m pip install -q "$(TORCH_SPEC)" $(if $(PIP_TORCH_INDEX),--index-url $(PIP_TORCH_INDEX))
+	touch $(TORCH_STAMP)
+
+$(STAMP): pyproject.toml $(TORCH_STAMP)
 	$(BIN)/python -m pip install -q -e ".[dev]"
 	touch $(STAMP)
 

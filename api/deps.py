@@ -42,7 +42,9 @@ AsyncRedisDep = Annotated[AsyncRedis, Depends(get_async_redis)]
 def get_store(request: Request, settings: SettingsDep) -> Store:
     state = request.app.state
     if getattr(state, "store", None) is None:
-        state.store = open_store(settings)
+        # No long retries: a download while the store is down answers 503 + Retry-After at once
+        # instead of holding the request (the client retries; workers ride outages out).
+        state.store = open_store(settings, retry_seconds=0)
     return state.store
 
 

@@ -30,6 +30,11 @@ class StageCollector(Collector):
         depth = GaugeMetricFamily(
             "cascade_queue_depth", "Stage jobs waiting in the queue", labels=["stage"]
         )
+        # Queued and in flight per stage: what a queue-length autoscaler (KEDA) scales on;
+        # scaling on the queue alone would stop workers whose stages are still running.
+        in_flight = GaugeMetricFamily(
+            "cascade_stage_in_flight", "Stage jobs a worker is running now", labels=["stage"]
+        )
         workers = GaugeMetricFamily(
             "cascade_workers", "Workers listening on the stage's queue", labels=["stage"]
         )
@@ -55,6 +60,7 @@ class StageCollector(Collector):
         for stage in STAGES:
             queue = stage_queue(self.connection, stage)
             depth.add_metric([stage], queue.count)
+            in_flight.add_metric([stage], queue.started_job_registry.count)
             workers.add_metric([stage], live_workers(self.connection, stage, self.fresh_seconds))
             stats = read_stage(self.connection, stage)
             buckets = [(_bound(bound), count) for bound, count in stats.buckets]
@@ -63,7 +69,7 @@ class StageCollector(Collector):
             failures.add_metric([stage], stats.outcomes["failed"])
             retries.add_metric([stage], stats.outcomes["retried"])
             canceled.add_metric([stage], stats.outcomes["canceled"])
-        yield from (depth, workers, durations, runs, failures, retries, canceled)
+        yield from (depth, in_flight, workers, durations, runs, failures, retries, canceled)
 
 
 def _bound(bound: float) -> str:

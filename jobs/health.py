@@ -20,6 +20,7 @@ from jobs.quotas import QuotaExceeded
 from jobs.settings import Settings
 
 UNLOADED_FIELD = "cascade_unloaded"  # in RQ's worker hash: JSON {stage: reason}
+SERVED_KEY = "cascade:served-stages"  # a set: every stage a worker was started for (no expiry)
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,23 @@ class Unloaded:
 def encode(unloaded: dict[str, str]) -> str:
     """The field's value for a worker keeping `unloaded` (stage -> reason) out."""
     return json.dumps(unloaded, sort_keys=True)
+
+
+def remember_served(connection: Redis, stages: list[str]) -> None:
+    """Note that a worker was started to serve `stages` (whether their weights loaded or not),
+    for `served_stages`' default."""
+    if stages:
+        connection.sadd(SERVED_KEY, *stages)
+
+
+def served_stages(connection: Redis, settings: Settings, every: tuple[str, ...]) -> list[str]:
+    """The stages /readyz requires live workers for, in `every`'s order: `served_stages` when
+    set, else those a worker has ever served, else all of `every`."""
+    if settings.served_stages:  # checked against the stages by Settings
+        wanted = set(settings.served_stages.split(","))
+    else:
+        wanted = {name.decode() for name in connection.smembers(SERVED_KEY)} or set(every)
+    return [name for name in every if name in wanted]
 
 
 def unloaded_stages(connection: Redis, fresh_seconds: int) -> dict[str, list[Unloaded]]:

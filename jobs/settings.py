@@ -10,10 +10,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from cascade.stages import DEFAULT_RUNS, Precision, SamplerName
+from cascade.stages import DEFAULT_RUNS, STAGES, Precision, SamplerName
 
 
 class Settings(BaseSettings):
@@ -35,6 +35,13 @@ class Settings(BaseSettings):
     s3_region: str | None = None
     s3_access_key_id: str | None = None  # unset: boto3's usual credential chain
     s3_secret_access_key: SecretStr | None = None
+    # A missing bucket: workers create it when set, else wait for it (saying so) before taking
+    # jobs. Each S3 call's connect and read timeout (seconds), and how long a call meeting
+    # transient faults (unreachable, timeouts, throttling, 5xx) is tried again before its stage
+    # counts as failed and is retried like one whose worker was lost.
+    s3_create_bucket: bool = False
+    s3_timeout: float = Field(10.0, gt=0)
+    store_retry_seconds: float = Field(60.0, ge=0)
     # Free space (MB, 10^6 bytes) kept on a local store's disk: below it workers take no stages
     # and new jobs get 507. A 2048x2048 job writes its last stage's preview and result.png (each
     # at most ~12.6 MB, a PNG of 2048*2048*3 bytes of noise), the previous stage's 512x512
@@ -51,6 +58,10 @@ class Settings(BaseSettings):
     # A request's whole cost, sampler steps x output pixels summed over its stages (the default
     # plans cost ~23 M; this admits e.g. 200 steps at 1024 px): more is a 422.
     max_cost: int = Field(200 * 1024 * 1024, gt=0)
+    # The stages this deployment serves, comma-separated: /readyz is ready when each has a live
+    # worker. Unset: every stage a worker has ever served here (an upscale-only deployment is
+    # ready without a base64 worker), or all of them before any worker has started.
+    served_stages: str = ""
     # Stage jobs waiting in one stage's queue before new requests get 503 + Retry-After.
     max_queue_depth: int = Field(1000, ge=1)
 
@@ -134,6 +145,18 @@ class Settings(BaseSettings):
     # the next sender retries them.
     webhook_concurrency: int = Field(16, ge=1, le=1000)
     webhook_per_destination: int = Field(4, ge=1)
+
+    @field_validator("served_stages")
+    @classmethod
+    def _known_stages(cls, value: str) -> str:
+        """A comma-separated list of stage names (spaces dropped); any other name is refused."""
+        names = [name.strip() for name in value.split(",") if name.strip()]
+        unknown = [name for name in names if name not in STAGES]
+        if unknown:
+            raise ValueError(
+                f"unknown stage(s) {', '.join(unknown)}; the stages are {', '.join(STAGES)}"
+            )
+        return ",".join(names)
 
     @property
     def worker_fresh_seconds(self) -> int:

@@ -13,13 +13,16 @@ import os
 import re
 import shutil
 import tempfile
+import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from jobs.settings import Settings
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 RESULT = "result.png"
 RECORD = "job.json"
@@ -58,6 +61,43 @@ class DiskFull(OSError):
         return f"the result disk is full ({megabytes(self.free_bytes)} MB free)"
 
 
+class StoreUnavailable(OSError):
+    """The store could not be reached or refused for now (a connection error, a timeout,
+    throttling, a 5xx, a bucket not there yet): an OSError, so a stage that meets it is retried
+    like one whose worker was lost, and a download answers 503."""
+
+
+class BucketMissing(StoreUnavailable):
+    """The bucket does not exist (yet): someone may still create it."""
+
+
+NO_BUCKET = "does not exist"  # in the problem `S3Store.check` names for a missing bucket
+
+# S3 error codes a later call may not meet: throttling, and the service's own trouble.
+TRANSIENT_CODES = frozenset(
+    {
+        "Throttling",
+        "ThrottlingException",
+        "ThrottledException",
+        "RequestThrottledException",
+        "TooManyRequestsException",
+        "ProvisionedThroughputExceededException",
+        "TransactionInProgressException",
+        "RequestLimitExceeded",
+        "BandwidthLimitExceeded",
+        "LimitExceededException",
+        "RequestThrottled",
+        "SlowDown",
+        "PriorRequestNotComplete",
+        "EC2ThrottledException",
+        "RequestTimeout",
+        "RequestTimeoutException",
+        "InternalError",
+        "ServiceUnavailable",
+    }
+)
+
+
 class Store(Protocol):
     """Where results live; keys come from `object_name`."""
 
@@ -66,6 +106,8 @@ class Store(Protocol):
     def get(self, key: str) -> bytes | None: ...
 
     def delete_older_than(self, cutoff: float) -> list[str]: ...
+
+    def check(self) -> str | None: ...
 
 
 class LocalStore:
@@ -116,21 +158,79 @@ class LocalStore:
                 deleted.append(folder.name)
         return deleted
 
+    def check(self) -> str | None:
+        """Why the store cannot be used now; None (a folder is created on its first write)."""
+        return None
+
+
+def classify(error: Exception, bucket: str) -> Exception:
+    """A botocore error as the store's own: `BucketMissing` or `StoreUnavailable` when a later
+    call may succeed, else `error` unchanged (a denied access, a bad request: a bug or a setting
+    to fix, which no retry mends)."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    if isinstance(error, ClientError):
+        code = str(error.response.get("Error", {}).get("Code", ""))
+        status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
+        if code == "NoSuchBucket":
+            return BucketMissing(errno.ENOENT, f"the bucket {bucket!r} {NO_BUCKET}")
+        if code in TRANSIENT_CODES or int(status) >= 500:
+            return StoreUnavailable(errno.EAGAIN, f"the S3 store answered {code or status}")
+        return error
+    if isinstance(error, BotoCoreError):  # connection refused or reset, timeouts, DNS
+        return StoreUnavailable(errno.ECONNREFUSED, f"the S3 store is unreachable: {error}")
+    return error
+
 
 class S3Store:
-    """A bucket on S3 or any S3-compatible service (MinIO, R2, ...)."""
+    """A bucket on S3 or any S3-compatible service (MinIO, R2, ...). Each call that meets a
+    transient fault is tried again with a growing pause for up to `retry_seconds`, so a short
+    outage only delays a stage; past that it raises `StoreUnavailable` (the stage is retried)."""
 
-    def __init__(self, bucket: str, prefix: str = "", client: object | None = None):
+    def __init__(
+        self,
+        bucket: str,
+        prefix: str = "",
+        client: object | None = None,
+        *,
+        retry_seconds: float = 0.0,
+        probe: object | None = None,
+    ):
         self.bucket = bucket
         self.prefix = prefix.strip("/")
         self.client = client
+        self.retry_seconds = retry_seconds
+        self.probe = probe if probe is not None else client  # quick calls: /readyz must answer
 
     def key(self, key: str) -> str:
         return f"{self.prefix}/{key}" if self.prefix else key
 
+    def call(self, operation: Callable[..., T], **arguments: object) -> T:
+        """`operation(**arguments)`, retried while its faults are transient, for at most
+        `retry_seconds`."""
+        deadline = time.monotonic() + self.retry_seconds
+        pause = 0.5
+        while True:
+            try:
+                return operation(**arguments)
+            except Exception as error:
+                mapped = classify(error, self.bucket)
+                if not isinstance(mapped, StoreUnavailable):
+                    raise
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise mapped from error
+                log.warning("%s; trying again in %.1f s", mapped.strerror, min(pause, left))
+                time.sleep(min(pause, left))
+                pause = min(pause * 2, 5.0)
+
     def put(self, key: str, data: bytes, content_type: str) -> str:
-        self.client.put_object(  # type: ignore[attr-defined]
-            Bucket=self.bucket, Key=self.key(key), Body=data, ContentType=content_type
+        self.call(
+            self.client.put_object,  # type: ignore[attr-defined]
+            Bucket=self.bucket,
+            Key=self.key(key),
+            Body=data,
+            ContentType=content_type,
         )
         return f"s3://{self.bucket}/{self.key(key)}"
 
@@ -138,19 +238,47 @@ class S3Store:
         from botocore.exceptions import ClientError
 
         try:
-            response = self.client.get_object(Bucket=self.bucket, Key=self.key(key))  # type: ignore[attr-defined]
+            return self.call(self._read, key=self.key(key))
         except ClientError as error:
             if error.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
                 return None
             raise
+
+    def _read(self, key: str) -> bytes:
+        # Reading the body inside the retried call: the connection may drop mid-body too.
+        response = self.client.get_object(Bucket=self.bucket, Key=key)  # type: ignore[attr-defined]
         return response["Body"].read()
+
+    def check(self) -> str | None:
+        """Why the bucket cannot be used now (missing, unreachable), asked once with short
+        timeouts; None when it answers."""
+        try:
+            self.probe.head_bucket(Bucket=self.bucket)  # type: ignore[attr-defined]
+        except Exception as error:
+            if _is_404(error):
+                return f"the bucket {self.bucket!r} {NO_BUCKET}"
+            mapped = classify(error, self.bucket)
+            return mapped.strerror if isinstance(mapped, OSError) else f"the S3 store: {error}"
+        return None
+
+    def create(self) -> None:
+        """Create the bucket (already there, by this or another worker: fine)."""
+        from botocore.exceptions import ClientError
+
+        try:
+            self.call(self.client.create_bucket, Bucket=self.bucket)  # type: ignore[attr-defined]
+        except ClientError as error:
+            code = error.response.get("Error", {}).get("Code")
+            if code not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+                raise
 
     def delete_older_than(self, cutoff: float) -> list[str]:
         """Delete each job's objects when its newest is older than `cutoff` (a Unix time)."""
         start = f"{self.prefix}/" if self.prefix else ""
         jobs: dict[str, list[tuple[str, datetime]]] = {}
         paginator = self.client.get_paginator("list_objects_v2")  # type: ignore[attr-defined]
-        for page in paginator.paginate(Bucket=self.bucket, Prefix=start):
+        pages = self.call(lambda: list(paginator.paginate(Bucket=self.bucket, Prefix=start)))
+        for page in pages:
             for item in page.get("Contents", []):
                 job_id = item["Key"][len(start) :].partition("/")[0]
                 if JOB_ID.fullmatch(job_id):
@@ -159,10 +287,22 @@ class S3Store:
         expired = [job for job, items in jobs.items() if max(when for _, when in items) < limit]
         keys = [{"Key": key} for job in expired for key, _ in jobs[job]]
         for index in range(0, len(keys), 1000):  # S3 deletes at most 1000 keys per call
-            self.client.delete_objects(  # type: ignore[attr-defined]
-                Bucket=self.bucket, Delete={"Objects": keys[index : index + 1000], "Quiet": True}
+            self.call(
+                self.client.delete_objects,  # type: ignore[attr-defined]
+                Bucket=self.bucket,
+                Delete={"Objects": keys[index : index + 1000], "Quiet": True},
             )
         return expired
+
+
+def _is_404(error: Exception) -> bool:
+    """HEAD answers have no body: a missing bucket is a bare 404."""
+    from botocore.exceptions import ClientError
+
+    return isinstance(error, ClientError) and str(error.response.get("Error", {}).get("Code")) in (
+        "404",
+        "NoSuchBucket",
+    )
 
 
 def free_bytes(folder: str | Path) -> int | None:
@@ -199,19 +339,54 @@ def parse_s3_url(url: str) -> tuple[str, str]:
     return bucket, prefix
 
 
-def open_store(settings: Settings) -> Store:
-    """The store `settings.store` names: a folder path, or s3://bucket/prefix."""
+def open_store(settings: Settings, *, retry_seconds: float | None = None) -> Store:
+    """The store `settings.store` names: a folder path, or s3://bucket/prefix; an S3 call is
+    retried for `retry_seconds` (default `store_retry_seconds`)."""
     if not settings.store.startswith("s3://"):
         return LocalStore(settings.store)
     import boto3  # only S3 deployments need it
+    from botocore.config import Config
 
     bucket, prefix = parse_s3_url(settings.store)
     secret = settings.s3_secret_access_key
-    client = boto3.client(
-        "s3",
-        endpoint_url=settings.s3_endpoint_url,
-        region_name=settings.s3_region,
-        aws_access_key_id=settings.s3_access_key_id,
-        aws_secret_access_key=secret.get_secret_value() if secret else None,
+
+    def client(timeout: float, attempts: int) -> object:
+        return boto3.client(
+            "s3",
+            endpoint_url=settings.s3_endpoint_url,
+            region_name=settings.s3_region,
+            aws_access_key_id=settings.s3_access_key_id,
+            aws_secret_access_key=secret.get_secret_value() if secret else None,
+            config=Config(
+                connect_timeout=timeout,
+                read_timeout=timeout,
+                retries={"mode": "standard", "total_max_attempts": attempts},
+            ),
+        )
+
+    return S3Store(
+        bucket,
+        prefix,
+        client(settings.s3_timeout, 3),
+        retry_seconds=settings.store_retry_seconds if retry_seconds is None else retry_seconds,
+        probe=client(min(settings.s3_timeout, 2.0), 1),
     )
-    return S3Store(bucket, prefix, client)
+
+
+def wait_for_store(store: Store, settings: Settings, stop: Callable[[], bool] = bool) -> None:
+    """Block until the store answers (a worker starting): a missing bucket is created when
+    `s3_create_bucket` is set, else waited for, saying so; so is an unreachable store."""
+    delay = 1.0
+    while (problem := store.check()) is not None and not stop():
+        missing = NO_BUCKET in problem
+        if missing and settings.s3_create_bucket and isinstance(store, S3Store):
+            log.warning("%s; creating it (CASCADE_S3_CREATE_BUCKET)", problem)
+            try:
+                store.create()
+                continue
+            except Exception as error:  # e.g. denied: say so and keep waiting
+                log.warning("could not create the bucket: %s", error)
+        hint = "; create it or set CASCADE_S3_CREATE_BUCKET" if missing else ""
+        log.warning("result store: %s%s; taking no jobs, retrying in %.0f s", problem, hint, delay)
+        time.sleep(delay)
+        delay = min(delay * 2, settings.redis_backoff_max)

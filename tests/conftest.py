@@ -134,3 +134,57 @@ def start_worker(settings: Settings, log: Path, stages: str = "base64") -> subpr
             stdout=out,
             stderr=subprocess.STDOUT,
         )
+
+
+class S3Server:
+    """moto's S3 server speaking real HTTP on 127.0.0.1 (its own process, so a test can
+    SIGSTOP, SIGCONT or kill it like an S3 service that hangs or goes away)."""
+
+    def __init__(self, log: Path):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        with open(log, "w") as out:
+            self.process = subprocess.Popen(
+                [
+                    str(REPO / ".venv" / "bin" / "moto_server"),
+                    "-H",
+                    "127.0.0.1",
+                    "-p",
+                    str(self.port),
+                ],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        wait_for(self.answers, 30, "moto's S3 server to start")
+
+    def answers(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=1) as probe:
+                probe.sendall(b"GET /moto-api/ HTTP/1.0\r\n\r\n")
+                return probe.recv(12).startswith(b"HTTP/")
+        except OSError:
+            return False
+
+    def settings(self, bucket: str, **fields: object) -> Settings:
+        """Settings whose store is `bucket` on this server (moto takes any credentials)."""
+        return Settings(
+            store=f"s3://{bucket}/results",
+            s3_endpoint_url=self.url,
+            s3_region="us-east-1",
+            s3_access_key_id="test",
+            s3_secret_access_key="test",
+            **fields,
+        )
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+
+
+@pytest.fixture(scope="module")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """A moto S3 server on 127.0.0.1 for the module's tests."""
+    server = S3Server(tmp_path_factory.mktemp("s3") / "moto.log")
+    yield server
+    server.stop()

@@ -20,6 +20,8 @@ from __future__ import annotations
 import argparse
 import logging
 import signal
+import socket
+import sys
 import threading
 import time
 from types import FrameType
@@ -29,7 +31,7 @@ from redis import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
-from rq import SimpleWorker
+from rq import SimpleWorker, Worker
 from rq.executions import Execution
 from rq.job import Job
 from rq.queue import Queue
@@ -39,10 +41,11 @@ from rq.worker import WorkerStatus
 
 from cascade.stages import STAGES
 from jobs.connection import connect, stop_requested, wait_for_redis
-from jobs.health import UNLOADED_FIELD, encode
+from jobs.health import UNLOADED_FIELD, encode, remember_served
+from jobs.queues import stage_queue, worker_alive
 from jobs.retention import collect_if_due
 from jobs.settings import Settings, get_settings
-from jobs.store import space_shortfall
+from jobs.store import space_shortfall, wait_for_store
 from workers.batching import claim
 from workers.queue import StageQueue, worker_queue
 from workers.runtime import Batch, Runtime, current, install
@@ -279,12 +282,16 @@ def main(args: argparse.Namespace) -> None:
     """Load the served stages' models, then take jobs until stopped (or idle, with --burst)."""
     settings = get_settings()
     stages = parse_stages(args.stages)
+    if args.check:
+        raise SystemExit(check(connect(settings), stages, settings.worker_fresh_seconds))
     if settings.torch_threads:
         torch.set_num_threads(settings.torch_threads)  # workers sharing CPUs contend otherwise
     connection = connect(settings)
     wait_for_redis(connection, settings)
     runtime = Runtime(settings, connection)
     install(runtime)
+    wait_for_store(runtime.store, settings)  # a missing bucket: created, or waited for
+    remember_served(connection, stages)  # asked for, loaded or not: the deployment serves them
     serving = [name for name in stages if runtime.try_load(name)]
     random = [name for name in serving if runtime.stages[name].model.random_weights]
     if not serving:
@@ -358,9 +365,38 @@ def report(settings: Settings, connection: Redis, unloaded: dict[str, str]) -> N
             stop.wait(settings.redis_backoff_max)
 
 
+def check(connection: Redis, stages: list[str], fresh_seconds: int) -> int:
+    """A container's health check: 0 when a worker on this host listening on one of `stages`
+    has beaten its heartbeat in the last `fresh_seconds`, else 1 (said on stderr)."""
+    host = socket.gethostname()
+    try:
+        alive = [
+            worker
+            for stage in stages
+            for worker in Worker.all(queue=stage_queue(connection, stage))
+            if worker.hostname == host and worker_alive(connection, worker.name, fresh_seconds)
+        ]
+    except (RedisConnectionError, RedisTimeoutError) as error:
+        print(f"unhealthy: cannot reach Redis: {error}", file=sys.stderr)
+        return 1
+    if alive:
+        return 0
+    print(
+        f"unhealthy: no worker on {host} serving {', '.join(stages)} has beaten its heartbeat "
+        f"in the last {fresh_seconds} s",
+        file=sys.stderr,
+    )
+    return 1
+
+
 def register(commands: argparse._SubParsersAction) -> None:
     """`cascade worker` (a `cascade.commands` entry point)."""
     worker = commands.add_parser("worker", help="serve stage queues")
     worker.add_argument("--stages", default=",".join(STAGES))
     worker.add_argument("--burst", action="store_true", help="exit when the queues are empty")
+    worker.add_argument(
+        "--check",
+        action="store_true",
+        help="health check: exit 0 if a worker on this host serving --stages has a fresh heartbeat",
+    )
     worker.set_defaults(run=main)

@@ -9,7 +9,7 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from api.auth import authenticate
-from api.deps import RedisDep, SettingsDep
+from api.deps import RedisDep, SettingsDep, StoreDep
 from api.metrics import StageCollector
 from api.schemas import ClassInfo, ErrorBody, Limits
 from api.submit import known_classes
@@ -24,7 +24,7 @@ from cascade.stages import (
     SIZES,
     STAGES,
 )
-from jobs.health import unloaded_stages
+from jobs.health import served_stages, unloaded_stages
 from jobs.queues import live_workers
 from jobs.store import MB, free_bytes, space_shortfall
 
@@ -76,15 +76,16 @@ def healthz() -> dict[str, str]:
 
 
 @router.get("/readyz", responses={503: {"model": ErrorBody}})
-def readyz(connection: RedisDep, settings: SettingsDep) -> JSONResponse:
-    """Ready when Redis answers, every stage queue has at least one worker listening whose
-    heartbeat is fresh (a killed worker's registration outlives it), and a local result disk
-    has its floor of free space (`disk`; below it workers take no stages); names the stages
-    live workers could not load, and why."""
+def readyz(connection: RedisDep, settings: SettingsDep, store: StoreDep) -> JSONResponse:
+    """Ready when Redis answers, each served stage's queue (`served_stages`) has a worker
+    listening whose heartbeat is fresh (a killed worker's registration outlives it), the store
+    answers, and a local result disk has its floor of free space (`disk`; below it workers
+    take no stages); names the stages live workers could not load, and why."""
     connection.ping()
     fresh = settings.worker_fresh_seconds
     workers = {name: live_workers(connection, name, fresh) for name in STAGES}
-    missing = [name for name, count in workers.items() if count == 0]
+    served = served_stages(connection, settings, STAGES)  # a partial deployment is ready too
+    missing = [name for name in served if workers[name] == 0]
     shortfall = space_shortfall(settings)
     free = None if settings.store.startswith("s3://") else free_bytes(settings.store)
     disk = {
@@ -98,7 +99,8 @@ def readyz(connection: RedisDep, settings: SettingsDep) -> JSONResponse:
         stage: [asdict(report) for report in reports]
         for stage, reports in unloaded_stages(connection, fresh).items()
     }
-    problems = []
+    store_problem = store.check()  # a bucket missing or unreachable: stages cannot save
+    problems = [] if store_problem is None else [f"result store: {store_problem}"]
     if missing:
         reasons = [
             f"{name}: {'; '.join(sorted({report['reason'] for report in unloaded[name]}))}"
@@ -111,7 +113,14 @@ def readyz(connection: RedisDep, settings: SettingsDep) -> JSONResponse:
         )
     if shortfall is not None:
         problems.append(f"{shortfall}: workers take no stages until space is freed")
-    detail = {"workers": workers, "unloaded": unloaded, "disk": disk}
+    store_state = {"ok": store_problem is None, "error": store_problem}
+    detail = {
+        "workers": workers,
+        "served": served,
+        "unloaded": unloaded,
+        "disk": disk,
+        "store": store_state,
+    }
     if problems:
         return JSONResponse({"error": "; ".join(problems), "detail": detail}, status_code=503)
     return JSONResponse({"status": "ready", **detail})
