@@ -6,6 +6,7 @@ floor (507, /readyz) and runs jobs again once space is freed, with no restart.""
 from __future__ import annotations
 
 import errno
+import json
 import os
 import re
 import shutil
@@ -242,7 +243,13 @@ def test_a_full_result_disk_is_stated_and_survived(
             assert stages["sr256"]["attempts"] == 1  # sampled once: not retried
             time.sleep(2)  # a retry, had one been queued, would have started by now
             assert started(log, doomed, "sr256") == 1
-            assert sorted(path.name for path in (small_disk / doomed).iterdir()) == ["base64.png"]
+            # No partial upscale or temporary file is left. The failed job's record is written
+            # where the few bytes it needs still fit (its end path never depends on it).
+            left = sorted(path.name for path in (small_disk / doomed).iterdir())
+            assert left in (["base64.png"], ["base64.png", "job.json"]), left
+            if "job.json" in left:
+                record = json.loads((small_disk / doomed / "job.json").read_text())
+                assert record["status"] == "failed", record
 
             # Under the floor: submissions get 507 with Retry-After, /readyz says why, the
             # worker keeps running but takes no stage, and job pages still answer.

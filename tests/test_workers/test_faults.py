@@ -158,9 +158,10 @@ def job(client: TestClient, job_id: str) -> dict:
 
 
 def live(client: TestClient) -> int | None:
-    """Live base64 workers, as /readyz counts them (it is 503 here: no sr256/sr1024 worker)."""
+    """Live base64 workers, as /readyz counts them: at the top when it is ready (only base64
+    workers serve here, so that stage alone is served), under `detail` when it is 503."""
     body = client.get("/readyz").json()
-    return ((body.get("detail") or {}).get("workers") or {}).get("base64")
+    return ((body.get("detail", body) or {}).get("workers") or {}).get("base64")
 
 
 class Receivers:
