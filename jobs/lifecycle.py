@@ -27,125 +27,17 @@ from typing import Literal
 
 from redis import Redis
 
+from jobs import scripts
 from jobs.events import PROGRESS_INTERVAL, EventLog, EventType
 from jobs.record import JobRecord, NewJob, job_key, tensor_key
 from jobs.settings import Settings, get_settings
-from jobs.status import WAITING, JobStatus, StageStatus, lua_ended, lua_list
+from jobs.status import JobStatus, StageStatus
 from jobs.store import RECORD, Store, object_name
 from jobs.view import describe
 from jobs.webhooks import enqueue_delivery
 
 log = logging.getLogger(__name__)
 TerminalStatus = Literal[JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELED]
-
-# Lua: whether the record's status (a local `status`, false when the record is gone) has ended.
-_ENDED = lua_ended("status")
-
-_UPDATE_IF_ACTIVE = f"""
-local status = redis.call('HGET', KEYS[1], 'status')
-if {_ENDED} then
-  return 0
-end
-redis.call('HSET', KEYS[1], unpack(ARGV))
-return 1
-"""
-
-# KEYS: the record. ARGV: the stage, the time, then field/value pairs. Starts an attempt unless
-# the job has ended or the stage already succeeded: its number (the lease), else 0.
-_START_STAGE = f"""
-local status = redis.call('HGET', KEYS[1], 'status')
-if ({_ENDED}) or redis.call('HGET', KEYS[1], ARGV[1] .. '.status') == '{StageStatus.SUCCEEDED}' then
-  return 0
-end
-redis.call('HSETNX', KEYS[1], 'started_at', ARGV[2])
-local attempt = redis.call('HINCRBY', KEYS[1], ARGV[1] .. '.attempts', 1)
-redis.call('HSET', KEYS[1], unpack(ARGV, 3))
-return attempt
-"""
-
-# KEYS: the record. ARGV: the lease field, the lease ("" for none), "1" to write only while the
-# job is active, then field/value pairs. 1 when written; 0 when the record is gone, the lease is
-# another attempt's, or (when asked) the job has ended.
-_WRITE_FENCED = f"""
-local status = redis.call('HGET', KEYS[1], 'status')
-if not status then
-  return 0
-end
-if ARGV[2] ~= '' and redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then
-  return 0
-end
-if ARGV[3] == '1' and ({_ENDED}) then
-  return 0
-end
-redis.call('HSET', KEYS[1], unpack(ARGV, 4))
-return 1
-"""
-
-# KEYS: the record. ARGV: the lease field, the lease ("" for none), then field/value pairs.
-# 0: written; 1: the job has ended (canceled: stop), nothing written (its view stays as it
-# ended); 2: nothing written, the record is gone or another attempt holds the stage.
-_PROGRESS = f"""
-local status = redis.call('HGET', KEYS[1], 'status')
-if (not status) or (ARGV[2] ~= '' and redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2]) then
-  return 2
-end
-if {_ENDED} then
-  return 1
-end
-redis.call('HSET', KEYS[1], unpack(ARGV, 3))
-return 0
-"""
-
-# KEYS: the record, the tensor. ARGV: the lease field, the lease ("" for none), data, ttl.
-# Nothing is stored for a job that has ended (its end dropped the hand-off tensors); an upload
-# is stored before its record is made.
-_PUT_FENCED = f"""
-local status = redis.call('HGET', KEYS[1], 'status')
-if status and ({_ENDED}) then
-  return 0
-end
-if ARGV[2] ~= '' and redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then
-  return 0
-end
-redis.call('SET', KEYS[2], ARGV[3], 'EX', ARGV[4])
-return 1
-"""
-
-# KEYS: the record. ARGV: the job's end status, the time, its error, the stage that failed it
-# ("" for none) and this process's lease on it ("" for none), the record's ttl, that stage's
-# error, then the job's stage names. Ends the job once: 0 when it had already ended, is gone, or
-# another attempt holds the failing stage. The failing stage ends failed, a running one as the
-# job did (failed, or canceled), and on a cancel every stage that never started ends canceled.
-_END = f"""
-local status = redis.call('HGET', KEYS[1], 'status')
-if {_ENDED} then
-  return 0
-end
-local culprit = ARGV[4]
-if ARGV[5] ~= '' and redis.call('HGET', KEYS[1], culprit .. '.attempts') ~= ARGV[5] then
-  return 0
-end
-redis.call('HSET', KEYS[1], 'status', ARGV[1], 'ended_at', ARGV[2], 'error', ARGV[3])
-local waiting = {lua_list(WAITING)}
-for index = 8, #ARGV do
-  local name = ARGV[index]
-  local stage = redis.call('HGET', KEYS[1], name .. '.status')
-  local ended = false
-  if name == culprit then
-    ended = '{StageStatus.FAILED}'
-    redis.call('HSET', KEYS[1], name .. '.error', ARGV[7])
-  elseif stage == '{StageStatus.RUNNING}' then
-    ended = ARGV[1] == '{JobStatus.FAILED}' and '{StageStatus.FAILED}' or '{StageStatus.CANCELED}'
-  elseif ARGV[1] == '{JobStatus.CANCELED}' and waiting[stage] then
-    ended = '{StageStatus.CANCELED}'
-  end
-  if ended then
-    redis.call('HSET', KEYS[1], name .. '.status', ended, name .. '.ended_at', ARGV[2])
-  end
-end
-redis.call('EXPIRE', KEYS[1], ARGV[6])
-return 1
-"""
 
 
 class Jobs:
@@ -169,12 +61,12 @@ class Jobs:
         self.settings = settings
         self.store = store
         self.about = dict(about or {})
-        self._end = connection.register_script(_END)
-        self._update_if_active = connection.register_script(_UPDATE_IF_ACTIVE)
-        self._start_stage = connection.register_script(_START_STAGE)
-        self._write_fenced = connection.register_script(_WRITE_FENCED)
-        self._progress = connection.register_script(_PROGRESS)
-        self._put_fenced = connection.register_script(_PUT_FENCED)
+        self._end = connection.register_script(scripts.END)
+        self._update_if_active = connection.register_script(scripts.UPDATE_IF_ACTIVE)
+        self._start_stage = connection.register_script(scripts.START_STAGE)
+        self._write_fenced = connection.register_script(scripts.WRITE_FENCED)
+        self._progress = connection.register_script(scripts.PROGRESS)
+        self._put_fenced = connection.register_script(scripts.PUT_FENCED)
         self.events = EventLog(connection, ttl)
         self._progress_sent: dict[tuple[str, str], float] = {}  # (job, stage) -> monotonic time
         self.leases: dict[tuple[str, str], int] = {}  # (job, stage) -> the attempt started here
