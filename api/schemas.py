@@ -118,6 +118,9 @@ class JobAccepted(BaseModel):
         None, description="whether a planned stage's workers run random weights (None: unknown)"
     )
     warning: str | None = None
+    waiting: str | None = Field(
+        None, description="a stage the job needs has no live worker now: the job waits for one"
+    )
     replayed: bool = Field(
         False, description="true: an earlier request with this Idempotency-Key made this job"
     )

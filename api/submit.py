@@ -23,12 +23,12 @@ from jobs.idempotency import IdempotencyConflict, bind
 from jobs.lifecycle import Jobs
 from jobs.listing import index_job
 from jobs.plan import PlannedStage, plan_generation, plan_upscale, planned_class
-from jobs.queues import enqueue_stage, stage_job_exists
+from jobs.queues import enqueue_stage, live_workers, stage_job_exists
 from jobs.quotas import QuotaExceeded, check_active, check_cost, check_queue, track
 from jobs.record import JobRecord, NewJob
 from jobs.settings import Settings
 from jobs.store import space_shortfall
-from jobs.view import RANDOM_WEIGHTS_WARNING, links
+from jobs.view import RANDOM_WEIGHTS_WARNING, WAITING_FOR, links
 from jobs.webhooks import WebhookRefused, check_destination
 
 log = logging.getLogger(__name__)
@@ -157,7 +157,7 @@ def accept(
                     # now, or the job would wait forever.
                     enqueue_stage(connection, settings, earlier, first)
                 return accepted(
-                    connection, record.id, record.seed, record.plan, True, record.status
+                    connection, settings, record.id, record.seed, record.plan, True, record.status
                 )
             # The first request died between binding the key and storing its job: finish it.
             job = replace(job, id=earlier)
@@ -172,7 +172,7 @@ def accept(
     jobs.create(job)
     index_job(connection, job.owner, job.id, settings.result_ttl)
     enqueue_stage(connection, settings, job.id, job.plan[0].name)
-    result = accepted(connection, job.id, job.seed, job.plan)
+    result = accepted(connection, settings, job.id, job.seed, job.plan)
     log.info(
         "job %s accepted: %s %s, seed %s%s",
         job.id,
@@ -198,6 +198,7 @@ def check_space(settings: Settings) -> None:
 
 def accepted(
     connection: Redis,
+    settings: Settings,
     job_id: str,
     seed: int,
     plan: list[PlannedStage],
@@ -206,6 +207,10 @@ def accepted(
 ) -> JobAccepted:
     names = [stage.name for stage in plan]
     random_weights, warning = weights_warning(connection, names)
+    # Accepted all the same (an autoscaler starts workers from the queue's length), but said.
+    idle = [
+        name for name in names if not live_workers(connection, name, settings.worker_fresh_seconds)
+    ]
     return JobAccepted(
         id=job_id,
         status=status,
@@ -214,6 +219,7 @@ def accepted(
         links=Links(**links(job_id, names)),
         random_weights=random_weights,
         warning=warning,
+        waiting=WAITING_FOR.format(stage=idle[0]) if idle else None,
         replayed=replayed,
     )
 

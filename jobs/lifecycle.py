@@ -32,11 +32,14 @@ from jobs.events import PROGRESS_INTERVAL, EventLog, EventType
 from jobs.record import JobRecord, NewJob, job_key, tensor_key
 from jobs.settings import Settings, get_settings
 from jobs.status import JobStatus, StageStatus
-from jobs.store import RECORD, Store, object_name
+from jobs.store import RECORD, Store, handoff_object, object_name
 from jobs.view import describe
 from jobs.webhooks import enqueue_delivery
 
 log = logging.getLogger(__name__)
+# A hand-off kept in the result store: Redis holds these bytes and the object's name. Real
+# hand-offs are safetensors bytes, which start with an 8-byte header length, never with this.
+HANDOFF_REFERENCE = b"cascade-store:"
 TerminalStatus = Literal[JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELED]
 
 
@@ -326,17 +329,40 @@ class Jobs:
             log.exception("job %s: job.json could not be written to the result store", record.id)
 
     def put_tensor(self, job_id: str, name: str, data: bytes, ttl: int) -> bool:
-        """Store a stage's output (or an upload) for the next stage; False, storing nothing,
-        when a newer attempt holds that stage."""
+        """Store a stage's output (or an upload) for the next stage; False, storing nothing in
+        Redis, when a newer attempt holds that stage. Above `handoff_inline_bytes` the data goes
+        to the result store and Redis keeps a reference (`HANDOFF_REFERENCE` + object name)."""
         keys = [job_key(job_id), tensor_key(job_id, name)]
+        limit = (self.settings or get_settings()).handoff_inline_bytes
+        if self.store is not None and len(data) > limit:
+            if self.superseded(job_id, name):
+                return False
+            key = object_name(job_id, handoff_object(name))
+            self.store.put(key, data, "application/octet-stream")
+            data = HANDOFF_REFERENCE + key.encode()
         return bool(self._put_fenced(keys=keys, args=[*self._lease(job_id, name), data, ttl]))
 
     def get_tensor(self, job_id: str, name: str) -> bytes | None:
-        return self.connection.get(tensor_key(job_id, name))
+        """A hand-off's bytes, from Redis or the store its reference names; None when gone."""
+        data = self.connection.get(tensor_key(job_id, name))
+        if data is None or not data.startswith(HANDOFF_REFERENCE):
+            return data
+        if self.store is None:
+            raise RuntimeError(f"job {job_id}: hand-off {name} is in the result store, none given")
+        return self.store.get(data[len(HANDOFF_REFERENCE) :].decode())
 
     def drop_tensors(self, job_id: str, names: list[str]) -> None:
-        """Free hand-off tensors once nothing will read them (they would expire anyway)."""
-        self.connection.delete(*(tensor_key(job_id, name) for name in names))
+        """Free hand-off tensors once nothing will read them (they would expire anyway; the
+        store's copies go with the job's folder at retention)."""
+        keys = [tensor_key(job_id, name) for name in names]
+        references = [data for data in self.connection.mget(keys) if data]
+        self.connection.delete(*keys)
+        for data in references:
+            if data.startswith(HANDOFF_REFERENCE) and self.store is not None:
+                try:
+                    self.store.delete(data[len(HANDOFF_REFERENCE) :].decode())
+                except OSError as error:  # the store is down: retention deletes it later
+                    log.warning("job %s: hand-off not deleted from the store: %s", job_id, error)
 
 
 def _pairs(fields: dict[str, object]) -> list[str]:

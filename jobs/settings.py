@@ -119,6 +119,12 @@ class Settings(BaseSettings):
     # Lifetimes in Redis.
     result_ttl: int = Field(7 * 86400, gt=0)  # job records
     tensor_ttl: int = Field(86400, gt=0)  # float tensors handed from one stage to the next
+    # A hand-off (a stage's float output, an upscale's decoded upload) larger than this many
+    # bytes goes to the result store (folder or bucket), Redis holding only a reference; smaller
+    # ones are Redis values with tensor_ttl. 1 MiB keeps a 256 px hand-off (0.92 MB) in Redis
+    # and sends a 1024 px one (12.6 MB) to the store, so a job holds at most one MiB per hand-off
+    # in Redis. 0 sends every hand-off to the store.
+    handoff_inline_bytes: int = Field(1 << 20, ge=0)
     # Stored PNGs and job.json files older than result_ttl are deleted by the workers'
     # maintenance at most this often (and by `cascade gc`).
     retention_interval: int = Field(3600, ge=1)

@@ -38,6 +38,11 @@ def object_name(job_id: str, name: str) -> str:
     return f"{job_id}/{name}"
 
 
+def handoff_object(stage: str) -> str:
+    """A hand-off tensor kept in the store (above `handoff_inline_bytes`): `{stage}.tensor`."""
+    return f"{stage}.tensor"
+
+
 def stage_preview(stage: str) -> str:
     return f"{stage}.png"
 
@@ -105,6 +110,8 @@ class Store(Protocol):
 
     def get(self, key: str) -> bytes | None: ...
 
+    def delete(self, key: str) -> None: ...
+
     def delete_older_than(self, cutoff: float) -> list[str]: ...
 
     def check(self) -> str | None: ...
@@ -142,6 +149,9 @@ class LocalStore:
     def get(self, key: str) -> bytes | None:
         path = self.root / key
         return path.read_bytes() if path.is_file() else None
+
+    def delete(self, key: str) -> None:
+        (self.root / key).unlink(missing_ok=True)
 
     def delete_older_than(self, cutoff: float) -> list[str]:
         """Delete each job folder whose newest file is older than `cutoff` (a Unix time); the
@@ -243,6 +253,10 @@ class S3Store:
             if error.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
                 return None
             raise
+
+    def delete(self, key: str) -> None:
+        # Deleting a missing key succeeds in S3 too.
+        self.call(self.client.delete_object, Bucket=self.bucket, Key=self.key(key))  # type: ignore[attr-defined]
 
     def _read(self, key: str) -> bytes:
         # Reading the body inside the retried call: the connection may drop mid-body too.

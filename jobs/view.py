@@ -83,6 +83,11 @@ class JobView(BaseModel):
     ended_at: str | None
     random_weights: bool
     warning: str | None
+    waiting: str | None = Field(
+        None,
+        description="set while a stage the job still needs has no live worker: the job waits "
+        "for one (a worker started by hand or by an autoscaler), and eta_seconds is null",
+    )
     stages: list[StageView]
     result: str | None
     links: Links
@@ -227,6 +232,22 @@ ORPHANED_ALONE = (
     "retrying: its worker stopped responding and no other worker serves stage {stage}; it waits "
     "for one (`cascade serve` restarts its worker, which retries it)"
 )
+
+
+WAITING_FOR = "waiting for a worker for {stage}: no live worker serves it now"
+
+
+def mark_waiting(view: dict[str, object], serving: Callable[[str], int]) -> dict[str, object]:
+    """An active job that still needs a stage no live worker serves says so (`waiting`), and
+    its ETA is unknown rather than extrapolated from the stages that did run."""
+    if view["status"] not in (JobStatus.QUEUED, JobStatus.RUNNING):
+        return view
+    for stage in view["stages"]:  # type: ignore[union-attr]
+        if stage["status"] != StageStatus.SUCCEEDED and serving(stage["name"]) == 0:
+            view["waiting"] = WAITING_FOR.format(stage=stage["name"])
+            view["eta_seconds"] = None
+            break
+    return view
 
 
 def mark_orphaned(

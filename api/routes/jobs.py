@@ -7,6 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query, Response
 from fastapi.responses import JSONResponse
+from redis import Redis
 
 from api.auth import Owner
 from api.deps import JobIdDep, JobsDep, RedisDep, SettingsDep, StoreDep, unknown_job
@@ -15,9 +16,10 @@ from jobs.lifecycle import Jobs
 from jobs.listing import DEFAULT_LIMIT, MAX_LIMIT, BadCursor, page
 from jobs.queues import cancel_stage, live_workers, worker_alive
 from jobs.record import JobRecord
+from jobs.settings import Settings
 from jobs.status import JobStatus, StageStatus
 from jobs.store import RESULT, Store, object_name, stage_preview
-from jobs.view import JobView, describe, mark_orphaned
+from jobs.view import JobView, describe, mark_orphaned, mark_waiting
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["jobs"])
@@ -43,6 +45,27 @@ def read_stored(store: Store, key: str) -> bytes | None:
     except Exception:
         log.exception("the result store could not read %s", key)
         raise HTTPException(503, "the result store is unavailable; try again shortly") from None
+
+
+def live_views(
+    connection: Redis, settings: Settings, records: list[JobRecord]
+) -> list[dict[str, object]]:
+    """The jobs' views with what the workers say now: a running stage whose worker died shows
+    as waiting to be retried, a stage no live worker serves as waited for (`mark_waiting`)."""
+    fresh = settings.worker_fresh_seconds
+    counts: dict[str, int] = {}
+
+    def serving(stage: str) -> int:
+        if stage not in counts:
+            counts[stage] = live_workers(connection, stage, fresh)
+        return counts[stage]
+
+    def alive(name: str) -> bool:
+        return worker_alive(connection, name, fresh)
+
+    return [
+        mark_waiting(mark_orphaned(describe(record), alive, serving), serving) for record in records
+    ]
 
 
 def not_ready(record: JobRecord, what: str) -> HTTPException:
@@ -71,15 +94,7 @@ def list_jobs(
         records, next_cursor = page(connection, jobs, owner, limit, cursor, status)
     except BadCursor as error:
         raise HTTPException(422, str(error)) from None
-    fresh = settings.worker_fresh_seconds
-    views = [
-        mark_orphaned(
-            describe(record),
-            lambda name: worker_alive(connection, name, fresh),
-            lambda stage: live_workers(connection, stage, fresh),
-        )
-        for record in records
-    ]
+    views = live_views(connection, settings, records)
     return {"jobs": views, "next_cursor": next_cursor}
 
 
@@ -88,12 +103,7 @@ def get_job(
     job_id: JobIdDep, owner: Owner, jobs: JobsDep, connection: RedisDep, settings: SettingsDep
 ) -> dict[str, object]:
     """Status, current stage, per-stage progress and timings, progress (0..1) and ETA."""
-    fresh = settings.worker_fresh_seconds
-    return mark_orphaned(
-        describe(find(jobs, job_id, owner)),
-        lambda name: worker_alive(connection, name, fresh),
-        lambda stage: live_workers(connection, stage, fresh),
-    )
+    return live_views(connection, settings, [find(jobs, job_id, owner)])[0]
 
 
 @router.get("/v1/jobs/{job_id}/result", response_class=Response, responses=PNG)

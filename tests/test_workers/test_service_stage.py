@@ -18,10 +18,10 @@ from rq.serializers import JSONSerializer
 
 from cascade.stages import StageRun
 from jobs.connection import EmbeddedRedis
-from jobs.lifecycle import Jobs
+from jobs.lifecycle import HANDOFF_REFERENCE, Jobs
 from jobs.plan import PlannedStage
 from jobs.queues import enqueue_stage, stage_job_id, stage_queue
-from jobs.record import NewJob
+from jobs.record import NewJob, tensor_key
 from jobs.sender import deliver_pending
 from jobs.settings import Settings, get_settings
 from jobs.stats import read_stage, record_stage
@@ -29,6 +29,7 @@ from workers import runtime as runtime_module
 from workers.runtime import Runtime
 from workers.stage import on_stage_failure, run_stage
 
+STAGES = [("base64", 64), ("sr256", 256)]
 TINY = {f"weights_{stage}": f"preset:{stage}-tiny" for stage in ("base64", "sr256", "sr1024")}
 
 
@@ -46,7 +47,7 @@ def runtime(redis_server: EmbeddedRedis, tmp_path: Path) -> Iterator[Runtime]:
 
 
 def new_job(runtime: Runtime, size: int = 256, kind: str = "generation") -> str:
-    stages = [("base64", 64), ("sr256", 256)][: 1 if size == 64 else 2]
+    stages = STAGES[: 1 if size == 64 else 2]
     plan = [PlannedStage(name, side, side, StageRun("ddim", 2)) for name, side in stages]
     if kind == "upscale":
         plan = [PlannedStage("sr256", 256, 256, StageRun("ddim", 2))]
@@ -257,3 +258,24 @@ def test_stage_statistics_price_work(runtime: Runtime):
     run_stage(job_id, "base64")
     measured = read_stage(runtime.connection, "base64")
     assert measured.work == 64 * 64 * 2 and measured.seconds_per_work > 0
+
+
+def test_hand_offs_through_the_store_give_the_same_image(runtime: Runtime, tmp_path: Path):
+    inline = new_job(runtime)
+    run_stage(inline, "base64")
+    run_stage(inline, "sr256")
+    runtime.settings = runtime.settings.model_copy(update={"handoff_inline_bytes": 0})
+    runtime.jobs.settings = runtime.settings
+    plan = [PlannedStage(name, side, side, StageRun("ddim", 2)) for name, side in STAGES]
+    stored = NewJob("e" * 32, "generation", {"class_id": 1}, 11, plan, (256, 256))
+    runtime.jobs.create(stored)
+    run_stage(stored.id, "base64")
+    reference = runtime.connection.get(tensor_key(stored.id, "base64"))
+    assert reference.startswith(HANDOFF_REFERENCE) and len(reference) < 100  # only a name
+    assert (tmp_path / stored.id / "base64.tensor").is_file()
+    run_stage(stored.id, "sr256")
+    assert runtime.jobs.get(stored.id).status == "succeeded"
+    folder = {path.name for path in (tmp_path / stored.id).iterdir()}
+    assert folder == {"base64.png", "sr256.png", "result.png", "job.json"}  # hand-off freed
+    result = (tmp_path / stored.id / "result.png").read_bytes()
+    assert result == (tmp_path / inline / "result.png").read_bytes()
