@@ -43,10 +43,15 @@ browser:
 serve: $(STAMP)
 	$(BIN)/cascade serve
 
+# Test files run in parallel processes (pytest-xdist), one file per process at a time so a
+# module's Redis, servers and browser are started once; many tests wait on workers and servers
+# they start, so more processes than cores still helps. TEST_WORKERS=0 runs them in this one.
+TEST_WORKERS ?= 3
+
 test: $(STAMP) browser
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
