@@ -14,6 +14,7 @@ log = logging.getLogger(__name__)
 # In a report file, this line and everything after it survive `cascade bench --report`
 # (hand-written sections: load runs, evaluations).
 KEEP_MARKER = "<!-- cascade bench keeps this line and everything below it -->"
+BATCHING_TARGET = 1.5  # the least speedup worth a batching target (per item, at the largest batch)
 SECTIONS = ("forward", "samplers", "time_to_quality", "service", "throughput", "tiling")
 
 
@@ -231,6 +232,16 @@ def _throughput(data: dict, given: dict) -> str:
             "",
             _table(["torch threads", *(f"batch {b}" for b in batches), "gain"], table),
         ]
+        best = max(row["gain"] for row in scaling.values())
+        if best < BATCHING_TARGET:
+            out += [
+                "",
+                f"Batching cannot reach a {BATCHING_TARGET}× speedup here: a batched forward "
+                f"costs at most {best:.2f}× less per item, so the cores are already busy at "
+                "batch 1. Cross-request batching is measured on such machines, not targeted; "
+                "its target (≥ 3× at batch 8 over batch 1) is on a GPU, where one item leaves "
+                "the chip mostly idle.",
+            ]
     return "\n".join(out)
 
 
