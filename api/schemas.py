@@ -9,6 +9,7 @@ from fastapi import UploadFile
 from pydantic import AfterValidator, AnyHttpUrl, BaseModel, ConfigDict, Field, model_validator
 
 from cascade.stages import DEFAULT_FIDELITY, ColorFix, LowBand, SamplerName
+from jobs.fairness import Priority
 from jobs.view import JobView, Links, StageView, StageWeights
 
 # The job's view is job control's own model (`jobs.view`), the same for the API, events and
@@ -20,6 +21,10 @@ MAX_SEED = 2**63 - 1  # stage seeds are taken modulo 2**63 (cascade.pipeline.sta
 Seed = Annotated[int, Field(ge=0, le=MAX_SEED, description="reproduces the image when reused")]
 Steps = Annotated[int, Field(ge=1, le=1000, description="sampler steps for every stage")]
 ClassId = Annotated[int, Field(ge=0, le=999, description="ImageNet class index")]
+PRIORITY = (
+    "each stage's queue serves high before normal before low; within a priority, jobs of "
+    "different API keys take turns"
+)
 DRY_RUN = (
     "true: queue nothing and answer 200 with a quote (the stages it would run, their cost and "
     "estimated seconds)"
@@ -52,6 +57,7 @@ class GenerationRequest(BaseModel):
         "none", description="colour correction of each upscaling stage against its input"
     )
     webhook_url: AnyHttpUrl | None = Field(None, strict=False)
+    priority: Priority = Field("normal", description=PRIORITY)
     dry_run: bool = Field(False, description=DRY_RUN)
 
     @model_validator(mode="after")
@@ -97,6 +103,7 @@ class UpscaleForm(BaseModel):
     )
     class_id: ClassId | None = Field(None, description="for class-conditional upscalers only")
     webhook_url: AnyHttpUrl | None = None
+    priority: Priority = Field("normal", description=PRIORITY)
     dry_run: bool = Field(False, description=DRY_RUN)
 
     @model_validator(mode="after")

@@ -155,7 +155,14 @@ def accept(
                 if record.status == "queued" and not stage_job_exists(connection, earlier, first):
                     # The first request died between storing its job and queuing it: queue it
                     # now, or the job would wait forever.
-                    enqueue_stage(connection, settings, earlier, first)
+                    enqueue_stage(
+                        connection,
+                        settings,
+                        earlier,
+                        first,
+                        owner=record.owner,
+                        priority=str(record.request.get("priority", "normal")),
+                    )
                 return accepted(
                     connection, settings, record.id, record.seed, record.plan, True, record.status
                 )
@@ -171,7 +178,8 @@ def accept(
         jobs.put_tensor(job.id, "input", input_tensor, settings.tensor_ttl)
     jobs.create(job)
     index_job(connection, job.owner, job.id, settings.result_ttl)
-    enqueue_stage(connection, settings, job.id, job.plan[0].name)
+    priority = str(job.request.get("priority", "normal"))
+    enqueue_stage(connection, settings, job.id, job.plan[0].name, owner=owner, priority=priority)
     result = accepted(connection, settings, job.id, job.seed, job.plan)
     log.info(
         "job %s accepted: %s %s, seed %s%s",

@@ -1,4 +1,5 @@
-"""One RQ queue per stage; stage jobs are enqueued by dotted path with JSON arguments only."""
+"""One RQ queue per stage, ordered by priority and fair share between keys (`jobs.fairness`);
+stage jobs are enqueued by dotted path with JSON arguments only."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from rq.exceptions import NoSuchJobError
 from rq.job import Job
 from rq.serializers import JSONSerializer
 
+from jobs.fairness import place
 from jobs.settings import Settings
 
 RUN_STAGE = "workers.stage.run_stage"  # by name: the API must not import the worker's torch code
@@ -57,10 +59,20 @@ def stage_job_exists(connection: Redis, job_id: str, stage: str) -> bool:
     return Job.exists(stage_job_id(job_id, stage), connection=connection)
 
 
-def enqueue_stage(connection: Redis, settings: Settings, job_id: str, stage: str) -> Job:
-    """Queue one stage of a job; crashes and killed workers are retried `settings.retries` times."""
+def enqueue_stage(
+    connection: Redis,
+    settings: Settings,
+    job_id: str,
+    stage: str,
+    *,
+    owner: str = "",
+    priority: str = "normal",
+) -> Job:
+    """Queue one stage of a job at its place: by priority, then taking turns between API keys
+    (`jobs.fairness`); crashes and killed workers are retried `settings.retries` times."""
     retry = Retry(max=settings.retries) if settings.retries > 0 else None
-    return stage_queue(connection, stage).enqueue(
+    queue = stage_queue(connection, stage)
+    job = queue.enqueue(
         RUN_STAGE,
         job_id,
         stage,
@@ -72,6 +84,8 @@ def enqueue_stage(connection: Redis, settings: Settings, job_id: str, stage: str
         failure_ttl=settings.result_ttl,
         description=f"job {job_id} stage {stage}",
     )
+    place(connection, queue.key, queue.name, job.id, owner, priority)
+    return job
 
 
 def cancel_stage(connection: Redis, job_id: str, stage: str) -> None:

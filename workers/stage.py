@@ -297,7 +297,14 @@ def hand_on(runtime: Runtime, job_id: str, stage: str) -> None:
         if record.stage(following, "status") not in WAITING:
             return
         if jobs.advance(job_id, following):
-            enqueue_stage(runtime.connection, runtime.settings, job_id, following)
+            enqueue_stage(
+                runtime.connection,
+                runtime.settings,
+                job_id,
+                following,
+                owner=record.owner,
+                priority=str(record.request.get("priority", "normal")),
+            )
         else:
             log.info("job %s has %s; stage %s will not start", job_id, record.status, following)
         return
