@@ -336,6 +336,34 @@ def keep_earlier(results: Results, path: Path) -> Results:
     return results
 
 
+# Options naming this machine's files: the report shows a placeholder for their value, so that
+# the command it records runs anywhere (the photos' folder is where each machine keeps them).
+PLACEHOLDERS = {"--data": "PHOTOS", "--json": "JSON", "--merge": "JSON"}
+
+
+def shown_command(argv: list[str]) -> str:
+    """The command line as the report records it: `cascade bench` and its options, with the
+    values of `PLACEHOLDERS`' options and any absolute path replaced by a placeholder."""
+    shown, placeholder = [], None
+    for word in argv:
+        option, equals, value = word.partition("=")
+        if placeholder is not None:
+            shown.append(placeholder)
+            placeholder = None
+        elif word in PLACEHOLDERS:
+            shown.append(word)
+            placeholder = PLACEHOLDERS[word]
+        elif equals and option in PLACEHOLDERS:
+            shown.append(f"{option}={PLACEHOLDERS[option]}")
+        elif equals and option.startswith("--") and value.startswith("/"):
+            shown.append(f"{option}=PATH")
+        elif word.startswith("/"):
+            shown.append("PATH")
+        else:
+            shown.append(word)
+    return "cascade " + shlex.join(shown)
+
+
 def main(args: argparse.Namespace) -> None:
     """`cascade bench`: measure, then write bench.json, its markdown and plot into `--out`;
     the repository's BENCHMARKS.md only when `--report` names it."""
@@ -349,7 +377,7 @@ def main(args: argparse.Namespace) -> None:
         if args.device == "cuda" and not torch.cuda.is_available():
             raise ValueError("--device cuda: no CUDA device is visible to torch")
         config = QUICK if args.quick else full(args.device)
-        command = "cascade " + shlex.join(sys.argv[1:])
+        command = shown_command(sys.argv[1:])
         results = run(config, args.device, chosen(args.only, args.skip), args.data, command)
         results = keep_earlier(results, path)
         path.write_text(json.dumps(results, indent=2) + "\n")
