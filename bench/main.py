@@ -336,31 +336,24 @@ def keep_earlier(results: Results, path: Path) -> Results:
     return results
 
 
-# Options naming this machine's files: the report shows a placeholder for their value, so that
-# the command it records runs anywhere (the photos' folder is where each machine keeps them).
-PLACEHOLDERS = {"--data": "PHOTOS", "--json": "JSON", "--merge": "JSON"}
+PLACEHOLDERS = {"--data": "PHOTOS", "--json": "JSON", "--merge": "JSON"}  # this machine's files
 
 
 def shown_command(argv: list[str]) -> str:
-    """The command line as the report records it: `cascade bench` and its options, with the
-    values of `PLACEHOLDERS`' options and any absolute path replaced by a placeholder."""
-    shown, placeholder = [], None
+    """The command line as reports record it, with placeholders for `PLACEHOLDERS`' values and
+    for absolute paths, so that it names no path of this machine."""
+    shown: list[str] = []
     for word in argv:
         option, equals, value = word.partition("=")
-        if placeholder is not None:
-            shown.append(placeholder)
-            placeholder = None
-        elif word in PLACEHOLDERS:
-            shown.append(word)
-            placeholder = PLACEHOLDERS[word]
+        if shown and shown[-1] in PLACEHOLDERS:
+            word = PLACEHOLDERS[shown[-1]]
         elif equals and option in PLACEHOLDERS:
-            shown.append(f"{option}={PLACEHOLDERS[option]}")
+            word = f"{option}={PLACEHOLDERS[option]}"
         elif equals and option.startswith("--") and value.startswith("/"):
-            shown.append(f"{option}=PATH")
+            word = f"{option}=PATH"
         elif word.startswith("/"):
-            shown.append("PATH")
-        else:
-            shown.append(word)
+            word = "PATH"
+        shown.append(word)
     return "cascade " + shlex.join(shown)
 
 
