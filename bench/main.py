@@ -336,6 +336,27 @@ def keep_earlier(results: Results, path: Path) -> Results:
     return results
 
 
+PLACEHOLDERS = {"--data": "PHOTOS", "--json": "JSON", "--merge": "JSON"}  # this machine's files
+
+
+def shown_command(argv: list[str]) -> str:
+    """The command line as reports record it, with placeholders for `PLACEHOLDERS`' values and
+    for absolute paths, so that it names no path of this machine."""
+    shown: list[str] = []
+    for word in argv:
+        option, equals, value = word.partition("=")
+        if shown and shown[-1] in PLACEHOLDERS:
+            word = PLACEHOLDERS[shown[-1]]
+        elif equals and option in PLACEHOLDERS:
+            word = f"{option}={PLACEHOLDERS[option]}"
+        elif equals and option.startswith("--") and value.startswith("/"):
+            word = f"{option}=PATH"
+        elif word.startswith("/"):
+            word = "PATH"
+        shown.append(word)
+    return "cascade " + shlex.join(shown)
+
+
 def main(args: argparse.Namespace) -> None:
     """`cascade bench`: measure, then write bench.json, its markdown and plot into `--out`;
     the repository's BENCHMARKS.md only when `--report` names it."""
@@ -349,7 +370,7 @@ def main(args: argparse.Namespace) -> None:
         if args.device == "cuda" and not torch.cuda.is_available():
             raise ValueError("--device cuda: no CUDA device is visible to torch")
         config = QUICK if args.quick else full(args.device)
-        command = "cascade " + shlex.join(sys.argv[1:])
+        command = shown_command(sys.argv[1:])
         results = run(config, args.device, chosen(args.only, args.skip), args.data, command)
         results = keep_earlier(results, path)
         path.write_text(json.dumps(results, indent=2) + "\n")

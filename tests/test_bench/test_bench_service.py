@@ -171,3 +171,14 @@ def test_report_names_the_repository_weights_by_their_path_in_it():
     assert shown(str(DEMO_WEIGHTS / "sr256.safetensors")) == "weights/demo/sr256.safetensors"
     assert shown(DEFAULT_WEIGHTS["sr256"]) == DEFAULT_WEIGHTS["sr256"]
     assert shown("/elsewhere/sr256.safetensors") == "/elsewhere/sr256.safetensors"
+
+
+def test_report_command_carries_no_path_of_this_machine():
+    from bench.main import shown_command
+
+    argv = ["bench", "--out", "runs/cpu", "--only", "samplers", "--data", "/srv/photos/holdout"]
+    assert shown_command(argv) == "cascade bench --out runs/cpu --only samplers --data PHOTOS"
+    argv = ["bench", "--data=/srv/photos", "--merge", "gpu.json", "--out", "/tmp/bench"]
+    assert shown_command(argv) == "cascade bench --data=PHOTOS --merge JSON --out PATH"
+    argv = ["bench", "--report", "BENCHMARKS.md", "--json=/tmp/run.json", "--quick"]
+    assert shown_command(argv) == "cascade bench --report BENCHMARKS.md --json=JSON --quick"
