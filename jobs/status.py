@@ -1,5 +1,5 @@
 """Job and stage statuses, defined once: Python, the Lua guards (`lua_ended`) and the page
-(`GET /v1/statuses`) all read them from here."""
+(`/vocabulary.js`, made from them by `api.routes.page`) all read them from here."""
 
 from __future__ import annotations
 

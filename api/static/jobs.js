@@ -7,15 +7,11 @@ import { bicubic } from "./bicubic.js";
 import { $, announce } from "./dom.js";
 import { seconds, shellQuote, size } from "./format.js";
 import { inputs } from "./inputs.js";
+import { EVENT_TYPES, TERMINAL } from "/vocabulary.js";
 
 const JOBS_KEY = "cascade.jobs";
 const REMOVED_KEY = "cascade.removedJobs"; // ids removed from the list: the service still lists them
 const KEEP_JOBS = 50;
-const TERMINAL = ["succeeded", "failed", "canceled"];
-const EVENT_TYPES = [
-  "queued", "stage_started", "progress", "stage_finished", "stage_retrying",
-  "succeeded", "failed", "canceled",
-];
 const MAX_STREAMS = 3; // a browser opens about 6 connections per host: leave room for requests
 const POLL_MS = 1000;
 
