@@ -16,6 +16,7 @@ from api.request_id import RequestId, install_log_filter
 from api.routes import docs, events, generations, jobs, page, service, upscales
 from api.routes.page import STATIC
 from api.schemas import ErrorBody
+from cascade import logformat
 from jobs.settings import Settings, get_settings
 
 DESCRIPTION = """Generate and upscale images with a cascade of diffusion models
@@ -24,6 +25,8 @@ DESCRIPTION = """Generate and upscale images with a cascade of diffusion models
 Submit a job (or ask for a quote with `dry_run`), follow it (poll, or Server-Sent Events), fetch
 its PNGs. Each stage runs on its own queue; a stage's image is available as soon as the stage
 finishes. The web page at `/` does all of this in a browser."""
+LOG_TEXT = "%(asctime)s %(levelname)s %(name)s [%(request_id)s]: %(message)s"
+UVICORN_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access")
 # What any /v1 route may answer besides its own: a refused key (401), bad input (422), a rate
 # limit (429), Redis unavailable (503, with Retry-After).
 V1_ERRORS: dict[int | str, dict[str, object]] = {
@@ -33,10 +36,11 @@ V1_ERRORS: dict[int | str, dict[str, object]] = {
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     """The API; `settings` replaces `get_settings()` (tests, embedding)."""
-    if not logging.getLogger().handlers:  # uvicorn configures only its own loggers
-        logging.basicConfig(
-            level=logging.INFO,
-            format="%(asctime)s %(levelname)s %(name)s [%(request_id)s]: %(message)s",
+    # uvicorn configures only its own loggers; in JSON mode they write JSON lines too.
+    logformat.configure(text=LOG_TEXT)
+    if logformat.log_format() == "json":
+        logformat.use_format(
+            [h for name in UVICORN_LOGGERS for h in logging.getLogger(name).handlers]
         )
     install_log_filter()
     install_safe_records()

@@ -121,6 +121,7 @@ class Service:
             probe.bind(("127.0.0.1", 0))
             port = probe.getsockname()[1]
         api = [sys.executable, "-m", "uvicorn", "api.main:create_app", "--factory"]
+        api += ["--no-access-log"]
         api += ["--port", str(port), "--log-level", "warning"]
         self.api = self._start("api", api, self.env)
         # Webhooks are posted by the sender, as in `cascade serve`, never by the workers.

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from importlib.metadata import entry_points
 from pathlib import Path
 
-from cascade import evaluation, train_command
+from cascade import evaluation, logformat, train_command
 from cascade.stages import COLOR_FIXES, LOW_BANDS, SAMPLER_NAMES, SIZES, STAGES
 
 COMMANDS_GROUP = "cascade.commands"
@@ -246,10 +246,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    try:
+        logformat.configure(logging.DEBUG if args.verbose else logging.INFO)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(2) from error
     try:
         args.run(args)
     except (ValueError, FileNotFoundError) as error:

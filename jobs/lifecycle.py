@@ -31,6 +31,7 @@ from jobs import scripts
 from jobs.events import PROGRESS_INTERVAL, EventLog, EventType
 from jobs.record import JobRecord, NewJob, job_key, tensor_key
 from jobs.settings import Settings, get_settings
+from jobs.stats import queued_at, record_job, record_wait
 from jobs.status import JobStatus, StageStatus
 from jobs.store import RECORD, Store, handoff_object, object_name
 from jobs.view import describe
@@ -151,6 +152,8 @@ class Jobs:
         attempts = int(
             self._start_stage(keys=[job_key(job_id)], args=[stage, now, *_pairs(fields)])
         )
+        if attempts == 1:  # its wait in the queue: since the job was made, or the stage before
+            self._record_wait(job_id, stage, float(now))
         if attempts:
             self.leases[(job_id, stage)] = attempts
             self._progress_sent.pop((job_id, stage), None)
@@ -163,6 +166,12 @@ class Jobs:
             }
             self._event(job_id, "stage_started", data)
         return attempts
+
+    def _record_wait(self, job_id: str, stage: str, started: float) -> None:
+        record = self.get(job_id)
+        queued = None if record is None else queued_at(record, stage)
+        if queued is not None:
+            record_wait(self.connection, stage, started - queued)
 
     def _lease(self, job_id: str, stage: str) -> list[str]:
         """The lease field and this process's lease on it ("" when it holds none)."""
@@ -299,6 +308,9 @@ class Jobs:
             self._progress_sent.pop((job_id, name), None)
         self.drop_tensors(job_id, ["input", *names])
         ended = self.get(job_id) or record
+        created = ended.time("created_at")
+        if created is not None:
+            record_job(self.connection, ended.kind, status, float(now) - created)
         view = describe(ended)
         self.events.append(job_key(job_id), job_id, status, view, while_active=False)
         self._save_record(ended, view)

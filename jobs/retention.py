@@ -12,6 +12,7 @@ import time
 
 from redis import Redis
 
+from cascade import logformat
 from jobs.settings import Settings, get_settings
 from jobs.store import Store, open_store
 
@@ -48,5 +49,5 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO)
+    logformat.configure()
     main(argparse.ArgumentParser(prog="cascade gc").parse_args())

@@ -26,8 +26,10 @@ from rq import Queue
 from rq.job import Job
 from rq.serializers import JSONSerializer
 
+from cascade import logformat
 from jobs.connection import connect
 from jobs.settings import Settings, get_settings
+from jobs.stats import record_webhook
 from jobs.webhooks import WAKE, Claim, DeliveryQueue, Result, attempt, enqueue_delivery
 
 log = logging.getLogger(__name__)
@@ -130,6 +132,14 @@ class Sender:
                 error,
             )
             return
+        if status is not None:
+            outcome = result.outcome
+            if outcome not in ("sent", "refused", "skipped"):
+                outcome = "failed" if status == "queued" else "gave_up"
+            try:
+                record_webhook(self.connection, outcome)
+            except RedisError:
+                pass  # a counter: the delivery itself is recorded
         if status is None:
             log.warning("webhook for job %s: claim lapsed; another sender has it", claim.job_id)
         elif result.outcome == "sent":
@@ -198,9 +208,7 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 if __name__ == "__main__":  # `python -m jobs.sender`, as `cascade serve` starts it
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    logformat.configure()
     parser = argparse.ArgumentParser(prog="cascade webhooks", description="send queued webhooks")
     parser.add_argument("--burst", action="store_true", help="exit when the queue is empty")
     main(parser.parse_args())

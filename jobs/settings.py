@@ -129,6 +129,10 @@ class Settings(BaseSettings):
     # maintenance at most this often (and by `cascade gc`).
     retention_interval: int = Field(3600, ge=1)
 
+    # Logs: text lines, or one JSON object per line (`cascade.logformat`, which every process
+    # reads CASCADE_LOG_FORMAT through before its settings are loaded).
+    log_format: Literal["text", "json"] = "text"
+
     # Worker hardware.
     device: str = "auto"  # auto: cuda when available, else cpu
     precision: Literal["auto"] | Precision = "auto"  # auto: float32 (TF32 on CUDA)

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 from redis import Redis
 
+from jobs.record import JobRecord
+
 # Upper bounds (seconds) of the duration histogram's buckets: tiny CPU runs to long 1024 runs.
 BUCKETS: tuple[float, ...] = (0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, math.inf)
 OUTCOMES: tuple[str, ...] = ("succeeded", "failed", "canceled", "retried")
@@ -32,8 +34,7 @@ def record_stage(
     with connection.pipeline() as pipeline:
         pipeline.hincrby(key, f"outcome:{outcome}", 1)
         if outcome == "succeeded":
-            bound = next(bound for bound in BUCKETS if seconds <= bound)
-            pipeline.hincrby(key, f"bucket:{bound}", 1)
+            pipeline.hincrby(key, f"bucket:{_bucket(seconds)}", 1)
             pipeline.hincrbyfloat(key, "sum", seconds)
             pipeline.hincrby(key, "count", 1)
             if work > 0:
@@ -55,6 +56,8 @@ class StageStats:
     work: int = 0
     work_seconds: float = 0.0
     work_runs: int = 0
+    wait_buckets: list[tuple[float, int]] = ()  # type: ignore[assignment]
+    wait_seconds: float = 0.0
 
     @property
     def seconds_per_work(self) -> float | None:
@@ -72,10 +75,7 @@ def read_stage(connection: Redis, stage: str) -> StageStats:
         (key.decode() if isinstance(key, bytes) else key): float(value)
         for key, value in connection.hgetall(stats_key(stage)).items()
     }
-    cumulative, buckets = 0, []
-    for bound in BUCKETS:
-        cumulative += int(fields.get(f"bucket:{bound}", 0))
-        buckets.append((bound, cumulative))
+    buckets = _cumulative(fields, "bucket:")
     outcomes = {name: int(fields.get(f"outcome:{name}", 0)) for name in OUTCOMES}
     return StageStats(
         buckets,
@@ -84,4 +84,78 @@ def read_stage(connection: Redis, stage: str) -> StageStats:
         int(fields.get("work", 0)),
         fields.get("work_seconds", 0.0),
         int(fields.get("work_runs", 0)),
+        _cumulative(fields, "wait_bucket:"),
+        fields.get("wait_sum", 0.0),
     )
+
+
+def _cumulative(fields: dict[str, float], prefix: str) -> list[tuple[float, int]]:
+    cumulative, buckets = 0, []
+    for bound in BUCKETS:
+        cumulative += int(fields.get(f"{prefix}{bound}", 0))
+        buckets.append((bound, cumulative))
+    return buckets
+
+
+def _bucket(seconds: float) -> float:
+    return next(bound for bound in BUCKETS if seconds <= bound)
+
+
+def queued_at(record: JobRecord, stage: str) -> float | None:
+    """When the stage was queued: when its job was made (the first stage), else when the stage
+    before it ended."""
+    names = [planned.name for planned in record.plan]
+    if stage not in names or names.index(stage) == 0:
+        return record.time("created_at")
+    return record.time(f"{names[names.index(stage) - 1]}.ended_at")
+
+
+def record_wait(connection: Redis, stage: str, seconds: float) -> None:
+    """Count the seconds a stage waited in its queue before its first attempt started."""
+    seconds = max(seconds, 0.0)
+    with connection.pipeline() as pipeline:
+        pipeline.hincrby(stats_key(stage), f"wait_bucket:{_bucket(seconds)}", 1)
+        pipeline.hincrbyfloat(stats_key(stage), "wait_sum", seconds)
+        pipeline.execute()
+
+
+JOBS_KEY = "cascade:stats:jobs"
+JOB_OUTCOMES = ("succeeded", "failed", "canceled")
+
+
+def record_job(connection: Redis, kind: str, status: str, seconds: float) -> None:
+    """Count a job's end: seconds from its submission, by kind and end status."""
+    seconds, series = max(seconds, 0.0), f"{kind}|{status}"
+    with connection.pipeline() as pipeline:
+        pipeline.hincrby(JOBS_KEY, f"{series}|bucket:{_bucket(seconds)}", 1)
+        pipeline.hincrbyfloat(JOBS_KEY, f"{series}|sum", seconds)
+        pipeline.execute()
+
+
+def read_jobs(
+    connection: Redis,
+) -> dict[tuple[str, str], tuple[list[tuple[float, int]], float]]:
+    """Per (kind, status): the cumulative buckets and the sum of seconds."""
+    fields: dict[str, dict[str, float]] = {}
+    for key, value in connection.hgetall(JOBS_KEY).items():
+        kind, status, name = (key.decode() if isinstance(key, bytes) else key).split("|", 2)
+        fields.setdefault(f"{kind}|{status}", {})[name] = float(value)
+    return {
+        tuple(series.split("|")): (_cumulative(values, "bucket:"), values.get("sum", 0.0))  # type: ignore[misc]
+        for series, values in sorted(fields.items())
+    }
+
+
+WEBHOOKS_KEY = "cascade:stats:webhooks"
+WEBHOOK_OUTCOMES = ("sent", "failed", "gave_up", "refused", "skipped")
+
+
+def record_webhook(connection: Redis, outcome: str) -> None:
+    connection.hincrby(WEBHOOKS_KEY, outcome, 1)
+
+
+def read_webhooks(connection: Redis) -> dict[str, int]:
+    return {
+        (key.decode() if isinstance(key, bytes) else key): int(value)
+        for key, value in connection.hgetall(WEBHOOKS_KEY).items()
+    }

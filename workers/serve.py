@@ -250,7 +250,7 @@ def main(args: argparse.Namespace) -> None:
             env["CASCADE_REDIS_URL"] = server.url
         python = sys.executable
         worker = [python, "-m", "cascade.cli", "worker"]
-        api = [python, "-m", "uvicorn", "api.main:create_app", "--factory"]
+        api = [python, "-m", "uvicorn", "api.main:create_app", "--factory", "--no-access-log"]
         api += ["--host", args.host, "--port", str(args.port)]
         sender = [python, "-m", "jobs.sender"]  # webhooks, off the GPU worker
         for name, command in (("worker", worker), ("api", api), ("webhooks", sender)):

@@ -28,6 +28,7 @@ from rq.job import Job, Retry
 from rq.timeouts import JobTimeoutException
 from torch import Tensor
 
+from cascade import logformat
 from cascade.checkpoints import CheckpointError
 from cascade.images import bytes_to_tensor, tensor_to_bytes, to_png
 from cascade.pipeline import Stage, StageError
@@ -73,6 +74,9 @@ def run_stage(job_id: str, stage: str) -> Retry | None:
     samples them all in one call, and each other member's run only reports its own outcome."""
     runtime = current()
     batch = runtime.batch
+    # Every log line of this run names the job and stage (`cascade.logformat`).
+    logformat.JOB_ID.set(job_id)
+    logformat.STAGE.set(stage)
     if batch is not None and job_id == batch.lead:
         batch.outcomes.update(run_jobs(runtime, batch.job_ids, stage))
     if batch is not None and job_id in batch.outcomes:

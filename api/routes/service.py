@@ -10,7 +10,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from api.auth import authenticate
 from api.deps import RedisDep, SettingsDep, StoreDep
-from api.metrics import StageCollector
+from api.metrics import HTTP, StageCollector
 from api.schemas import ClassInfo, ErrorBody, Limits
 from api.submit import known_classes
 from cascade.classes import class_names
@@ -128,7 +128,9 @@ def readyz(connection: RedisDep, settings: SettingsDep, store: StoreDep) -> JSON
 
 @router.get("/metrics", response_class=Response)
 def metrics(connection: RedisDep, settings: SettingsDep) -> Response:
-    """Prometheus text: queue depth, stage durations, failures, workers per stage."""
+    """Prometheus text: per stage queue depth, in flight, workers, durations, outcomes and
+    queue wait; job latency; webhook deliveries; build info; this API process's HTTP requests."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(StageCollector(connection, settings.worker_fresh_seconds))
-    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+    text = generate_latest(registry) + generate_latest(HTTP)
+    return Response(text, media_type=CONTENT_TYPE_LATEST)

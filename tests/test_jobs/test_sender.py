@@ -27,6 +27,7 @@ from jobs.connection import EmbeddedRedis
 from jobs.events import EventLog
 from jobs.sender import adopt_rq_deliveries
 from jobs.settings import Settings
+from jobs.stats import WEBHOOK_OUTCOMES, read_webhooks
 from jobs.webhooks import DeliveryQueue, enqueue_delivery
 
 SECRET = "whsec_" + "c2VjcmV0LXNpZ25pbmcta2V5LWZvci10ZXN0cw=="  # base64 of a test key
@@ -211,6 +212,7 @@ def test_retries_deadline_signing_and_refusal(redis_server: EmbeddedRedis, sende
     busy = Receiver(lambda n: 429)
     elsewhere = "http://127.0.0.2:9/hook"  # loopback, but not the allowed 127.0.0.1
     receivers = [flaky, dripping, rejecting, busy]
+    before = read_webhooks(connection)
     try:
         for name, url in [("flaky", flaky.url), ("dripping", dripping.url)] + [
             ("rejecting", rejecting.url),
@@ -249,6 +251,10 @@ def test_retries_deadline_signing_and_refusal(redis_server: EmbeddedRedis, sende
         log = senders.log()
         assert "webhook for job busy failed (HTTP 429); giving up after 2 attempts" in log
         assert "webhook for job flaky failed (HTTP 500); retrying" in log
+        # /metrics' delivery counters: each attempt counted once by its outcome.
+        after = read_webhooks(connection)
+        counted = {name: after.get(name, 0) - before.get(name, 0) for name in WEBHOOK_OUTCOMES}
+        assert counted == {"sent": 2, "failed": 3, "gave_up": 2, "refused": 1, "skipped": 0}
     finally:
         for receiver in receivers:
             receiver.close()
