@@ -16,6 +16,7 @@ from redis import Redis
 from api import request_id as request_ids
 from api.schemas import GenerationRequest, JobAccepted, Links, Quote, UpscaleForm
 from cascade.classes import class_names
+from jobs import tracing
 from jobs.catalog import announced
 from jobs.estimate import quote_stages
 from jobs.health import check_served
@@ -174,12 +175,16 @@ def accept(
     if owner:
         check_active(connection, settings, jobs, owner)
         track(connection, settings, owner, job.id)
-    if input_tensor is not None:
-        jobs.put_tensor(job.id, "input", input_tensor, settings.tensor_ttl)
-    jobs.create(job)
-    index_job(connection, job.owner, job.id, settings.result_ttl)
-    priority = str(job.request.get("priority", "normal"))
-    enqueue_stage(connection, settings, job.id, job.plan[0].name, owner=owner, priority=priority)
+    names = {"cascade.job.id": job.id, "cascade.job.kind": job.kind}
+    with tracing.span("cascade.job.submit", **names) as traceparent:  # the job's trace root
+        job = replace(job, traceparent=traceparent)
+        if input_tensor is not None:
+            jobs.put_tensor(job.id, "input", input_tensor, settings.tensor_ttl)
+        jobs.create(job)
+        index_job(connection, job.owner, job.id, settings.result_ttl)
+        priority = str(job.request.get("priority", "normal"))
+        first = job.plan[0].name
+        enqueue_stage(connection, settings, job.id, first, owner=owner, priority=priority)
     result = accepted(connection, settings, job.id, job.seed, job.plan)
     log.info(
         "job %s accepted: %s %s, seed %s%s",

@@ -94,6 +94,7 @@ class Jobs:
             "webhook_url": job.webhook_url or "",
             "owner": job.owner,
             "request_id": job.request_id,
+            "traceparent": job.traceparent,
         }
         for index, stage in enumerate(job.plan):
             fields[f"{stage.name}.status"] = (

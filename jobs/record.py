@@ -37,6 +37,7 @@ class NewJob:
     webhook_url: str | None = None
     owner: str = ""  # the API key's id that made it ("" without keys)
     request_id: str = ""  # the X-Request-ID of the POST that made it, for the workers' logs
+    traceparent: str = ""  # the submission's trace context (`jobs.tracing`; "" untraced)
 
 
 class JobRecord:

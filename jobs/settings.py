@@ -132,6 +132,9 @@ class Settings(BaseSettings):
     # Logs: text lines, or one JSON object per line (`cascade.logformat`, which every process
     # reads CASCADE_LOG_FORMAT through before its settings are loaded).
     log_format: Literal["text", "json"] = "text"
+    # OpenTelemetry traces, one per job (`jobs.tracing`, which reads CASCADE_TRACING itself):
+    # off (""), console, or otlp (OTEL_EXPORTER_OTLP_* name the collector).
+    tracing: Literal["", "console", "otlp"] = ""
 
     # Worker hardware.
     device: str = "auto"  # auto: cuda when available, else cpu

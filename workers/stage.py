@@ -33,6 +33,7 @@ from cascade.checkpoints import CheckpointError
 from cascade.images import bytes_to_tensor, tensor_to_bytes, to_png
 from cascade.pipeline import Stage, StageError
 from cascade.samplers import SamplingCanceled
+from jobs import tracing
 from jobs.lifecycle import Jobs
 from jobs.queues import enqueue_stage
 from jobs.record import JobRecord
@@ -73,10 +74,18 @@ def run_stage(job_id: str, stage: str) -> Retry | None:
     When the worker claimed compatible jobs beside this one (`workers.batching`), the lead's run
     samples them all in one call, and each other member's run only reports its own outcome."""
     runtime = current()
-    batch = runtime.batch
     # Every log line of this run names the job and stage (`cascade.logformat`).
     logformat.JOB_ID.set(job_id)
     logformat.STAGE.set(stage)
+    record = runtime.jobs.get(job_id)
+    parent = record.fields.get("traceparent", "") if record is not None else ""
+    names = {"cascade.job.id": job_id, "cascade.stage": stage}
+    with tracing.span(f"cascade.stage {stage}", parent=parent, **names):
+        return _run_stage(runtime, job_id, stage)
+
+
+def _run_stage(runtime: Runtime, job_id: str, stage: str) -> Retry | None:
+    batch = runtime.batch
     if batch is not None and job_id == batch.lead:
         batch.outcomes.update(run_jobs(runtime, batch.job_ids, stage))
     if batch is not None and job_id in batch.outcomes:
