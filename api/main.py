@@ -7,7 +7,7 @@ import logging
 from fastapi import Depends, FastAPI
 from fastapi.staticfiles import StaticFiles
 
-from api import errors
+from api import errors, openapi
 from api.auth import authenticate
 from api.headers import SecurityHeaders
 from api.limits import BodyLimit
@@ -42,7 +42,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_safe_records()
     # /docs and /redoc come from api.routes.docs, which serves their scripts itself.
     app = FastAPI(
-        title="cascade", version="0.1.0", description=DESCRIPTION, docs_url=None, redoc_url=None
+        title="cascade",
+        version="0.1.0",
+        description=DESCRIPTION,
+        docs_url=None,
+        redoc_url=None,
+        generate_unique_id_function=openapi.operation_id,
     )
     if settings is not None:
         app.dependency_overrides[get_settings] = lambda: settings
@@ -59,6 +64,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(module.router, dependencies=keyed, responses=V1_ERRORS)
     for module in (service, page, docs):  # /v1/classes and /v1/limits take the key themselves
         app.include_router(module.router)
+    openapi.install(app)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.mount(docs.ASSETS, StaticFiles(directory=docs.ASSET_FILES), name="docs-assets")
     logging.getLogger(__name__).info("cascade API ready (store %s)", current_settings().store)

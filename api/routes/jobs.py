@@ -22,7 +22,7 @@ from jobs.view import JobView, describe, mark_orphaned
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["jobs"])
 PNG = {
-    200: {"content": {"image/png": {}}},
+    200: {"content": {"image/png": {"schema": {"type": "string", "format": "binary"}}}},
     **{code: {"model": ErrorBody} for code in (404, 409, 503)},
 }
 
