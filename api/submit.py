@@ -28,6 +28,7 @@ from jobs.quotas import QuotaExceeded, check_active, check_cost, check_queue, tr
 from jobs.record import JobRecord, NewJob
 from jobs.settings import Settings
 from jobs.store import space_shortfall
+from jobs.urls import RELATIVE, Urls
 from jobs.view import RANDOM_WEIGHTS_WARNING, links
 from jobs.webhooks import WebhookRefused, check_destination
 
@@ -157,7 +158,7 @@ def accept(
                     # now, or the job would wait forever.
                     enqueue_stage(connection, settings, earlier, first)
                 return accepted(
-                    connection, record.id, record.seed, record.plan, True, record.status
+                    connection, record.id, record.seed, record.plan, True, record.status, jobs.urls
                 )
             # The first request died between binding the key and storing its job: finish it.
             job = replace(job, id=earlier)
@@ -172,7 +173,7 @@ def accept(
     jobs.create(job)
     index_job(connection, job.owner, job.id, settings.result_ttl)
     enqueue_stage(connection, settings, job.id, job.plan[0].name)
-    result = accepted(connection, job.id, job.seed, job.plan)
+    result = accepted(connection, job.id, job.seed, job.plan, urls=jobs.urls)
     log.info(
         "job %s accepted: %s %s, seed %s%s",
         job.id,
@@ -203,6 +204,7 @@ def accepted(
     plan: list[PlannedStage],
     replayed: bool = False,
     status: str = "queued",
+    urls: Urls = RELATIVE,
 ) -> JobAccepted:
     names = [stage.name for stage in plan]
     random_weights, warning = weights_warning(connection, names)
@@ -211,7 +213,7 @@ def accepted(
         status=status,
         seed=seed,
         stages=names,
-        links=Links(**links(job_id, names)),
+        links=Links(**links(job_id, names, urls)),
         random_weights=random_weights,
         warning=warning,
         replayed=replayed,

@@ -32,6 +32,7 @@ from jobs.record import JobRecord, NewJob, job_key, tensor_key
 from jobs.settings import Settings, get_settings
 from jobs.status import WAITING, JobStatus, StageStatus, lua_ended, lua_list
 from jobs.store import RECORD, Store, object_name
+from jobs.urls import RELATIVE, job_urls
 from jobs.view import describe
 from jobs.webhooks import enqueue_delivery
 
@@ -168,6 +169,7 @@ class Jobs:
         self.ttl = ttl
         self.settings = settings
         self.store = store
+        self.urls = RELATIVE if settings is None else job_urls(settings, store)
         self.about = dict(about or {})
         self._end = connection.register_script(_END)
         self._update_if_active = connection.register_script(_UPDATE_IF_ACTIVE)
@@ -324,7 +326,7 @@ class Jobs:
                 self._progress_sent[(job_id, stage)] = now
             record = self.get(job_id)
             if record is not None:
-                view = describe(record)
+                view = describe(record, urls=self.urls)
                 data = {
                     "stage": stage,
                     "step": step,
@@ -357,7 +359,7 @@ class Jobs:
             data = {
                 "stage": stage,
                 "seconds": round(now - float(started), 3) if started else None,
-                "preview": f"/v1/jobs/{job_id}/stages/{stage}",
+                "preview": self.urls.job(job_id, f"/stages/{stage}"),
             }
             self._event(job_id, "stage_finished", data)
         return True
@@ -404,7 +406,7 @@ class Jobs:
             self._progress_sent.pop((job_id, name), None)
         self.drop_tensors(job_id, ["input", *names])
         ended = self.get(job_id) or record
-        view = describe(ended)
+        view = describe(ended, urls=self.urls)
         self.events.append(job_key(job_id), job_id, status, view, while_active=False)
         self._save_record(ended, view)
         if ended.webhook_url:

@@ -74,7 +74,7 @@ def list_jobs(
     fresh = settings.worker_fresh_seconds
     views = [
         mark_orphaned(
-            describe(record),
+            describe(record, urls=jobs.urls),
             lambda name: worker_alive(connection, name, fresh),
             lambda stage: live_workers(connection, stage, fresh),
         )
@@ -90,7 +90,7 @@ def get_job(
     """Status, current stage, per-stage progress and timings, progress (0..1) and ETA."""
     fresh = settings.worker_fresh_seconds
     return mark_orphaned(
-        describe(find(jobs, job_id, owner)),
+        describe(find(jobs, job_id, owner), urls=jobs.urls),
         lambda name: worker_alive(connection, name, fresh),
         lambda stage: live_workers(connection, stage, fresh),
     )
@@ -142,14 +142,14 @@ def cancel_job(
     """Cancel: a running stage stops within one sampler step, later stages never start."""
     record = find(jobs, job_id, owner)
     if record.status == JobStatus.CANCELED:
-        return JSONResponse(describe(record), status_code=200)
+        return JSONResponse(describe(record, urls=jobs.urls), status_code=200)
     if not jobs.end(job_id, JobStatus.CANCELED):  # someone else ended it first
         record = find(jobs, job_id, owner)
         if record.status == JobStatus.CANCELED:
-            return JSONResponse(describe(record), status_code=200)
+            return JSONResponse(describe(record, urls=jobs.urls), status_code=200)
         raise HTTPException(409, f"job {job_id} has already {record.status}; nothing to cancel")
     for planned in record.plan:
         if record.stage(planned.name, "status") == StageStatus.QUEUED:
             cancel_stage(connection, job_id, planned.name)
     log.info("job %s canceled by request", job_id)
-    return describe(find(jobs, job_id, owner))
+    return describe(find(jobs, job_id, owner), urls=jobs.urls)
