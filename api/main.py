@@ -23,7 +23,12 @@ DESCRIPTION = """Generate and upscale images with a cascade of diffusion models
 
 Submit a job (or ask for a quote with `dry_run`), follow it (poll, or Server-Sent Events), fetch
 its PNGs. Each stage runs on its own queue; a stage's image is available as soon as the stage
-finishes. The web page at `/` does all of this in a browser."""
+finishes. The web page at `/` does all of this in a browser, and the Python client
+(`client/`, `pip install ./client`) from a program.
+
+Where the service has API keys, every `/v1` route needs `Authorization: Bearer <key>`. Errors
+are JSON (`ErrorBody`): a sentence saying what was wrong, and details where useful; 429, 503
+and 507 say when to retry in `Retry-After`."""
 # What any /v1 route may answer besides its own: a refused key (401), bad input (422), a rate
 # limit (429), Redis unavailable (503, with Retry-After).
 V1_ERRORS: dict[int | str, dict[str, object]] = {

@@ -97,6 +97,7 @@ class Job:
     random_weights: bool = False
     warning: str | None = None
     result: str | None = None
+    result_url: str | None = None  # a presigned URL of the bucket's object where so set
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
