@@ -26,8 +26,8 @@ $(TORCH_STAMP): | $(BIN)/python
 	$(BIN)/python -m pip install -q "$(TORCH_SPEC)" $(if $(PIP_TORCH_INDEX),--index-url $(PIP_TORCH_INDEX))
 	touch $(TORCH_STAMP)
 
-$(STAMP): pyproject.toml $(TORCH_STAMP)
-	$(BIN)/python -m pip install -q -e ".[dev]"
+$(STAMP): pyproject.toml client/pyproject.toml $(TORCH_STAMP)
+	$(BIN)/python -m pip install -q -e ".[dev]" -e client
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -7,7 +7,7 @@ import logging
 from fastapi import Depends, FastAPI
 from fastapi.staticfiles import StaticFiles
 
-from api import errors
+from api import errors, openapi
 from api.auth import authenticate
 from api.headers import SecurityHeaders
 from api.limits import BodyLimit
@@ -24,7 +24,12 @@ DESCRIPTION = """Generate and upscale images with a cascade of diffusion models
 
 Submit a job (or ask for a quote with `dry_run`), follow it (poll, or Server-Sent Events), fetch
 its PNGs. Each stage runs on its own queue; a stage's image is available as soon as the stage
-finishes. The web page at `/` does all of this in a browser."""
+finishes. The web page at `/` does all of this in a browser, and the Python client
+(`client/`, `pip install ./client`) from a program.
+
+Where the service has API keys, every `/v1` route needs `Authorization: Bearer <key>`. Errors
+are JSON (`ErrorBody`): a sentence saying what was wrong, and details where useful; 429, 503
+and 507 say when to retry in `Retry-After`."""
 LOG_TEXT = "%(asctime)s %(levelname)s %(name)s [%(request_id)s]: %(message)s"
 UVICORN_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access")
 # What any /v1 route may answer besides its own: a refused key (401), bad input (422), a rate
@@ -46,7 +51,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_safe_records()
     # /docs and /redoc come from api.routes.docs, which serves their scripts itself.
     app = FastAPI(
-        title="cascade", version="0.1.0", description=DESCRIPTION, docs_url=None, redoc_url=None
+        title="cascade",
+        version="0.1.0",
+        description=DESCRIPTION,
+        docs_url=None,
+        redoc_url=None,
+        generate_unique_id_function=openapi.operation_id,
     )
     if settings is not None:
         app.dependency_overrides[get_settings] = lambda: settings
@@ -63,6 +73,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(module.router, dependencies=keyed, responses=V1_ERRORS)
     for module in (service, page, docs):  # /v1/classes and /v1/limits take the key themselves
         app.include_router(module.router)
+    openapi.install(app)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.mount(docs.ASSETS, StaticFiles(directory=docs.ASSET_FILES), name="docs-assets")
     logging.getLogger(__name__).info("cascade API ready (store %s)", current_settings().store)

@@ -8,8 +8,9 @@ from typing import Annotated, Literal
 from fastapi import UploadFile
 from pydantic import AfterValidator, AnyHttpUrl, BaseModel, ConfigDict, Field, model_validator
 
-from cascade.stages import DEFAULT_FIDELITY, ColorFix, LowBand, SamplerName
+from cascade.stages import DEFAULT_FIDELITY, SCALES, ColorFix, LowBand, SamplerName
 from jobs.fairness import Priority
+from jobs.status import JobStatus
 from jobs.view import JobView, Links, StageView, StageWeights
 
 # The job's view is job control's own model (`jobs.view`), the same for the API, events and
@@ -32,9 +33,13 @@ DRY_RUN = (
 
 
 def _scale(value: int) -> int:
-    if value not in (4, 16):
-        raise ValueError(f"scale must be 4 or 16, got {value}")
+    if value not in SCALES:
+        raise ValueError(f"scale must be {' or '.join(map(str, SCALES))}, got {value}")
     return value
+
+
+# Checked by _scale (its message names the choices); documented as the enum it is.
+Scale = Annotated[int, AfterValidator(_scale), Field(json_schema_extra={"enum": list(SCALES)})]
 
 
 class GenerationRequest(BaseModel):
@@ -44,7 +49,11 @@ class GenerationRequest(BaseModel):
 
     class_id: ClassId | None = None
     class_name: str | None = Field(
-        None, min_length=1, max_length=200, examples=["golden retriever"]
+        None,
+        min_length=1,
+        max_length=200,
+        description="a class name (GET /v1/classes lists those the base knows)",
+        examples=["tabby"],  # one of the demo base's classes
     )
     size: Literal[64, 256, 1024] = 256
     seed: Seed | None = None
@@ -73,7 +82,7 @@ class UpscaleForm(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     file: UploadFile
-    scale: Annotated[int, AfterValidator(_scale)] | None = None
+    scale: Scale | None = None
     target_size: int | None = Field(None, ge=1, le=65536, description="output's longer side")
     seed: Seed | None = None
     steps: Steps | None = None
@@ -117,7 +126,7 @@ class JobAccepted(BaseModel):
     """A queued job: poll `links.self`, fetch `links.result` when it has succeeded."""
 
     id: str
-    status: str
+    status: JobStatus
     seed: int
     stages: list[str]
     links: Links
@@ -205,3 +214,97 @@ class ErrorBody(BaseModel):
 
     error: str
     detail: object | None = None
+
+
+# The job's Server-Sent Events (`GET /v1/jobs/{id}/events`), one model per event type: the SSE
+# `id`, `event` (the type) and `data` (JSON) lines, documented as one object each.
+class QueuedData(BaseModel):
+    status: Literal["queued"]
+    kind: Literal["generation", "upscale"]
+    stages: list[dict[str, object]] = Field(description="the planned stages and their settings")
+
+
+class StageStartedData(BaseModel):
+    stage: str
+    attempt: int = Field(description="1 for the first run, more when the stage was retried")
+    worker: str
+    model: str | None
+    random_weights: bool
+
+
+class ProgressData(BaseModel):
+    stage: str
+    step: int
+    steps: int
+    progress: float = Field(description="the job's progress, 0..1")
+    eta_seconds: float | None
+
+
+class StageFinishedData(BaseModel):
+    stage: str
+    seconds: float | None
+    preview: str = Field(description="the stage's image (PNG)")
+
+
+class StageRetryingData(BaseModel):
+    stage: str
+    error: str = Field(description="why the stage runs again")
+
+
+class QueuedEvent(BaseModel):
+    """The job was accepted: its first event."""
+
+    id: str = Field(description="send back as Last-Event-ID to resume after it")
+    event: Literal["queued"]
+    data: QueuedData
+
+
+class StageStartedEvent(BaseModel):
+    """A worker took a stage up."""
+
+    id: str
+    event: Literal["stage_started"]
+    data: StageStartedData
+
+
+class ProgressEvent(BaseModel):
+    """A stage's sampler step (at most every half second, and always its first and last)."""
+
+    id: str
+    event: Literal["progress"]
+    data: ProgressData
+
+
+class StageFinishedEvent(BaseModel):
+    """A stage's image is ready."""
+
+    id: str
+    event: Literal["stage_finished"]
+    data: StageFinishedData
+
+
+class StageRetryingEvent(BaseModel):
+    """A stage whose worker was lost or stopped is queued again."""
+
+    id: str
+    event: Literal["stage_retrying"]
+    data: StageRetryingData
+
+
+class EndEvent(BaseModel):
+    """The last event: its data is the job as GET /v1/jobs/{id} shows it (and webhooks get)."""
+
+    id: str
+    event: Literal["succeeded", "failed", "canceled"]
+    data: JobView
+
+
+JobEvent = Annotated[
+    QueuedEvent
+    | StageStartedEvent
+    | ProgressEvent
+    | StageFinishedEvent
+    | StageRetryingEvent
+    | EndEvent,
+    Field(discriminator="event"),
+]

@@ -29,6 +29,7 @@ from jobs.quotas import QuotaExceeded, check_active, check_cost, check_queue, tr
 from jobs.record import JobRecord, NewJob
 from jobs.settings import Settings
 from jobs.store import space_shortfall
+from jobs.urls import RELATIVE, Urls
 from jobs.view import RANDOM_WEIGHTS_WARNING, WAITING_FOR, links
 from jobs.webhooks import WebhookRefused, check_destination
 
@@ -165,7 +166,14 @@ def accept(
                         priority=str(record.request.get("priority", "normal")),
                     )
                 return accepted(
-                    connection, settings, record.id, record.seed, record.plan, True, record.status
+                    connection,
+                    settings,
+                    record.id,
+                    record.seed,
+                    record.plan,
+                    True,
+                    record.status,
+                    jobs.urls,
                 )
             # The first request died between binding the key and storing its job: finish it.
             job = replace(job, id=earlier)
@@ -185,7 +193,7 @@ def accept(
         priority = str(job.request.get("priority", "normal"))
         first = job.plan[0].name
         enqueue_stage(connection, settings, job.id, first, owner=owner, priority=priority)
-    result = accepted(connection, settings, job.id, job.seed, job.plan)
+    result = accepted(connection, settings, job.id, job.seed, job.plan, urls=jobs.urls)
     log.info(
         "job %s accepted: %s %s, seed %s%s",
         job.id,
@@ -217,6 +225,7 @@ def accepted(
     plan: list[PlannedStage],
     replayed: bool = False,
     status: str = "queued",
+    urls: Urls = RELATIVE,
 ) -> JobAccepted:
     names = [stage.name for stage in plan]
     random_weights, warning = weights_warning(connection, names)
@@ -229,7 +238,7 @@ def accepted(
         status=status,
         seed=seed,
         stages=names,
-        links=Links(**links(job_id, names)),
+        links=Links(**links(job_id, names, urls)),
         random_weights=random_weights,
         warning=warning,
         waiting=WAITING_FOR.format(stage=idle[0]) if idle else None,

@@ -34,6 +34,7 @@ from jobs.settings import Settings, get_settings
 from jobs.stats import queued_at, record_job, record_wait
 from jobs.status import JobStatus, StageStatus
 from jobs.store import RECORD, Store, handoff_object, object_name
+from jobs.urls import RELATIVE, job_urls
 from jobs.view import describe
 from jobs.webhooks import enqueue_delivery
 
@@ -64,6 +65,7 @@ class Jobs:
         self.ttl = ttl
         self.settings = settings
         self.store = store
+        self.urls = RELATIVE if settings is None else job_urls(settings, store)
         self.about = dict(about or {})
         self._end = connection.register_script(scripts.END)
         self._update_if_active = connection.register_script(scripts.UPDATE_IF_ACTIVE)
@@ -229,7 +231,7 @@ class Jobs:
                 self._progress_sent[(job_id, stage)] = now
             record = self.get(job_id)
             if record is not None:
-                view = describe(record)
+                view = describe(record, urls=self.urls)
                 data = {
                     "stage": stage,
                     "step": step,
@@ -262,7 +264,7 @@ class Jobs:
             data = {
                 "stage": stage,
                 "seconds": round(now - float(started), 3) if started else None,
-                "preview": f"/v1/jobs/{job_id}/stages/{stage}",
+                "preview": self.urls.job(job_id, f"/stages/{stage}"),
             }
             self._event(job_id, "stage_finished", data)
         return True
@@ -312,7 +314,7 @@ class Jobs:
         created = ended.time("created_at")
         if created is not None:
             record_job(self.connection, ended.kind, status, float(now) - created)
-        view = describe(ended)
+        view = describe(ended, urls=self.urls)
         self.events.append(job_key(job_id), job_id, status, view, while_active=False)
         self._save_record(ended, view)
         if ended.webhook_url:

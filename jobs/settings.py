@@ -9,6 +9,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -159,6 +160,17 @@ class Settings(BaseSettings):
     webhook_concurrency: int = Field(16, ge=1, le=1000)
     webhook_per_destination: int = Field(4, ge=1)
 
+    # Links (`jobs.urls`): the API's address as its clients reach it, e.g.
+    # https://cascade.example.com. Set, the links in job views, events and webhooks are absolute
+    # under it (a webhook receiver need not know the API's address); unset, they are paths from
+    # the API's root. With an S3 store and presign_results, a succeeded job's `result_url` is a
+    # presigned GET of the result in the bucket, valid for presign_seconds (at most 7 days,
+    # S3's limit), so large results bypass the API; the bucket's endpoint must be one the
+    # clients reach.
+    public_url: str | None = None
+    presign_results: bool = False
+    presign_seconds: int = Field(3600, ge=1, le=7 * 86400)
+
     @field_validator("served_stages")
     @classmethod
     def _known_stages(cls, value: str) -> str:
@@ -170,6 +182,26 @@ class Settings(BaseSettings):
                 f"unknown stage(s) {', '.join(unknown)}; the stages are {', '.join(STAGES)}"
             )
         return ",".join(names)
+
+    @field_validator("public_url")
+    @classmethod
+    def _absolute_url(cls, value: str | None) -> str | None:
+        """An http(s) URL with a host and no query or fragment, kept without a trailing slash
+        (links append /v1/...)."""
+        if value is None:
+            return None
+        parts = urlsplit(value.strip())
+        if (
+            parts.scheme not in ("http", "https")
+            or not parts.netloc
+            or parts.query
+            or parts.fragment
+        ):
+            raise ValueError(
+                f"public_url must be an http(s) URL with a host and no query or fragment, such as "
+                f"https://cascade.example.com, got {value!r}"
+            )
+        return value.strip().rstrip("/")
 
     @property
     def worker_fresh_seconds(self) -> int:

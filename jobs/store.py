@@ -258,6 +258,13 @@ class S3Store:
         # Deleting a missing key succeeds in S3 too.
         self.call(self.client.delete_object, Bucket=self.bucket, Key=self.key(key))  # type: ignore[attr-defined]
 
+    def presigned_url(self, key: str, seconds: int) -> str:
+        """A GET URL of the object that needs no credentials for `seconds` (signed here, from
+        the client's credentials: no request is made)."""
+        return self.client.generate_presigned_url(  # type: ignore[attr-defined]
+            "get_object", Params={"Bucket": self.bucket, "Key": self.key(key)}, ExpiresIn=seconds
+        )
+
     def _read(self, key: str) -> bytes:
         # Reading the body inside the retried call: the connection may drop mid-body too.
         response = self.client.get_object(Bucket=self.bucket, Key=key)  # type: ignore[attr-defined]
@@ -375,6 +382,7 @@ def open_store(settings: Settings, *, retry_seconds: float | None = None) -> Sto
                 connect_timeout=timeout,
                 read_timeout=timeout,
                 retries={"mode": "standard", "total_max_attempts": attempts},
+                signature_version="s3v4",  # presigned URLs too (boto3 may presign with v2)
             ),
         )
 

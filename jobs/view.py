@@ -3,7 +3,8 @@
 One typed model (`JobView`), shared by `GET /v1/jobs/{id}` (its response model), the events
 workers log (`jobs.lifecycle`) and the job's terminal event, which webhooks post and job.json
 keeps, so all of them say the same thing.
-Links are paths relative to the API's root.
+Links are paths relative to the API's root, or absolute under `CASCADE_PUBLIC_URL`
+(`jobs.urls`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pydantic import BaseModel, Field
 
 from jobs.record import JobRecord
 from jobs.status import JobStatus, StageStatus
+from jobs.urls import RELATIVE, Urls
 
 RANDOM_WEIGHTS_WARNING = (
     "RANDOM weights in stage(s) {stages}: images are noise-like, not meaningful pictures "
@@ -90,26 +92,33 @@ class JobView(BaseModel):
     )
     stages: list[StageView]
     result: str | None
+    result_url: str | None = Field(
+        None,
+        description="where to download the result once the job has succeeded: `result`, or "
+        "with CASCADE_PRESIGN_RESULTS and an S3 store a presigned URL of the bucket's object "
+        "(no API key; valid for CASCADE_PRESIGN_SECONDS from when this view was made)",
+    )
     links: Links
 
 
-def links(job_id: str, stages: list[str]) -> dict[str, object]:
-    base = f"/v1/jobs/{job_id}"
+def links(job_id: str, stages: list[str], urls: Urls = RELATIVE) -> dict[str, object]:
     return {
-        "self": base,
-        "result": f"{base}/result",
-        "stages": {name: f"{base}/stages/{name}" for name in stages},
-        "cancel": base,
-        "events": f"{base}/events",
+        "self": urls.job(job_id),
+        "result": urls.job(job_id, "/result"),
+        "stages": {name: urls.job(job_id, f"/stages/{name}") for name in stages},
+        "cancel": urls.job(job_id),
+        "events": urls.job(job_id, "/events"),
     }
 
 
-def describe(record: JobRecord, now: float | None = None) -> dict[str, object]:
+def describe(
+    record: JobRecord, now: float | None = None, urls: Urls = RELATIVE
+) -> dict[str, object]:
     """The public view of a job record as JSON (events, webhooks, job.json)."""
-    return job_view(record, now).model_dump(mode="json")
+    return job_view(record, now, urls).model_dump(mode="json")
 
 
-def job_view(record: JobRecord, now: float | None = None) -> JobView:
+def job_view(record: JobRecord, now: float | None = None, urls: Urls = RELATIVE) -> JobView:
     """The public view of a job record."""
     now = time.time() if now is None else now
     plan = record.plan
@@ -147,12 +156,13 @@ def job_view(record: JobRecord, now: float | None = None) -> JobView:
                 "host": record.stage(planned.name, "host") or None,
                 "random_weights": None if random_weights is None else random_weights == "1",
                 "error": record.stage(planned.name, "error") or None,
-                "preview": f"/v1/jobs/{record.id}/stages/{planned.name}"
+                "preview": urls.job(record.id, f"/stages/{planned.name}")
                 if status == StageStatus.SUCCEEDED
                 else None,
             }
         )
     total = sum(stage.cost for stage in plan)
+    succeeded = record.status == JobStatus.SUCCEEDED
     progress = 1.0 if record.status == JobStatus.SUCCEEDED else done / total
     random_stages = [stage["name"] for stage in stages if stage["random_weights"]]
     height, width = record.output
@@ -175,8 +185,9 @@ def job_view(record: JobRecord, now: float | None = None) -> JobView:
         if random_stages
         else None,
         "stages": stages,
-        "result": f"/v1/jobs/{record.id}/result" if record.status == JobStatus.SUCCEEDED else None,
-        "links": links(record.id, [stage.name for stage in plan]),
+        "result": urls.job(record.id, "/result") if succeeded else None,
+        "result_url": urls.result_url(record.id) if succeeded else None,
+        "links": links(record.id, [stage.name for stage in plan], urls),
     }
     return JobView.model_validate(view)
 

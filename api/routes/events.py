@@ -11,7 +11,7 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from api.auth import Owner
 from api.deps import AsyncRedisDep, JobIdDep, unknown_job
-from api.schemas import ErrorBody
+from api.schemas import ErrorBody, JobEvent
 from jobs.events import EVENT_TYPES, Event, event_id, follow, latest, parse_event_id
 from jobs.record import job_key
 
@@ -28,8 +28,14 @@ running job's log waits, and ends with the terminal event like any other stream.
     "/v1/jobs/{job_id}/events",
     response_class=EventSourceResponse,
     description=DESCRIPTION,
+    operation_id="get_job_events",
     responses={
-        200: {"content": {"text/event-stream": {}}, "description": "the events, as they come"},
+        200: {
+            "model": JobEvent,  # moved under text/event-stream by api.openapi
+            "content": {"text/event-stream": {}},
+            "description": "the events, as they come: each is `id:`, `event:` (its type) and "
+            "`data:` (JSON) lines, described here as one object per type",
+        },
         204: {"description": "the job has ended and `Last-Event-ID` was its last event"},
         **{code: {"model": ErrorBody} for code in (404, 422, 503)},
     },

@@ -19,12 +19,13 @@ from jobs.record import JobRecord
 from jobs.settings import Settings
 from jobs.status import JobStatus, StageStatus
 from jobs.store import RESULT, Store, object_name, stage_preview
+from jobs.urls import RELATIVE, Urls
 from jobs.view import JobView, describe, mark_orphaned, mark_waiting
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["jobs"])
 PNG = {
-    200: {"content": {"image/png": {}}},
+    200: {"content": {"image/png": {"schema": {"type": "string", "format": "binary"}}}},
     **{code: {"model": ErrorBody} for code in (404, 409, 503)},
 }
 
@@ -48,7 +49,7 @@ def read_stored(store: Store, key: str) -> bytes | None:
 
 
 def live_views(
-    connection: Redis, settings: Settings, records: list[JobRecord]
+    connection: Redis, settings: Settings, records: list[JobRecord], urls: Urls = RELATIVE
 ) -> list[dict[str, object]]:
     """The jobs' views with what the workers say now: a running stage whose worker died shows
     as waiting to be retried, a stage no live worker serves as waited for (`mark_waiting`)."""
@@ -64,7 +65,8 @@ def live_views(
         return worker_alive(connection, name, fresh)
 
     return [
-        mark_waiting(mark_orphaned(describe(record), alive, serving), serving) for record in records
+        mark_waiting(mark_orphaned(describe(record, urls=urls), alive, serving), serving)
+        for record in records
     ]
 
 
@@ -94,7 +96,7 @@ def list_jobs(
         records, next_cursor = page(connection, jobs, owner, limit, cursor, status)
     except BadCursor as error:
         raise HTTPException(422, str(error)) from None
-    views = live_views(connection, settings, records)
+    views = live_views(connection, settings, records, jobs.urls)
     return {"jobs": views, "next_cursor": next_cursor}
 
 
@@ -103,7 +105,7 @@ def get_job(
     job_id: JobIdDep, owner: Owner, jobs: JobsDep, connection: RedisDep, settings: SettingsDep
 ) -> dict[str, object]:
     """Status, current stage, per-stage progress and timings, progress (0..1) and ETA."""
-    return live_views(connection, settings, [find(jobs, job_id, owner)])[0]
+    return live_views(connection, settings, [find(jobs, job_id, owner)], jobs.urls)[0]
 
 
 @router.get("/v1/jobs/{job_id}/result", response_class=Response, responses=PNG)
@@ -152,14 +154,14 @@ def cancel_job(
     """Cancel: a running stage stops within one sampler step, later stages never start."""
     record = find(jobs, job_id, owner)
     if record.status == JobStatus.CANCELED:
-        return JSONResponse(describe(record), status_code=200)
+        return JSONResponse(describe(record, urls=jobs.urls), status_code=200)
     if not jobs.end(job_id, JobStatus.CANCELED):  # someone else ended it first
         record = find(jobs, job_id, owner)
         if record.status == JobStatus.CANCELED:
-            return JSONResponse(describe(record), status_code=200)
+            return JSONResponse(describe(record, urls=jobs.urls), status_code=200)
         raise HTTPException(409, f"job {job_id} has already {record.status}; nothing to cancel")
     for planned in record.plan:
         if record.stage(planned.name, "status") == StageStatus.QUEUED:
             cancel_stage(connection, job_id, planned.name)
     log.info("job %s canceled by request", job_id)
-    return describe(find(jobs, job_id, owner))
+    return describe(find(jobs, job_id, owner), urls=jobs.urls)

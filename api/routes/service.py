@@ -31,7 +31,15 @@ from jobs.store import MB, free_bytes, space_shortfall
 router = APIRouter(tags=["service"])
 
 
-@router.get("/v1/classes", dependencies=[Depends(authenticate)], response_model=list[ClassInfo])
+KEYED = {code: {"model": ErrorBody} for code in (401, 429, 503)}  # what the key's check answers
+
+
+@router.get(
+    "/v1/classes",
+    dependencies=[Depends(authenticate)],
+    response_model=list[ClassInfo],
+    responses=KEYED,
+)
 def list_classes(connection: RedisDep) -> list[dict[str, object]]:
     """The classes a generation can ask for, by id and name: those the loaded base was trained
     on (as its worker announced it), or all 1000 ImageNet classes."""
@@ -39,7 +47,13 @@ def list_classes(connection: RedisDep) -> list[dict[str, object]]:
     return [{"id": index, "name": names[index]} for index in known_classes(connection)]
 
 
-@router.get("/v1/limits", dependencies=[Depends(authenticate)], response_model=Limits)
+@router.get(
+    "/v1/limits",
+    dependencies=[Depends(authenticate)],
+    response_model=Limits,
+    responses=KEYED,
+    operation_id="get_limits",
+)
 def limits(settings: SettingsDep) -> dict[str, object]:
     """What a request may ask for: sizes, scales, samplers and colour fixes, the upload, input,
     output and step limits, and each stage's default sampler and steps."""
@@ -126,7 +140,14 @@ def readyz(connection: RedisDep, settings: SettingsDep, store: StoreDep) -> JSON
     return JSONResponse({"status": "ready", **detail})
 
 
-@router.get("/metrics", response_class=Response)
+@router.get(
+    "/metrics",
+    response_class=Response,
+    responses={
+        200: {"content": {CONTENT_TYPE_LATEST.split(";")[0]: {}}},
+        503: {"model": ErrorBody},
+    },
+)
 def metrics(connection: RedisDep, settings: SettingsDep) -> Response:
     """Prometheus text: per stage queue depth, in flight, workers, durations, outcomes and
     queue wait; job latency; webhook deliveries; build info; this API process's HTTP requests."""

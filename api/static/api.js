@@ -24,7 +24,16 @@ function authHeaders(extra = {}) {
   return key ? { ...extra, Authorization: `Bearer ${key}` } : { ...extra };
 }
 
-export async function api(path, { method = "GET", json, form, signal } = {}) {
+// A link as this page fetches it: links are absolute where the service has a public URL
+// (CASCADE_PUBLIC_URL), and the page asks the origin that served it, whatever that URL says
+// (its Content-Security-Policy allows no other).
+export function onThisOrigin(link) {
+  const url = new URL(link, window.location.origin);
+  return url.pathname + url.search;
+}
+
+export async function api(link, { method = "GET", json, form, signal } = {}) {
+  const path = onThisOrigin(link);
   const init = { method, headers: authHeaders(), signal };
   if (json !== undefined) {
     init.headers["Content-Type"] = "application/json";
