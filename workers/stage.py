@@ -75,13 +75,16 @@ def run_stage(job_id: str, stage: str) -> Retry | None:
     samples them all in one call, and each other member's run only reports its own outcome."""
     runtime = current()
     # Every log line of this run names the job and stage (`cascade.logformat`).
-    logformat.JOB_ID.set(job_id)
-    logformat.STAGE.set(stage)
-    record = runtime.jobs.get(job_id)
-    parent = record.fields.get("traceparent", "") if record is not None else ""
-    names = {"cascade.job.id": job_id, "cascade.stage": stage}
-    with tracing.span(f"cascade.stage {stage}", parent=parent, **names):
-        return _run_stage(runtime, job_id, stage)
+    tokens = logformat.JOB_ID.set(job_id), logformat.STAGE.set(stage)
+    try:
+        record = runtime.jobs.get(job_id)
+        parent = record.fields.get("traceparent", "") if record is not None else ""
+        names = {"cascade.job.id": job_id, "cascade.stage": stage}
+        with tracing.span(f"cascade.stage {stage}", parent=parent, **names):
+            return _run_stage(runtime, job_id, stage)
+    finally:
+        logformat.JOB_ID.reset(tokens[0])
+        logformat.STAGE.reset(tokens[1])
 
 
 def _run_stage(runtime: Runtime, job_id: str, stage: str) -> Retry | None:
