@@ -36,7 +36,7 @@ def load_image_uint8(source: str | Path | bytes) -> Tensor:
     expanded): a quarter of the float image's memory, converted to float a crop at a time."""
     handle = io.BytesIO(source) if isinstance(source, bytes) else source
     with Image.open(handle) as image:
-        array = np.asarray(image.convert("RGB"))
+        array = np.array(image.convert("RGB"))  # writable: torch shares its memory
     return torch.from_numpy(array).permute(2, 0, 1).unsqueeze(0)
 
 

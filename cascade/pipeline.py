@@ -206,7 +206,7 @@ class Stage:
                 raise StageError(f"{self.model.id} is class-conditional: give class ids")
             cond["class_ids"] = self._class_tensor(class_ids, batch)
         if spec.task == "upscale":
-            self._check_input(low_res, batch)
+            self.check_input(low_res, batch)
             assert low_res is not None
             height, width = (side * spec.scale for side in low_res.shape[-2:])
             if self.tiled(height, width):
@@ -222,35 +222,37 @@ class Stage:
             raw = self._raw_denoiser(run.guidance)
         else:
             assert low_res is not None
-            low_res, crop = self._pad_input(as_float_image(low_res).to(device))
+            low_res, crop = self.pad_input(as_float_image(low_res).to(device))
             height, width = (side * spec.scale for side in low_res.shape[-2:])
             raw = self._raw_denoiser(1.0)
-            levels = self._levels(aug_level, batch)
+            levels = self.aug_levels(aug_level, batch)
             cond["low_res"] = (
                 noise_augment(low_res, levels, gens) if bool(levels.any()) else low_res
             )
             cond["aug_level"] = levels
         denoiser = self.model.parameterize(raw)
         x = randn_like(torch.empty(batch, 3, height, width, device=device), gens)
-        x = self._sample(denoiser, x, cond, run, gens, None, callback)
+        x = self.sample_window(denoiser, x, cond, run, gens, None, callback)
         if spec.task == "generate":
             return x.float().clamp(-1, 1)
         x = x[..., : crop[0] * spec.scale, : crop[1] * spec.scale]
         return apply_color_fix(x, low_res[..., : crop[0], : crop[1]], run.color_fix)
 
-    def _check_input(self, low_res: Tensor | None, batch: int) -> None:
+    def check_input(self, low_res: Tensor | None, batch: int) -> None:
+        """An upscale's input is given, one image per seed."""
         if low_res is None:
             raise StageError(f"stage {self.name} upscales: give a low-resolution image")
         if low_res.shape[0] != batch:
             raise StageError(f"{low_res.shape[0]} images for {batch} seeds")
 
-    def _levels(self, aug_level: float | None, batch: int) -> Tensor:
+    def aug_levels(self, aug_level: float | None, batch: int) -> Tensor:
+        """The CDM level per item: `aug_level`, else the stage's; 0 for models without it."""
         level = self.aug_level if aug_level is None else aug_level
         if not self.model.spec.condition_augmentation:
             level = 0.0  # weights trained without augmentation run clean (ADM, SR3)
         return torch.full((batch,), float(level), device=self.device)
 
-    def _sample(
+    def sample_window(
         self,
         denoiser: Parameterization,
         x: Tensor,
@@ -289,6 +291,10 @@ class Stage:
         image = denoiser.to_image(x.float(), cond["low_res"].float(), cond.get("upsampled"))
         return image.clamp(-1, 1)
 
+    def upscale_denoiser(self) -> Parameterization:
+        """The denoiser an upscale samples (no guidance), in the contract's parameterisation."""
+        return self.model.parameterize(self._raw_denoiser(1.0))
+
     def tiled(self, height: int, width: int) -> bool:
         """Whether an upscale to `height` x `width` runs in tiles (larger than the network's)."""
         return self.model.spec.task == "upscale" and max(height, width) > self.output_size
@@ -302,7 +308,7 @@ class Stage:
                 raise StageError(f"class id {class_id} out of range 0..{limit - 1}")
         return torch.tensor([int(c) for c in class_ids], dtype=torch.long, device=self.device)
 
-    def _pad_input(self, low_res: Tensor) -> tuple[Tensor, tuple[int, int]]:
+    def pad_input(self, low_res: Tensor) -> tuple[Tensor, tuple[int, int]]:
         """Reflect-pad the input so the output fits the network's size multiple (cropped after);
         by indexing, so a uint8 input stays uint8."""
         multiple = self.model.network.config.size_multiple

@@ -10,7 +10,7 @@ one band of rows and whatever the caller keeps of the output: `output="uint8"` k
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING, Literal
+from typing import Literal, Protocol
 
 import numpy as np
 import torch
@@ -18,13 +18,48 @@ from torch import Tensor
 
 from cascade.color import apply_color_fix
 from cascade.degradations import noise_augment, upsample_condition
+from cascade.denoiser import Parameterization
 from cascade.images import as_float_image
-from cascade.samplers import Callback, randn_like
+from cascade.samplers import Callback, NoiseSource, randn_like
 from cascade.stages import StageRun, stage_seed
 from cascade.tiling import PositionNoise, axis_windows, blend_bands, to_uint8
 
-if TYPE_CHECKING:
-    from cascade.pipeline import Stage
+
+class Stage(Protocol):
+    """What a tiled upscale needs of a stage (`cascade.pipeline.Stage`)."""
+
+    name: str
+
+    @property
+    def device(self) -> torch.device: ...
+
+    @property
+    def scale(self) -> int: ...
+
+    @property
+    def output_size(self) -> int: ...
+
+    def effective(self, run: StageRun | None = None) -> StageRun: ...
+
+    def check_input(self, low_res: Tensor | None, batch: int) -> None: ...
+
+    def pad_input(self, low_res: Tensor) -> tuple[Tensor, tuple[int, int]]: ...
+
+    def aug_levels(self, aug_level: float | None, batch: int) -> Tensor: ...
+
+    def upscale_denoiser(self) -> Parameterization: ...
+
+    def sample_window(
+        self,
+        denoiser: Parameterization,
+        x: Tensor,
+        cond: dict[str, Tensor],
+        run: StageRun,
+        noise: NoiseSource,
+        fixed_noise: NoiseSource | None,
+        callback: Callback | None,
+    ) -> Tensor: ...
+
 
 # Low-res pixels a tile's crop reaches past the tile on each side (bicubic taps reach 2).
 CROP_MARGIN = 4
@@ -52,18 +87,17 @@ def upscale_bands(
     absolute position (from the item's stage seed), its bicubic condition cut from the upsample
     of a wider crop, and the colour fix applied per tile. `callback(step, total, x0)` counts the
     steps of all tiles (`x0`: the current tile's estimate)."""
-    stage._check_input(low_res, len(seeds))
-    spec, device = stage.model.spec, stage.device
+    stage.check_input(low_res, len(seeds))
+    device, scale = stage.device, stage.scale
     run = stage.effective(run)
-    low_res, crop = stage._pad_input(low_res)
-    scale = spec.scale
+    low_res, crop = stage.pad_input(low_res)
     height, width = (side * scale for side in low_res.shape[-2:])
     rows = axis_windows(height, tile or stage.output_size, scale)
     cols = axis_windows(width, tile or stage.output_size, scale)
     item_seeds = [stage_seed(seed, stage.name) for seed in seeds]
     batch = len(seeds)
-    levels = stage._levels(aug_level, batch)
-    denoiser = stage.model.parameterize(stage._raw_denoiser(1.0))
+    levels = stage.aug_levels(aug_level, batch)
+    denoiser = stage.upscale_denoiser()
     count, tiles = 0, len(rows) * len(cols)
 
     def sample_tile(top: int, left: int, tile_h: int, tile_w: int) -> Tensor:
@@ -95,7 +129,7 @@ def upscale_bands(
             if callback is not None:
                 callback(count * total + step, tiles * total, x0)
 
-        image = stage._sample(denoiser, x, cond, run, noise, fixed, report)
+        image = stage.sample_window(denoiser, x, cond, run, noise, fixed, report)
         count += 1
         return apply_color_fix(image, cond["low_res"], run.color_fix).float().cpu()
 
