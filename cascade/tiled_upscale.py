@@ -10,6 +10,7 @@ one band of rows and whatever the caller keeps of the output: `output="uint8"` k
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Literal, Protocol
 
 import numpy as np
@@ -19,7 +20,7 @@ from torch import Tensor
 from cascade.color import apply_color_fix
 from cascade.degradations import noise_augment, upsample_condition
 from cascade.denoiser import Parameterization
-from cascade.images import as_float_image
+from cascade.images import as_float_image, save_png, save_png_bands
 from cascade.samplers import Callback, NoiseSource, randn_like
 from cascade.stages import StageRun, stage_seed
 from cascade.tiling import PositionNoise, axis_windows, blend_bands, to_uint8
@@ -48,6 +49,17 @@ class Stage(Protocol):
     def aug_levels(self, aug_level: float | None, batch: int) -> Tensor: ...
 
     def upscale_denoiser(self) -> Parameterization: ...
+
+    def tiled(self, height: int, width: int) -> bool: ...
+
+    def run(
+        self,
+        *,
+        seeds: Sequence[int],
+        low_res: Tensor | None = None,
+        run: StageRun | None = None,
+        callback: Callback | None = None,
+    ) -> Tensor: ...
 
     def sample_window(
         self,
@@ -170,3 +182,22 @@ def tiled_upscale(
             out[..., row : row + rows, :] = band
         row += rows
     return out
+
+
+def upscale_to_png(
+    stage: Stage,
+    low_res: Tensor,
+    seed: int,
+    path: str | Path,
+    *,
+    run: StageRun | None = None,
+    callback: Callback | None = None,
+) -> Path:
+    """One image's upscale ([1,3,h,w], uint8 or float) written to `path` as a PNG: larger than
+    the network, in tiles with each finished band encoded as it comes (the output never exists
+    whole, in float or uint8); else in one window, as `Stage.run` samples it."""
+    height, width = (side * stage.scale for side in low_res.shape[-2:])
+    if not stage.tiled(height, width):
+        return save_png(stage.run(seeds=[seed], low_res=low_res, run=run, callback=callback), path)
+    bands = upscale_bands(stage, low_res, [seed], run=run, callback=callback)
+    return save_png_bands(path, height, width, (to_uint8(band)[0] for band in bands))
