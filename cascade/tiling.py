@@ -197,5 +197,6 @@ def _shift_up(band: Tensor, shift: int) -> None:
 
 def to_uint8(x: Tensor) -> np.ndarray:
     """Images [B, 3, H, W] in [-1, 1] as uint8 [B, H, W, 3], rounded like SR3's output."""
-    values = ((x.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    values = x.detach().float().cpu().clamp(-1, 1)  # the one temporary copy; the rest in place
+    values = values.add_(1).mul_(127.5).round_().to(torch.uint8)
     return values.permute(0, 2, 3, 1).numpy()
