@@ -55,10 +55,26 @@ def tensor_to_image(x: Tensor) -> Image.Image:
     return Image.fromarray(array.permute(1, 2, 0).numpy(), mode="RGB")
 
 
+def to_uint8(x: Tensor) -> np.ndarray:
+    """Images [B, 3, H, W] in [-1, 1] as uint8 [B, H, W, 3], rounded like SR3's output."""
+    values = x.detach().float().cpu().clamp(-1, 1)  # the one temporary copy; the rest in place
+    values = values.add_(1).mul_(127.5).round_().to(torch.uint8)
+    return values.permute(0, 2, 3, 1).numpy()
+
+
+PNG_BAND_ROWS = 256  # rows quantised and encoded at a time
+
+
 def to_png(x: Tensor) -> bytes:
-    """PNG bytes of one image tensor."""
+    """PNG bytes of one image tensor ([3, H, W] or [1, 3, H, W], [-1, 1]), quantised and
+    encoded a band of rows at a time: no whole-image uint8 or float copy is made."""
+    if x.ndim == 3:
+        x = x[None]
+    height, width = x.shape[-2:]
+    rows = range(0, height, PNG_BAND_ROWS)
+    bands = (to_uint8(x[:1, :, row : row + PNG_BAND_ROWS])[0] for row in rows)
     buffer = io.BytesIO()
-    tensor_to_image(x).save(buffer, format="PNG")
+    write_png(buffer, height, width, bands)
     return buffer.getvalue()
 
 

@@ -20,10 +20,10 @@ from torch import Tensor
 from cascade.color import apply_color_fix
 from cascade.degradations import noise_augment, upsample_condition
 from cascade.denoiser import Parameterization
-from cascade.images import as_float_image, save_png, save_png_bands
+from cascade.images import as_float_image, save_png, save_png_bands, to_uint8
 from cascade.samplers import Callback, NoiseSource, randn_like
 from cascade.stages import StageRun, stage_seed
-from cascade.tiling import PositionNoise, axis_windows, blend_bands, to_uint8
+from cascade.tiling import PositionNoise, axis_windows, blend_bands
 
 
 class Stage(Protocol):

@@ -9,7 +9,7 @@ ramps (`blend_ramp`) normalised per axis: the blend weights are separable, so ea
 normalised weight is computed from two 1-D windows and no full-size weight map exists.
 
 Memory: one float band (the tile height times the output width) is alive at a time; rows no
-later tile touches are handed out finished (`blend_bands`), and `to_uint8` quantises them.
+later tile touches are handed out finished (`blend_bands`).
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -193,10 +192,3 @@ def _shift_up(band: Tensor, shift: int) -> None:
         stop = min(start + shift, keep)
         band[..., start:stop, :] = band[..., start + shift : stop + shift, :]
     band[..., keep:, :] = 0
-
-
-def to_uint8(x: Tensor) -> np.ndarray:
-    """Images [B, 3, H, W] in [-1, 1] as uint8 [B, H, W, 3], rounded like SR3's output."""
-    values = x.detach().float().cpu().clamp(-1, 1)  # the one temporary copy; the rest in place
-    values = values.add_(1).mul_(127.5).round_().to(torch.uint8)
-    return values.permute(0, 2, 3, 1).numpy()

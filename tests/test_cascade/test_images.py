@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from cascade.images import load_image, load_image_uint8, save_png_bands, write_png
+from cascade.images import load_image, load_image_uint8, save_png_bands, to_png, write_png
 
 
 def _photo_like(height: int, width: int) -> np.ndarray:
@@ -50,3 +50,11 @@ def test_uint8_decoding_is_the_float_image_before_scaling() -> None:
     assert decoded.dtype == torch.uint8 and decoded.shape == (1, 3, 20, 30)
     assert np.array_equal(decoded[0].permute(1, 2, 0).numpy(), pixels)  # alpha dropped
     torch.testing.assert_close(decoded.float() / 127.5 - 1, load_image(buffer.getvalue()))
+
+
+def test_png_bytes_hold_the_tensor_rounded_like_sr3(tmp_path) -> None:
+    x = torch.rand(1, 3, 300, 70, generator=torch.Generator().manual_seed(0)) * 2.2 - 1.1
+    with Image.open(io.BytesIO(to_png(x))) as image:
+        decoded = np.asarray(image)
+    expected = ((x[0].clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0)
+    assert decoded.shape == (300, 70, 3) and np.array_equal(decoded, expected.numpy())

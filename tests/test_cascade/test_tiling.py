@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from cascade.checkpoints import load
 from cascade.degradations import bicubic_degrade
+from cascade.images import to_uint8
 from cascade.metrics import border_gradient_ratio, psnr
 from cascade.pipeline import Stage
 from cascade.stages import StageRun
@@ -23,7 +24,6 @@ from cascade.tiling import (
     blend_bands,
     blend_ramp,
     tile_edges,
-    to_uint8,
 )
 
 
