@@ -4,11 +4,15 @@ input (the streaming PNG writer is tested in test_images.py)."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import skimage.data
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from cascade.checkpoints import load
 from cascade.degradations import bicubic_degrade
@@ -157,3 +161,41 @@ def test_border_gradient_ratio_finds_a_seam() -> None:
     seamed = image.clone()
     seamed[:, :, 128:] += 0.1  # a step in brightness at column 128
     assert border_gradient_ratio(seamed, [], [128]) > 1.5  # the mean |gradient| is ~0.17
+
+
+PEAK = """
+import dataclasses, json, resource, sys
+import torch
+from cascade.checkpoints import load
+from cascade.pipeline import Stage
+from cascade.stages import StageRun
+from cascade.tiled_upscale import upscale_to_png
+torch.set_num_threads(1)
+side = int(sys.argv[1])
+stage = Stage("sr256", load("preset:sr256-tiny"), StageRun("dpmpp_2m", 1))
+low = torch.randint(0, 256, (1, 3, side // 4, side // 4), dtype=torch.uint8)
+upscale_to_png(stage, low, 0, sys.argv[2])
+print(json.dumps(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))
+"""
+
+
+def _peak_mb(side: int, folder) -> float:
+    done = subprocess.run(
+        [sys.executable, "-c", PEAK, str(side), str(folder / f"{side}.png")],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return float(done.stdout.strip().splitlines()[-1])
+
+
+def test_peak_memory_grows_by_less_than_one_float_copy_of_the_output(tmp_path) -> None:
+    """Peak RSS of fresh processes: 256 px (one window) against 2048 px (100 tiles, 64 times
+    the pixels). The larger run keeps one band of rows and writes its PNG band by band, so it
+    must stay below one float32 copy of its own output (48 MiB) above the smaller one; the
+    per-step blending over the whole image it replaces held several."""
+    small, large = _peak_mb(256, tmp_path), _peak_mb(2048, tmp_path)
+    with Image.open(tmp_path / "2048.png") as image:
+        assert image.size == (2048, 2048)
+    one_float_copy = 2048 * 2048 * 3 * 4 / 2**20
+    assert large - small < one_float_copy, (small, large)
