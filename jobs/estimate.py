@@ -23,12 +23,15 @@ from jobs.stats import read_stage
 
 # Peak memory of a stage job: the process with its models (PROCESS_MB), one window's sampling at
 # most the network's native size (WINDOW_MB, scaled by the window's pixels below it), and the
-# worker's own copy of the output, one float32 RGB image, plus the band buffers of a tiled
-# upscale (BYTES_PER_OUTPUT_PIXEL). Tiles run one after another, so a larger output adds only
-# its own copy. From `cascade bench --only tiling` with the demo weights on a CPU (BENCHMARKS.md):
-# the peak RSS at the native size, less the loaded process, and the growth from 1024 to 4096 px.
+# worker's own copy of the output (one float32 RGB image, 12 bytes a pixel) with the band
+# buffers of a tiled upscale and its PNG encoding (BYTES_PER_OUTPUT_PIXEL). Tiles run one after
+# another, so a larger output adds only its own copy. From `cascade bench --only tiling
+# --tiling-steps 1` with the demo weights on a CPU (BENCHMARKS.md): ~260 MB with the three
+# models loaded; peak 458 MB at 256 px (sr256), 1232 MB at 1024 px (sr1024); the command line,
+# which streams its PNG, grows by ~5 bytes a pixel from 1024 to 8192 px. base64's window is
+# not measured (64 px: small beside the process).
 PROCESS_MB = 300
-WINDOW_MB = {"base64": 50, "sr256": 150, "sr1024": 1000}
+WINDOW_MB = {"base64": 50, "sr256": 200, "sr1024": 1000}
 BYTES_PER_OUTPUT_PIXEL = 16
 
 
