@@ -166,6 +166,7 @@ class StageQuote(BaseModel):
     )
     wait_seconds: float | None = Field(description="queue wait at this stage; None: unknown")
     run_seconds: float | None = Field(description="sampling time; None: not measured yet")
+    memory_mb: int = Field(description="estimated peak memory of a worker running this stage")
 
 
 class Quote(BaseModel):
@@ -181,6 +182,7 @@ class Quote(BaseModel):
     wait_seconds: float | None
     run_seconds: float | None
     total_seconds: float | None
+    memory_mb: int = Field(description="the most memory one of its stages needs on a worker")
     random_weights: bool | None
     notes: list[str] = Field(description="why a figure is missing, and other caveats")
 

@@ -80,9 +80,10 @@ def decode(data: bytes) -> np.ndarray:
             image = ImageOps.exif_transpose(image)
             if image.mode in SIXTEEN_BIT_GREY:
                 grey = np.clip(np.asarray(image, dtype=np.float32) / 65535.0, 0.0, 1.0)
-                array = np.repeat(grey[..., None], 3, axis=-1) * 255.0
+                grey = np.repeat(grey[..., None], 3, axis=-1) * 2.0 - 1.0
+                return grey.transpose(2, 0, 1)[None].astype(np.float32)
             elif image.mode in ("RGB", "RGBA", "RGBX", "L", "LA", "P", "PA", "1", "CMYK", "YCbCr"):
-                array = np.asarray(image.convert("RGB"), dtype=np.float32)
+                array = np.asarray(image.convert("RGB"), dtype=np.uint8)
             else:
                 raise UploadError(
                     422,
@@ -93,7 +94,7 @@ def decode(data: bytes) -> np.ndarray:
         if isinstance(error, UploadError):
             raise
         raise UploadError(422, "the image data is corrupt or truncated") from None
-    return (array.transpose(2, 0, 1)[None] / 127.5 - 1.0).astype(np.float32)
+    return array.transpose(2, 0, 1)[None]
 
 
 def tensor_bytes(array: np.ndarray) -> bytes:

@@ -11,6 +11,7 @@ since the machine may be shared and noisy.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import io
 import json
 import logging
@@ -26,10 +27,11 @@ from typing import Any
 
 import torch
 
-from bench.models import batch_scaling, forward_latency, held_out_images, tiled_upscale_memory
+from bench.models import batch_scaling, forward_latency, held_out_images
 from bench.quality import generation_time_to_quality, sampler_quality, upscale_time_to_quality
 from bench.report import SECTIONS, write_reports
 from bench.service import SAMPLER, overhead, service, throughput
+from bench.tiling import seams, upscale_memory
 from cascade.checkpoints import load
 from cascade.pipeline import DEFAULT_WEIGHTS, DEMO_WEIGHTS, Stage, default_weights
 
@@ -54,8 +56,8 @@ class BenchConfig:
     throughput_jobs: int
     throughput_steps: int
     max_batch: int  # the batched throughput configuration's CASCADE_MAX_BATCH
-    tiling_sizes: tuple[int, ...]
-    tiling_steps: int
+    tiling_sizes: tuple[int, ...]  # output sides of the 4x upscales whose memory is measured
+    tiling_steps: int | None  # None: the stage's default steps (the upscale as shipped)
     ttq_images: int = 2  # held-out photos the upscale's time-to-quality runs on
     ttq_crop: int = 128
     ttq_reference_steps: int = 2000  # the reference algorithm's ancestral steps
@@ -64,6 +66,7 @@ class BenchConfig:
     scaling_batches: tuple[int, ...] = (1, 8)
     scaling_threads: tuple[int, ...] = (1, 2)
     tiny: bool = False  # tiny random presets everywhere instead of the demo weights (tests)
+    tiling_tiny: bool = False  # tiny presets for the tiling part only
 
 
 def full(device: str) -> BenchConfig:
@@ -85,8 +88,10 @@ def full(device: str) -> BenchConfig:
         throughput_jobs=32 if cuda else 16,
         throughput_steps=20 if cuda else 10,
         max_batch=8,
-        tiling_sizes=(1024, 2048, 4096),
-        tiling_steps=1,  # peak memory is reached within the first step
+        tiling_sizes=(1024, 2048, 4096, 8192),
+        # Peak memory is reached within a tile's first step (each tile runs the same sampler on
+        # the same size); a GPU runs the default steps, a CPU one step (121 tiles at 8192 px).
+        tiling_steps=None if cuda else 1,
         ttq_images=2,
         ttq_crop=256 if cuda else 128,
         ttq_seeds=(0, 1) if cuda else (0,),
@@ -192,7 +197,11 @@ def _demo_holdout(scratch: Path) -> str:
 
 
 def bench_tiling(config: BenchConfig, device: str) -> dict[str, object]:
-    return {"peak_rss_mb": tiled_upscale_memory(config.tiling_sizes, config.tiling_steps, device)}
+    tiny = config.tiny or config.tiling_tiny
+    return {
+        "memory": upscale_memory(config.tiling_sizes, config.tiling_steps, device, tiny),
+        "seams": seams(device, tiny, None),  # the default steps: the image as shipped
+    }
 
 
 def shown(source: str) -> str:
@@ -244,9 +253,12 @@ def setup(config: BenchConfig, device: str) -> dict[str, dict[str, object]]:
             },
         },
         "tiling": {
-            "preset": "sr256-tiny",
-            "steps": config.tiling_steps,
-            "measure": "peak CUDA memory allocated" if device == "cuda" else "peak process RSS",
+            "request": "cascade sample --upscale PHOTO (4x), a fresh process per size",
+            "weights": "tiny presets" if config.tiny or config.tiling_tiny else "demo weights",
+            "steps": config.tiling_steps or "the stage's default",
+            "sizes": list(config.tiling_sizes),
+            "measure": "peak process RSS"
+            + (" and peak CUDA memory allocated" if device == "cuda" else ""),
         },
     }
 
@@ -370,6 +382,7 @@ def main(args: argparse.Namespace) -> None:
         if args.device == "cuda" and not torch.cuda.is_available():
             raise ValueError("--device cuda: no CUDA device is visible to torch")
         config = QUICK if args.quick else full(args.device)
+        config = tiling_options(config, args)
         command = shown_command(sys.argv[1:])
         results = run(config, args.device, chosen(args.only, args.skip), args.data, command)
         results = keep_earlier(results, path)
@@ -378,6 +391,26 @@ def main(args: argparse.Namespace) -> None:
     merged = [json.loads(Path(other).read_text()) for other in args.merge]
     report = Path(args.report) if args.report else None
     write_reports(results, merged, out / "bench.png", report)
+
+
+def tiling_options(config: BenchConfig, args: argparse.Namespace) -> BenchConfig:
+    """The tiling part's command-line overrides of `config`."""
+    changes: dict[str, Any] = {}
+    if args.tiling_sizes:
+        try:
+            sizes = tuple(int(size) for size in args.tiling_sizes.split(","))
+        except ValueError:
+            raise ValueError(
+                f"--tiling-sizes takes sides like 1024,2048, got {args.tiling_sizes!r}"
+            ) from None
+        if any(size < 64 or size % 64 for size in sizes):
+            raise ValueError(f"--tiling-sizes must be multiples of 64, got {list(sizes)}")
+        changes["tiling_sizes"] = sizes
+    if args.tiling_steps is not None:
+        changes["tiling_steps"] = args.tiling_steps or None
+    if args.tiling_tiny:
+        changes["tiling_tiny"] = True
+    return dataclasses.replace(config, **changes)
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -406,5 +439,19 @@ def register(commands: argparse._SubParsersAction) -> None:
     )
     bench.add_argument(
         "--report-only", action="store_true", help="measure nothing: report --json as it is"
+    )
+    bench.add_argument(
+        "--tiling-sizes", metavar="SIDES", help="tiling: output sides, e.g. 1024,2048,4096,8192"
+    )
+    bench.add_argument(
+        "--tiling-steps",
+        type=int,
+        metavar="N",
+        help="tiling: sampler steps of the memory runs (0: the stage's default)",
+    )
+    bench.add_argument(
+        "--tiling-tiny",
+        action="store_true",
+        help="tiling: the tiny presets instead of the demo weights (quick, for CI)",
     )
     bench.set_defaults(run=main)

@@ -10,10 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import resource
 import statistics
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -23,7 +20,6 @@ from torch import Tensor
 
 from cascade.checkpoints import Model, load
 from cascade.pipeline import Stage
-from cascade.stages import StageRun
 
 log = logging.getLogger(__name__)
 
@@ -288,37 +284,6 @@ def batch_scaling(
     finally:
         torch.set_num_threads(saved)
     return table
-
-
-def _tiled_upscale_child(size: int, steps: int, device: str) -> None:
-    """Run one tiled upscale to `size` and print peak memory (run in a fresh process)."""
-    stage = Stage("sr256", load("preset:sr256-tiny", device), StageRun("ddim", steps))
-    low = torch.rand(1, 3, size // 4, size // 4, device=device) * 2 - 1
-    if device == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    stage.run(seeds=[0], low_res=low)
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    if device == "cuda":
-        peak_mb = torch.cuda.max_memory_allocated() / 2**20
-    print(json.dumps({"size": size, "peak_mb": peak_mb}))
-
-
-def tiled_upscale_memory(
-    sizes: Sequence[int] = (1024, 2048, 4096), steps: int = 2, device: str = "cpu"
-) -> dict[str, float]:
-    """Peak memory (RSS on CPU, allocated on CUDA) of a tiled upscale per output size."""
-    peaks = {}
-    for size in sizes:
-        code = (
-            "from bench.models import _tiled_upscale_child;"
-            f"_tiled_upscale_child({size}, {steps}, {device!r})"
-        )
-        out = subprocess.run(
-            [sys.executable, "-c", code], check=True, capture_output=True, text=True
-        )
-        peaks[str(size)] = json.loads(out.stdout.strip().splitlines()[-1])["peak_mb"]
-        log.info("tiled upscale to %d: peak %.0f MB", size, peaks[str(size)])
-    return peaks
 
 
 def held_out_images(folder: str | Path, size: int, limit: int) -> list[Tensor]:

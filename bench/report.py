@@ -246,15 +246,45 @@ def _throughput(data: dict, given: dict) -> str:
 
 
 def _tiling(data: dict, given: dict) -> str:
-    rows = [[f"{size} px", mb] for size, mb in data["peak_rss_mb"].items()]
-    return "\n".join(
-        [
-            f"### Tiled upscale memory ({given.get('preset')}, {given.get('steps')} step(s), "
-            f"{given.get('measure')})",
+    if "memory" not in data:  # an earlier run's shape: peak MB by size
+        rows = [[f"{size} px", mb] for size, mb in data["peak_rss_mb"].items()]
+        title = f"### Tiled upscale memory ({given.get('preset')}, {given.get('steps')} step(s))"
+        return "\n".join([title, "", _table(["output", "peak MB"], rows)])
+    memory = data["memory"]
+    cuda = any("peak_cuda_mb" in entry for entry in memory.values())
+    header = ["output", "stage", "peak RSS MB", "× first"] + (["peak CUDA MB"] if cuda else [])
+    rows = [
+        [f"{size} px", entry["stage"], entry["peak_rss_mb"], entry["rss_ratio"]]
+        + ([entry.get("peak_cuda_mb")] if cuda else [])
+        for size, entry in memory.items()
+    ]
+    parts = [
+        f"### Tiled upscale memory ({given.get('weights')}, steps: {given.get('steps')}, "
+        f"{given.get('measure')})",
+        "",
+        f"{given.get('request')}.",
+        "",
+        _table(header, rows),
+    ]
+    if seam := data.get("seams"):
+        parts += [
             "",
-            _table(["output", "peak MB"], rows),
+            f"Seams: a {seam['size']} px upscale by {seam['stage']} ({seam['weights']}, default "
+            f"run) in its {seam['tile']} px tiles against one window over the same photo and "
+            f"noise; border lines {seam['edges']}.",
+            "",
+            _table(
+                ["", "PSNR vs photo (dB)", "border gradient ratio"],
+                [
+                    ["tiled", seam["psnr_tiled"], seam["border_ratio_tiled"]],
+                    ["one window", seam["psnr_untiled"], seam["border_ratio_untiled"]],
+                ],
+            ),
+            "",
+            f"PSNR between them {seam['psnr_between']:.1f} dB; gap against the photo "
+            f"{seam['psnr_gap']:.3f} dB.",
         ]
-    )
+    return "\n".join(parts)
 
 
 RENDERERS: dict[str, Callable[[dict, dict], str]] = {
@@ -343,8 +373,12 @@ def draw(results: dict, path: Path) -> None:
             axis.set_ylabel("jobs / s")
             title = f"throughput: batching x{data['batching_speedup']:.2f}"
         elif name == "tiling":
-            sizes = [int(size) for size in data["peak_rss_mb"]]
-            axis.plot(sizes, list(data["peak_rss_mb"].values()), marker="o")
+            peaks = data["memory"] if "memory" in data else data["peak_rss_mb"]
+            sizes = [int(size) for size in peaks]
+            values = [
+                peak["peak_rss_mb"] if isinstance(peak, dict) else peak for peak in peaks.values()
+            ]
+            axis.plot(sizes, values, marker="o")
             axis.set_xscale("log", base=2)
             axis.set_xticks(sizes, [str(size) for size in sizes])
             axis.minorticks_off()

@@ -18,9 +18,16 @@ import time
 from collections.abc import Sequence
 from importlib.metadata import entry_points
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cascade import evaluation, logformat, train_command
 from cascade.stages import COLOR_FIXES, LOW_BANDS, SAMPLER_NAMES, SIZES, STAGES
+
+if TYPE_CHECKING:  # the heavy modules load only for the subcommands that need them
+    from tqdm import tqdm
+
+    from cascade.pipeline import Cascade
+    from cascade.stages import StageRun
 
 COMMANDS_GROUP = "cascade.commands"
 log = logging.getLogger(__name__)
@@ -51,7 +58,7 @@ def _sample(args: argparse.Namespace) -> None:
     from tqdm import tqdm
 
     from cascade.classes import resolve_class
-    from cascade.images import load_image, save_png
+    from cascade.images import save_png
     from cascade.pipeline import Cascade, default_weights
 
     weights = {**default_weights(), **_parse_weights(args.weights)}
@@ -80,15 +87,9 @@ def _sample(args: argparse.Namespace) -> None:
         bar.update(step - bar.n)
 
     started = time.perf_counter()
+    out = Path(args.out)
     if args.upscale:
-        image = load_image(args.upscale)
-        result = cascade.upscale(
-            image.repeat(args.batch, 1, 1, 1),
-            seeds,
-            scale=args.scale,
-            runs=runs,
-            callback=progress,
-        )
+        _upscale(args, cascade, runs, seeds, bars, out)
     else:
         class_id = resolve_class(args.class_id)
         result = cascade.generate(
@@ -98,14 +99,52 @@ def _sample(args: argparse.Namespace) -> None:
             runs=runs,
             callback=progress,
         )
+        for stage, images in result.images.items():
+            for index, image in enumerate(images):
+                print(save_png(image, out / f"seed{seeds[index]}_{stage}.png"))
     for bar in bars.values():
         bar.close()
-    out = Path(args.out)
-    for stage, images in result.images.items():
-        for index, image in enumerate(images):
-            path = save_png(image, out / f"seed{seeds[index]}_{stage}.png")
-            print(path)
     print(f"seed {seed}, {time.perf_counter() - started:.1f} s")
+
+
+def _upscale(
+    args: argparse.Namespace,
+    cascade: Cascade,
+    runs: dict[str, StageRun],
+    seeds: list[int],
+    bars: dict[str, tqdm],
+    out: Path,
+) -> None:
+    """Each seed's upscale, one at a time: the input decoded once to uint8, every stage but the
+    last in float as the service runs it, the last written to its PNG by
+    `cascade.tiled_upscale.upscale_to_png` (in tiles, encoded band by band, when larger than the
+    network), with a progress bar over its tiles and steps."""
+    from tqdm import tqdm
+
+    from cascade.images import load_image_uint8, save_png
+    from cascade.tiled_upscale import tile_count, upscale_to_png
+
+    image = load_image_uint8(args.upscale)
+    stages = cascade.plan_upscale(*image.shape[-2:], args.scale)
+    for seed in seeds:
+        x = image
+        for index, stage in enumerate(stages):
+            height, width = (side * stage.scale for side in x.shape[-2:])
+            tiles = tile_count(stage, height, width) if stage.tiled(height, width) else 1
+            label = f"{stage.name} {width}x{height}" + (f", {tiles} tiles" if tiles > 1 else "")
+            bar = bars[f"{seed}:{stage.name}"] = tqdm(desc=label, unit="step", leave=True)
+
+            def progress(step: int, total: int, x0: object, bar: tqdm = bar) -> None:
+                bar.total = total
+                bar.update(step - bar.n)
+
+            path = out / f"seed{seed}_{stage.name}.png"
+            run = runs[stage.name]
+            if index == len(stages) - 1:
+                print(upscale_to_png(stage, x, seed, path, run=run, callback=progress))
+            else:
+                x = stage.run(seeds=[seed], low_res=x, run=run, callback=progress).cpu()
+                print(save_png(x, path))
 
 
 def _convert(args: argparse.Namespace) -> None:

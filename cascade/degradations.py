@@ -257,15 +257,22 @@ DEGRADATIONS: dict[str, Degradation] = {
 
 
 def noise_augment(
-    condition: Tensor, level: Tensor, generator: torch.Generator | None = None
+    condition: Tensor,
+    level: Tensor,
+    generator: torch.Generator | None = None,
+    eps: Tensor | None = None,
 ) -> Tensor:
-    """CDM conditioning augmentation (Ho et al. 2021): sqrt(1-a) * cond + sqrt(a) * eps per item."""
+    """CDM conditioning augmentation (Ho et al. 2021): sqrt(1-a) * cond + sqrt(a) * eps per item
+    (`eps` drawn from `generator` unless given)."""
     if level.dim() != 1 or level.shape[0] != condition.shape[0]:
         raise ValueError(f"level must be [B]={condition.shape[0]}, got {tuple(level.shape)}")
     if bool((level < 0).any()) or bool((level > 1).any()):
         raise ValueError("noise levels must lie in [0, 1]")
-    device = generator.device if generator is not None else condition.device
-    eps = torch.randn(condition.shape, generator=generator, device=device, dtype=condition.dtype)
+    if eps is None:
+        device = generator.device if generator is not None else condition.device
+        eps = torch.randn(
+            condition.shape, generator=generator, device=device, dtype=condition.dtype
+        )
     a = level.to(condition).view(-1, *([1] * (condition.dim() - 1)))
     # Variance preserving, so a level-0 item is returned bit-for-bit (1 * x + 0 * eps).
     return (1.0 - a).sqrt() * condition + a.sqrt() * eps.to(condition.device)

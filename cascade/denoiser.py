@@ -24,7 +24,9 @@ from cascade.schedule import Schedule
 
 Cond = Mapping[str, Tensor]
 """Conditioning by name: `class_ids` (int64 [B]), `low_res` ([B,3,h,w] in [-1,1]),
-`aug_level` (float [B], the CDM noise level already applied to `low_res`)."""
+`aug_level` (float [B], the CDM noise level already applied to `low_res`), and optionally
+`upsampled` (the bicubic upsample of `low_res` at x's size, made by the caller: a tile's is cut
+from the upsample of a wider crop, so it equals the whole image's there)."""
 
 
 @dataclass
@@ -74,7 +76,10 @@ class UpsampledCondition:
     def __init__(self) -> None:
         self._cached: tuple[Tensor, Tensor] | None = None
 
-    def __call__(self, low_res: Tensor, size: tuple[int, int]) -> Tensor:
+    def __call__(self, low_res: Tensor, size: tuple[int, int], cond: Cond | None = None) -> Tensor:
+        given = None if cond is None else cond.get("upsampled")
+        if given is not None and tuple(given.shape[-2:]) == size:
+            return given
         if low_res.shape[-2:] == size:
             return low_res
         cached = self._cached
@@ -97,7 +102,7 @@ class SR3Denoiser:
         return {"noise_level": schedule.sqrt_alphas_cumprod_prev[1:].to(torch.float32)}
 
     def __call__(self, x: Tensor, t: Tensor, schedule: Schedule, cond: Cond) -> Prediction:
-        condition = self._condition(cond["low_res"], tuple(x.shape[-2:]))
+        condition = self._condition(cond["low_res"], tuple(x.shape[-2:]), cond)
         noise_level = self._tables.get(schedule, x, self._build)["noise_level"][t]
         aug_level = cond.get("aug_level")
         if not self.network.config.condition_augmentation:
@@ -193,16 +198,18 @@ class Parameterization:
         if self.diffused == "image":
             x0 = x0.clamp(-1, 1)
         else:
-            up = self._upsampled(cond["low_res"], tuple(x.shape[-2:])).to(x.dtype)
+            up = self._upsampled(cond["low_res"], tuple(x.shape[-2:]), cond).to(x.dtype)
             k = self.residual_scale
             x0 = k * ((up + x0 / k).clamp(-1, 1) - up)
         return Prediction(eps=eps, log_variance=raw.log_variance, x0=x0)
 
-    def to_image(self, x: Tensor, low_res: Tensor) -> Tensor:
-        """A sample (or x0 estimate) of the diffused variable as an image in [-1, 1]."""
+    def to_image(self, x: Tensor, low_res: Tensor, upsampled: Tensor | None = None) -> Tensor:
+        """A sample (or x0 estimate) of the diffused variable as an image in [-1, 1]
+        (`upsampled`: the condition's bicubic upsample at x's size, when the caller has it)."""
         if self.diffused == "image":
             return x
-        up = upsample_condition(low_res, tuple(x.shape[-2:])).to(x.dtype)
+        up = upsampled if upsampled is not None else upsample_condition(low_res, x.shape[-2:])
+        up = up.to(x.dtype)
         return (up + x / self.residual_scale).clamp(-1, 1)
 
 

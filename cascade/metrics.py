@@ -1,8 +1,11 @@
 """Evaluation metrics: PSNR/SSIM (RGB and BT.601 Y) via scikit-image, SR3 consistency, the
 high-frequency ratio (how much of the detail an input cannot carry an output restores) and flat
-grain (how grainy an output is where the photo is flat)."""
+grain (how grainy an output is where the photo is flat), and the border gradient ratio (whether
+tile borders show as seams)."""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import numpy as np
 from scipy.ndimage import gaussian_filter, uniform_filter
@@ -148,6 +151,35 @@ def flat_grain(output: Tensor, target: Tensor) -> float:
     reference = float(np.sqrt(np.mean(luma_high_pass(target)[mask] ** 2)))
     grain = float(np.sqrt(np.mean(luma_high_pass(output)[mask] ** 2)))
     return grain / reference if reference > 0 else float("nan")
+
+
+def border_gradient_ratio(
+    x: Tensor, rows: Sequence[int], cols: Sequence[int], near: int | None = 8
+) -> float:
+    """Seams: the mean |gradient| across the given border lines (row r: between pixel rows r-1
+    and r; column c likewise) over the mean |gradient| across the other lines within `near`
+    pixels of a border (None: every other line), on one CHW image in float. 1: the borders
+    are no different from their surroundings; a seam raises it. Comparing with nearby lines
+    keeps a photo's own structure (an edge that happens to fall near a border line) from
+    dominating when there are few borders."""
+    image = _chw(x).detach().cpu().double().numpy()
+    across_rows = np.abs(np.diff(image, axis=1))  # [C, H-1, W]: line i lies between rows i, i+1
+    across_cols = np.abs(np.diff(image, axis=2))  # [C, H, W-1]
+    border, rest = [], []
+    for gradients, lines, axis in ((across_rows, rows, 1), (across_cols, cols, 2)):
+        count = gradients.shape[axis]
+        on = np.zeros(count, dtype=bool)
+        on[[line - 1 for line in lines if 0 < line <= count]] = True
+        around = np.ones(count, dtype=bool) if near is None else np.zeros(count, dtype=bool)
+        if near is not None:
+            for index in np.flatnonzero(on):
+                around[max(0, index - near) : index + near + 1] = True
+        border.append(np.take(gradients, np.flatnonzero(on), axis=axis).ravel())
+        rest.append(np.take(gradients, np.flatnonzero(around & ~on), axis=axis).ravel())
+    borders = np.concatenate(border)
+    if borders.size == 0:
+        raise ValueError("no border line lies inside the image")
+    return float(borders.mean() / np.concatenate(rest).mean())
 
 
 def image_metrics(output: Tensor, target: Tensor, low_res: Tensor) -> dict[str, float]:

@@ -17,14 +17,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from cascade.checkpoints import Model, load
 from cascade.color import apply_color_fix
 from cascade.degradations import noise_augment
-from cascade.denoiser import Denoiser
-from cascade.samplers import Callback, generators, randn_like, sample_with_fidelity
+from cascade.denoiser import Denoiser, Parameterization
+from cascade.images import as_float_image
+from cascade.samplers import (
+    Callback,
+    NoiseSource,
+    generators,
+    randn_like,
+    sample_with_fidelity,
+)
 from cascade.stages import (
     DEFAULT_LOW_BAND,
     DEFAULT_RUNS,
@@ -37,7 +43,7 @@ from cascade.stages import (
     stage_seed,
     upscale_stages,
 )
-from cascade.tiling import TiledDenoiser
+from cascade.tiled_upscale import tiled_upscale
 
 log = logging.getLogger(__name__)
 
@@ -189,37 +195,75 @@ class Stage:
     ) -> Tensor:
         """Sample this stage for a batch of requests. Item i draws from its own generator,
         seeded from `seeds[i]` and the stage's name (so stages differ and an item's image does
-        not depend on its batch); `run` (default: the stage's) applies as `effective` says."""
+        not depend on its batch); `run` (default: the stage's) applies as `effective` says.
+        An upscale larger than the network's native size runs in tiles
+        (`cascade.tiled_upscale`)."""
         spec, device = self.model.spec, self.device
-        run = self.effective(run)
         batch = len(seeds)
-        gens = generators([stage_seed(seed, self.name) for seed in seeds], device)
         cond: dict[str, Tensor] = {}
         if spec.class_conditional:
             if class_ids is None:
                 raise StageError(f"{self.model.id} is class-conditional: give class ids")
             cond["class_ids"] = self._class_tensor(class_ids, batch)
+        if spec.task == "upscale":
+            self.check_input(low_res, batch)
+            assert low_res is not None
+            height, width = (side * spec.scale for side in low_res.shape[-2:])
+            if self.tiled(height, width):
+                image = tiled_upscale(
+                    self, low_res, seeds, run=run, aug_level=aug_level, callback=callback
+                )
+                assert isinstance(image, Tensor)
+                return image.to(device)
+        run = self.effective(run)
+        gens = generators([stage_seed(seed, self.name) for seed in seeds], device)
         if spec.task == "generate":
             height = width = spec.image_size
             raw = self._raw_denoiser(run.guidance)
         else:
-            if low_res is None:
-                raise StageError(f"stage {self.name} upscales: give a low-resolution image")
-            if low_res.shape[0] != batch:
-                raise StageError(f"{low_res.shape[0]} images for {batch} seeds")
-            low_res, crop = self._pad_input(low_res.to(device, torch.float32))
+            assert low_res is not None
+            low_res, crop = self.pad_input(as_float_image(low_res).to(device))
             height, width = (side * spec.scale for side in low_res.shape[-2:])
             raw = self._raw_denoiser(1.0)
-            if max(height, width) > spec.image_size:
-                raw = TiledDenoiser(raw, tile=spec.image_size, scale=spec.scale)
-            level = self.aug_level if aug_level is None else aug_level
-            if not spec.condition_augmentation:
-                level = 0.0  # weights trained without augmentation run clean (ADM, SR3)
-            levels = torch.full((batch,), float(level), device=device)
-            cond["low_res"] = noise_augment(low_res, levels, gens) if level > 0 else low_res
+            levels = self.aug_levels(aug_level, batch)
+            cond["low_res"] = (
+                noise_augment(low_res, levels, gens) if bool(levels.any()) else low_res
+            )
             cond["aug_level"] = levels
         denoiser = self.model.parameterize(raw)
         x = randn_like(torch.empty(batch, 3, height, width, device=device), gens)
+        x = self.sample_window(denoiser, x, cond, run, gens, None, callback)
+        if spec.task == "generate":
+            return x.float().clamp(-1, 1)
+        x = x[..., : crop[0] * spec.scale, : crop[1] * spec.scale]
+        return apply_color_fix(x, low_res[..., : crop[0], : crop[1]], run.color_fix)
+
+    def check_input(self, low_res: Tensor | None, batch: int) -> None:
+        """An upscale's input is given, one image per seed."""
+        if low_res is None:
+            raise StageError(f"stage {self.name} upscales: give a low-resolution image")
+        if low_res.shape[0] != batch:
+            raise StageError(f"{low_res.shape[0]} images for {batch} seeds")
+
+    def aug_levels(self, aug_level: float | None, batch: int) -> Tensor:
+        """The CDM level per item: `aug_level`, else the stage's; 0 for models without it."""
+        level = self.aug_level if aug_level is None else aug_level
+        if not self.model.spec.condition_augmentation:
+            level = 0.0  # weights trained without augmentation run clean (ADM, SR3)
+        return torch.full((batch,), float(level), device=self.device)
+
+    def sample_window(
+        self,
+        denoiser: Parameterization,
+        x: Tensor,
+        cond: dict[str, Tensor],
+        run: StageRun,
+        noise: NoiseSource,
+        fixed_noise: NoiseSource | None,
+        callback: Callback | None,
+    ) -> Tensor:
+        """The sampler over one window; an upscale's result as an image in [-1, 1]."""
+        spec = self.model.spec
         if self._reduced_precision():  # tensor-core kernels for bf16/fp16 want NHWC
             self.model.network.to(memory_format=torch.channels_last)
             x = x.contiguous(memory_format=torch.channels_last)
@@ -227,7 +271,7 @@ class Stage:
         if callback is not None and spec.diffused == "residual":
 
             def report(step: int, total: int, x0: Tensor) -> None:
-                callback(step, total, denoiser.to_image(x0, cond["low_res"]))
+                callback(step, total, denoiser.to_image(x0, cond["low_res"], cond.get("upsampled")))
 
         with self._autocast():
             x = sample_with_fidelity(
@@ -237,15 +281,23 @@ class Stage:
                 run,
                 run.fidelity or 0.0,
                 cond=cond,
-                generator=gens,
+                generator=noise,
                 callback=report,
                 band_scale=spec.scale if run.low_band == "estimate" else None,
+                fixed_noise=fixed_noise,
             )
         if spec.task == "generate":
-            return x.float().clamp(-1, 1)
-        x = denoiser.to_image(x.float(), cond["low_res"].float()).clamp(-1, 1)
-        x = x[..., : crop[0] * spec.scale, : crop[1] * spec.scale]
-        return apply_color_fix(x, low_res[..., : crop[0], : crop[1]], run.color_fix)
+            return x
+        image = denoiser.to_image(x.float(), cond["low_res"].float(), cond.get("upsampled"))
+        return image.clamp(-1, 1)
+
+    def upscale_denoiser(self) -> Parameterization:
+        """The denoiser an upscale samples (no guidance), in the contract's parameterisation."""
+        return self.model.parameterize(self._raw_denoiser(1.0))
+
+    def tiled(self, height: int, width: int) -> bool:
+        """Whether an upscale to `height` x `width` runs in tiles (larger than the network's)."""
+        return self.model.spec.task == "upscale" and max(height, width) > self.output_size
 
     def _class_tensor(self, class_ids: Sequence[int], batch: int) -> Tensor:
         if len(class_ids) != batch:
@@ -256,16 +308,27 @@ class Stage:
                 raise StageError(f"class id {class_id} out of range 0..{limit - 1}")
         return torch.tensor([int(c) for c in class_ids], dtype=torch.long, device=self.device)
 
-    def _pad_input(self, low_res: Tensor) -> tuple[Tensor, tuple[int, int]]:
-        """Reflect-pad the input so the output fits the network's size multiple (cropped after)."""
+    def pad_input(self, low_res: Tensor) -> tuple[Tensor, tuple[int, int]]:
+        """Reflect-pad the input so the output fits the network's size multiple (cropped after);
+        by indexing, so a uint8 input stays uint8."""
         multiple = self.model.network.config.size_multiple
         step = max(1, math.ceil(multiple / self.scale))
         height, width = low_res.shape[-2:]
         pad_h, pad_w = (-height) % step, (-width) % step
         if pad_h or pad_w:
-            mode = "reflect" if pad_h < height and pad_w < width else "replicate"
-            low_res = F.pad(low_res, (0, pad_w, 0, pad_h), mode=mode)
+            reflect = pad_h < height and pad_w < width
+            rows = _padded_index(height, pad_h, reflect, low_res.device)
+            cols = _padded_index(width, pad_w, reflect, low_res.device)
+            low_res = low_res[..., rows, :][..., cols]
         return low_res, (height, width)
+
+
+def _padded_index(n: int, pad: int, reflect: bool, device: torch.device) -> Tensor:
+    """Indices of an axis of `n` extended by `pad` at its end: mirrored without repeating the
+    border (F.pad's "reflect"), else the border repeated ("replicate")."""
+    extra = torch.arange(n, n + pad, device=device)
+    extra = 2 * (n - 1) - extra if reflect else torch.full_like(extra, n - 1)
+    return torch.cat([torch.arange(n, device=device), extra])
 
 
 @dataclass

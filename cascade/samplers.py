@@ -296,6 +296,7 @@ def sample_with_fidelity(
     generator: NoiseSource,
     callback: Callback | None = None,
     band_scale: int | None = None,
+    fixed_noise: NoiseSource | None = None,
 ) -> Tensor:
     """Fidelity-realism control for upscales (after StableSR's fidelity weight), SDEdit-style.
 
@@ -310,13 +311,18 @@ def sample_with_fidelity(
     input's Nyquist (1/s of its own); below, the output is the fidelity-1 estimate's
     (`cascade.bands.keep_low_band`, linear, so the same in the diffused residual as in the
     image). None: the sample as is.
+
+    `fixed_noise`: where the fixed x_T comes from (default: seed 0 for every item; a tile of a
+    larger image passes position-keyed noise of seed 0, so its tiles agree).
     """
     if not 0.0 <= fidelity <= 1.0:
         raise ValueError(f"fidelity must lie in [0, 1], got {fidelity}")
     if fidelity == 0.0 and band_scale is None:
         return sample(model, x, schedule, run, cond=cond, generator=generator, callback=callback)
     # The same fixed x_T for every item (and every seed), so the result is batch-independent.
-    x_top = randn_like(x, generators([0] * x.shape[0], x.device))
+    if fixed_noise is None:
+        fixed_noise = generators([0] * x.shape[0], x.device)
+    x_top = randn_like(x, fixed_noise)
     mean = denoise_once(model, x_top, schedule, cond=cond)
     start = round((1.0 - fidelity) * (len(schedule) - 1))
     if start == 0:

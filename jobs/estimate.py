@@ -7,6 +7,8 @@ measured seconds one job holds a worker, over the workers serving the stage. Sta
 after another, so a later stage's queue may be longer or shorter by the time the job reaches
 it. Where no run of a stage has been measured yet, or no worker serves it, its seconds are
 None and a note says why: a quote never invents a number.
+
+Memory (`memory_mb`): a measured model of a stage job's peak memory, its process included.
 """
 
 from __future__ import annotations
@@ -14,9 +16,31 @@ from __future__ import annotations
 from redis import Redis
 from rq import Worker
 
+from cascade.stages import STAGE_OUTPUT
 from jobs.plan import PlannedStage
 from jobs.queues import stage_queue
 from jobs.stats import read_stage
+
+# Peak memory of a stage job: the process with its models (PROCESS_MB), one window's sampling at
+# most the network's native size (WINDOW_MB, scaled by the window's pixels below it), and the
+# worker's own copy of the output (one float32 RGB image, 12 bytes a pixel) with the band
+# buffers of a tiled upscale and its PNG encoding (BYTES_PER_OUTPUT_PIXEL). Tiles run one after
+# another, so a larger output adds only its own copy. From `cascade bench --only tiling
+# --tiling-steps 1` with the demo weights on a CPU (BENCHMARKS.md): ~260 MB with the three
+# models loaded; peak 458 MB at 256 px (sr256), 1232 MB at 1024 px (sr1024); the command line,
+# which streams its PNG, grows by ~5 bytes a pixel from 1024 to 8192 px. base64's window is
+# not measured (64 px: small beside the process).
+PROCESS_MB = 300
+WINDOW_MB = {"base64": 50, "sr256": 200, "sr1024": 1000}
+BYTES_PER_OUTPUT_PIXEL = 16
+
+
+def memory_mb(planned: PlannedStage) -> int:
+    """The estimated peak memory (MB) of one stage job of `planned`'s output size."""
+    pixels = planned.height * planned.width
+    native = STAGE_OUTPUT.get(planned.name, max(planned.height, planned.width)) ** 2
+    window = WINDOW_MB.get(planned.name, max(WINDOW_MB.values())) * min(1.0, pixels / native)
+    return round(PROCESS_MB + window + BYTES_PER_OUTPUT_PIXEL * pixels / 2**20)
 
 
 def quote_stages(connection: Redis, plan: list[PlannedStage]) -> dict[str, object]:
@@ -55,6 +79,7 @@ def quote_stages(connection: Redis, plan: list[PlannedStage]) -> dict[str, objec
                 "seconds_per_megapixel_step": None if rate is None else round(rate * 1e6, 4),
                 "wait_seconds": wait_seconds,
                 "run_seconds": run_seconds,
+                "memory_mb": memory_mb(planned),
             }
         )
     run = _total([stage["run_seconds"] for stage in stages])
@@ -65,6 +90,8 @@ def quote_stages(connection: Redis, plan: list[PlannedStage]) -> dict[str, objec
         "wait_seconds": wait,
         "run_seconds": run,
         "total_seconds": None if run is None or wait is None else round(run + wait, 1),
+        # Stages run one after another, each in its own stage job: the job needs the largest.
+        "memory_mb": max(int(stage["memory_mb"]) for stage in stages),  # type: ignore[call-overload]
         "notes": notes,
     }
 

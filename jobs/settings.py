@@ -50,15 +50,23 @@ class Settings(BaseSettings):
     # Redis: ~29 MB, doubled for a margin. 0 disables it; an S3 store has no disk to fill.
     min_free_mb: float = Field(64, ge=0)
 
+    # Memory (MB) a worker may use for a stage job: a job whose estimated need
+    # (`jobs.estimate.memory_mb`) is more fails with a message naming both. 0: this machine's
+    # available memory (psutil) plus what the worker holds already.
+    worker_memory_mb: int = Field(0, ge=0)
+
     # Limits checked by the API before any work is queued.
     max_upload_bytes: int = Field(10 * 2**20, gt=0)
     max_json_bytes: int = Field(64 * 2**10, gt=0)  # every other body (a request is ~300 bytes)
     max_input_pixels: int = Field(1024 * 1024, gt=0)  # checked from the header, before decoding
-    max_output_pixels: int = Field(2048 * 2048, gt=0)  # an upscale's output (16x grows fast)
+    # An upscale's output: 4x of a 1024 px photo. Tiled upscales hold one tile's activations and
+    # one band of rows, so memory grows with the output only by its own copy (`jobs.estimate`).
+    max_output_pixels: int = Field(4096 * 4096, gt=0)
     max_steps: int = Field(1000, ge=1, le=1000)
     # A request's whole cost, sampler steps x output pixels summed over its stages (the default
-    # plans cost ~23 M; this admits e.g. 200 steps at 1024 px): more is a 422.
-    max_cost: int = Field(200 * 1024 * 1024, gt=0)
+    # plans cost ~23 M; a 1024 -> 4096 px upscale at the default 20 steps 336 M, admitted with a
+    # quarter to spare; so are 200 steps at 1024 px): more is a 422.
+    max_cost: int = Field(4096 * 4096 * 25, gt=0)
     # The stages this deployment serves, comma-separated: /readyz is ready when each has a live
     # worker. Unset: every stage a worker has ever served here (an upscale-only deployment is
     # ready without a base64 worker), or all of them before any worker has started.

@@ -36,6 +36,7 @@ from rq.timeouts import JobTimeoutException
 from rq.worker import BaseWorker
 from torch import Tensor
 
+from cascade.images import as_float_image
 from cascade.pipeline import Stage
 from cascade.samplers import SamplingCanceled
 from cascade.stages import StageRun
@@ -159,11 +160,18 @@ def sample(runtime: Runtime, stage: Stage, members: list[Member]) -> Tensor:
     images = stage.run(
         seeds=[member.record.seed for member in members],
         class_ids=[int(item) for item in classes] if known else None,  # type: ignore[arg-type]
-        low_res=None if lows[0] is None else torch.cat(lows),  # type: ignore[arg-type]
+        low_res=None if lows[0] is None else _batched(lows),  # type: ignore[arg-type]
         run=key[0],
         callback=check,
     )
     return images.cpu()
+
+
+def _batched(lows: list[Tensor]) -> Tensor:
+    """The members' inputs as one batch: uploads stay uint8 together; any mix is float."""
+    if all(low.dtype == torch.uint8 for low in lows):
+        return torch.cat(lows)
+    return torch.cat([as_float_image(low) for low in lows])
 
 
 def sample_each(

@@ -168,3 +168,20 @@ def current() -> Runtime:
         install(Runtime(get_settings()))
     assert _current is not None
     return _current
+
+
+def worker_memory_mb(settings: Settings) -> int:
+    """The memory (MB) this worker may use for a stage job: `worker_memory_mb` when set, else
+    this machine's available memory plus what the worker holds already (its models count in
+    every job's need; `jobs.estimate.memory_mb`)."""
+    if settings.worker_memory_mb:
+        return settings.worker_memory_mb
+    try:
+        import psutil
+    except ImportError:  # /proc/meminfo and /proc/self/status say the same on Linux
+        fields = dict(line.split(":", 1) for line in open("/proc/meminfo"))
+        available_kb = int(fields["MemAvailable"].split()[0])
+        status = dict(line.split(":", 1) for line in open("/proc/self/status"))
+        return (available_kb + int(status["VmRSS"].split()[0])) // 1024
+    held = psutil.Process().memory_info().rss
+    return int((psutil.virtual_memory().available + held) / 2**20)

@@ -264,3 +264,45 @@ def test_the_page_and_its_files(client: TestClient):
         response = client.get(f"/static/{module.name}")
         assert response.status_code == 200 and "javascript" in response.headers["content-type"]
     assert client.get("/static/nothing.js").status_code == 404
+
+
+def test_default_limits_admit_a_4x_upscale_of_a_1024_px_photo_and_quote_its_memory(
+    redis_server: EmbeddedRedis, tmp_path: Path
+):
+    """The shipped limits (no overrides): 1024 px -> 4096 px at the default run is admitted;
+    the quote says what memory its stage needs, which grows by the output, not by steps."""
+    settings = Settings(redis_url=redis_server.url, store=str(tmp_path / "store"))
+    buffer = io.BytesIO()
+    Image.fromarray(np.full((1024, 1024, 3), 120, np.uint8)).save(buffer, format="PNG")
+    with TestClient(create_app(settings)) as client:
+
+        def quote(data: bytes, **form: str) -> dict:
+            response = client.post(
+                "/v1/upscales",
+                data={"dry_run": "true", **form},
+                files={"file": ("photo.png", data, "image/png")},
+            )
+            assert response.status_code == 200, response.text
+            return response.json()
+
+        big = quote(buffer.getvalue(), scale="4")
+        assert big["output"] == {"height": 4096, "width": 4096}
+        (stage,) = big["stages"]
+        assert stage["name"] == "sr1024" and stage["steps"] == 20
+        assert big["cost"] == 4096 * 4096 * 20 <= settings.max_cost
+        assert big["memory_mb"] == stage["memory_mb"]
+        small_buffer = io.BytesIO()
+        Image.fromarray(np.full((256, 256, 3), 120, np.uint8)).save(small_buffer, format="PNG")
+        small = quote(small_buffer.getvalue(), scale="4")  # 1024 px: one window, no tiles
+        one_float_copy = 4096 * 4096 * 3 * 4 / 2**20  # 192 MB
+        grown = big["memory_mb"] - small["memory_mb"]
+        assert one_float_copy <= grown <= 2 * one_float_copy
+        assert big["memory_mb"] < 2 * small["memory_mb"]
+        fewer = quote(buffer.getvalue(), scale="4", steps="5")
+        assert fewer["memory_mb"] == big["memory_mb"] and fewer["cost"] == big["cost"] // 4
+        response = client.post(
+            "/v1/upscales",
+            data={"dry_run": "true", "scale": "16"},
+            files={"file": ("photo.png", buffer.getvalue(), "image/png")},
+        )
+        assert response.status_code == 413 and str(4096 * 4096) in response.text

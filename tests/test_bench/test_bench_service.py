@@ -117,7 +117,9 @@ def test_minimal_run_has_every_figure(tmp_path: Path, one_thread: None):
     assert set(rates) == {"workers1_batch1", "workers2_batch1", "workers1_batchN"}
     assert all(number(rate) and rate > 0 for rate in rates.values())
     assert number(results["throughput"]["batching_speedup"])
-    assert number(results["tiling"]["peak_rss_mb"]["256"])
+    memory = results["tiling"]["memory"]["256"]
+    assert number(memory["peak_rss_mb"]) and memory["rss_ratio"] == 1.0
+    assert number(results["tiling"]["seams"]["psnr_between"])
 
     path = tmp_path / "bench.json"
     path.write_text(json.dumps(results))

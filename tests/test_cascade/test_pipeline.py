@@ -1,18 +1,16 @@
-"""The cascade: stage plans, sizes, seeds, guidance policy, tiled denoising, colour fixes."""
+"""The cascade: stage plans, sizes, seeds, guidance policy, colour fixes (tiled upscales are
+test_tiling.py's)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from cascade.checkpoints import load
 from cascade.denoiser import Prediction
 from cascade.pipeline import DEFAULT_WEIGHTS, Cascade, Stage, StageError
-from cascade.samplers import generators, randn_like, sample
 from cascade.schedule import ScheduleConfig
 from cascade.stages import DEFAULT_FIDELITY, StageRun, stage_seed
-from cascade.tiling import TiledDenoiser
 
 FAST = {name: StageRun("ddim", 2) for name in ("base64", "sr256", "sr1024")}
 
@@ -87,56 +85,6 @@ def test_stage_seeds_differ_per_stage():
     assert len(seeds) == 3 and stage_seed(7, "base64") == 7
 
 
-class LocalDenoiser:
-    """eps from a fixed convolution of [x, upsampled low_res]: a pure function of local content."""
-
-    def __init__(self, kernel: int, scale: int = 4):
-        generator = torch.Generator().manual_seed(0)
-        self.weight = torch.randn(3, 6, kernel, kernel, generator=generator) * 0.1
-        self.scale = scale
-
-    def __call__(self, x, t, schedule, cond):
-        low = F.interpolate(cond["low_res"], scale_factor=self.scale, mode="nearest")
-        h = torch.cat([x, low], 1)
-        return Prediction(eps=torch.tanh(F.conv2d(h, self.weight, padding="same")))
-
-
-def _inner_edge_mask(size: int, tiled: TiledDenoiser, radius: int) -> torch.Tensor:
-    """True where a pixel is at least `radius` from every tile edge inside the image."""
-    keep = torch.ones(size, dtype=torch.bool)
-    for start, window in tiled._windows(size):
-        for edge in (start, start + len(window)):
-            if 0 < edge < size:
-                keep[max(0, edge - radius) : edge + radius] = False
-    return keep
-
-
-@pytest.mark.parametrize("kernel", [1, 3])
-def test_tiled_denoising_matches_untiled_away_from_tile_edges(kernel):
-    height, width = 96, 160
-    x = torch.randn(1, 3, height, width)
-    cond = {"low_res": torch.rand(1, 3, height // 4, width // 4) * 2 - 1}
-    schedule = ScheduleConfig("sr3", "linear", 2000).build()
-    t = torch.tensor([100])
-    model = LocalDenoiser(kernel)
-    tiled = TiledDenoiser(model, tile=64, scale=4, overlap=16)
-    whole, parts = model(x, t, schedule, cond).eps, tiled(x, t, schedule, cond).eps
-    radius = kernel // 2
-    rows = _inner_edge_mask(height, tiled, radius)
-    cols = _inner_edge_mask(width, tiled, radius)
-    mask = rows[:, None] & cols[None, :]
-    assert mask.float().mean() > 0.9
-    torch.testing.assert_close(parts[..., mask], whole[..., mask], atol=1e-5, rtol=0)
-    if kernel == 1:
-        # A pointwise model is identical everywhere, so a whole tiled sampling run is too.
-        gens = generators([1])
-        noise = randn_like(x, gens)
-        settings = StageRun("ddim", 5, eta=1.0)
-        a = sample(model, noise, schedule, settings, cond=cond, generator=generators([1]))
-        b = sample(tiled, noise, schedule, settings, cond=cond, generator=generators([1]))
-        torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
-
-
 def test_fidelity_one_is_the_same_image_for_every_seed():
     stage = Stage("sr256", load("preset:sr256-tiny"), StageRun("dpmpp_2m", 3))
     low = torch.rand(1, 3, 16, 16) * 2 - 1
@@ -160,7 +108,6 @@ def test_fidelity_trades_detail_for_faithfulness_monotonically():
     lower fidelity restarts from more noise: its output moves further from the faithful
     (mean) output, on average over seeds."""
     from cascade.samplers import sample_with_fidelity
-    from cascade.schedule import ScheduleConfig
 
     images = torch.stack([torch.full((3, 8, 8), 0.5), torch.full((3, 8, 8), -0.5)])
 
