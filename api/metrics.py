@@ -5,6 +5,7 @@ API process: with several, sum them in Prometheus)."""
 
 from __future__ import annotations
 
+import functools
 import platform
 from collections.abc import Iterator
 from importlib.metadata import PackageNotFoundError, version
@@ -46,6 +47,7 @@ def observe_request(method: str, route: str, status: int, seconds: float) -> Non
     LATENCY.labels(method, route).observe(seconds)
 
 
+@functools.cache
 def _version() -> str:
     try:
         return version("cascade")
@@ -91,6 +93,11 @@ class StageCollector(Collector):
         runs = CounterMetricFamily(
             "cascade_stage_runs", "Stage runs that succeeded", labels=["stage"]
         )
+        waits = HistogramMetricFamily(
+            "cascade_queue_wait_seconds",
+            "Seconds a stage waited in its queue before its first attempt started",
+            labels=["stage"],
+        )
         for stage in STAGES:
             queue = stage_queue(self.connection, stage)
             depth.add_metric([stage], queue.count)
@@ -103,15 +110,8 @@ class StageCollector(Collector):
             failures.add_metric([stage], stats.outcomes["failed"])
             retries.add_metric([stage], stats.outcomes["retried"])
             canceled.add_metric([stage], stats.outcomes["canceled"])
-        waits = HistogramMetricFamily(
-            "cascade_queue_wait_seconds",
-            "Seconds a stage waited in its queue before its first attempt started",
-            labels=["stage"],
-        )
-        for stage in STAGES:
-            stats = read_stage(self.connection, stage)
-            buckets = [(_bound(bound), count) for bound, count in stats.wait_buckets]
-            waits.add_metric([stage], buckets, stats.wait_seconds)
+            waits_seen = [(_bound(bound), count) for bound, count in stats.wait_buckets]
+            waits.add_metric([stage], waits_seen, stats.wait_seconds)
         jobs = HistogramMetricFamily(
             "cascade_job_duration_seconds",
             "Seconds from a job's submission to its end, by kind and end status",

@@ -19,6 +19,7 @@ from cascade.classes import class_names
 from jobs import tracing
 from jobs.catalog import announced
 from jobs.estimate import quote_stages
+from jobs.fairness import priority_of
 from jobs.health import check_served
 from jobs.idempotency import IdempotencyConflict, bind
 from jobs.lifecycle import Jobs
@@ -30,7 +31,7 @@ from jobs.record import JobRecord, NewJob
 from jobs.settings import Settings
 from jobs.store import space_shortfall
 from jobs.urls import RELATIVE, Urls
-from jobs.view import RANDOM_WEIGHTS_WARNING, WAITING_FOR, links
+from jobs.view import RANDOM_WEIGHTS_WARNING, links, waiting_for
 from jobs.webhooks import WebhookRefused, check_destination
 
 log = logging.getLogger(__name__)
@@ -163,7 +164,7 @@ def accept(
                         earlier,
                         first,
                         owner=record.owner,
-                        priority=str(record.request.get("priority", "normal")),
+                        priority=priority_of(record.request),
                     )
                 return accepted(
                     connection,
@@ -190,8 +191,7 @@ def accept(
             jobs.put_tensor(job.id, "input", input_tensor, settings.tensor_ttl)
         jobs.create(job)
         index_job(connection, job.owner, job.id, settings.result_ttl)
-        priority = str(job.request.get("priority", "normal"))
-        first = job.plan[0].name
+        first, priority = job.plan[0].name, priority_of(job.request)
         enqueue_stage(connection, settings, job.id, first, owner=owner, priority=priority)
     result = accepted(connection, settings, job.id, job.seed, job.plan, urls=jobs.urls)
     log.info(
@@ -230,9 +230,8 @@ def accepted(
     names = [stage.name for stage in plan]
     random_weights, warning = weights_warning(connection, names)
     # Accepted all the same (an autoscaler starts workers from the queue's length), but said.
-    idle = [
-        name for name in names if not live_workers(connection, name, settings.worker_fresh_seconds)
-    ]
+    fresh = settings.worker_fresh_seconds
+    waiting = waiting_for(names, lambda stage: live_workers(connection, stage, fresh))
     return JobAccepted(
         id=job_id,
         status=status,
@@ -241,7 +240,7 @@ def accepted(
         links=Links(**links(job_id, names, urls)),
         random_weights=random_weights,
         warning=warning,
-        waiting=WAITING_FOR.format(stage=idle[0]) if idle else None,
+        waiting=waiting,
         replayed=replayed,
     )
 

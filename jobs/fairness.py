@@ -14,6 +14,7 @@ drops the fields of jobs no longer queued once they outnumber the queued ones.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Literal
 
 from redis import Redis
@@ -21,6 +22,11 @@ from redis import Redis
 Priority = Literal["high", "normal", "low"]
 PRIORITIES: tuple[Priority, ...] = ("high", "normal", "low")  # served in this order
 RANK = {priority: rank for rank, priority in enumerate(PRIORITIES)}
+
+
+def priority_of(request: Mapping[str, object]) -> str:
+    """A job's priority, as its request gave it (requests made before priorities: normal)."""
+    return str(request.get("priority", "normal"))
 
 
 def order_key(queue: str) -> str:

@@ -360,24 +360,32 @@ class Jobs:
     def get_tensor(self, job_id: str, name: str) -> bytes | None:
         """A hand-off's bytes, from Redis or the store its reference names; None when gone."""
         data = self.connection.get(tensor_key(job_id, name))
-        if data is None or not data.startswith(HANDOFF_REFERENCE):
+        stored = _stored(data)
+        if stored is None:
             return data
         if self.store is None:
             raise RuntimeError(f"job {job_id}: hand-off {name} is in the result store, none given")
-        return self.store.get(data[len(HANDOFF_REFERENCE) :].decode())
+        return self.store.get(stored)
 
     def drop_tensors(self, job_id: str, names: list[str]) -> None:
         """Free hand-off tensors once nothing will read them (they would expire anyway; the
         store's copies go with the job's folder at retention)."""
         keys = [tensor_key(job_id, name) for name in names]
-        references = [data for data in self.connection.mget(keys) if data]
+        stored = [_stored(data) for data in self.connection.mget(keys)]
         self.connection.delete(*keys)
-        for data in references:
-            if data.startswith(HANDOFF_REFERENCE) and self.store is not None:
+        for key in stored:
+            if key is not None and self.store is not None:
                 try:
-                    self.store.delete(data[len(HANDOFF_REFERENCE) :].decode())
+                    self.store.delete(key)
                 except OSError as error:  # the store is down: retention deletes it later
                     log.warning("job %s: hand-off not deleted from the store: %s", job_id, error)
+
+
+def _stored(data: bytes | None) -> str | None:
+    """The store object a hand-off's Redis value refers to; None for inline data (or none)."""
+    if data is None or not data.startswith(HANDOFF_REFERENCE):
+        return None
+    return data[len(HANDOFF_REFERENCE) :].decode()
 
 
 def _pairs(fields: dict[str, object]) -> list[str]:

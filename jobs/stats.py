@@ -9,7 +9,7 @@ price a new job at the measured seconds per unit of work.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from redis import Redis
 
@@ -56,7 +56,7 @@ class StageStats:
     work: int = 0
     work_seconds: float = 0.0
     work_runs: int = 0
-    wait_buckets: list[tuple[float, int]] = ()  # type: ignore[assignment]
+    wait_buckets: list[tuple[float, int]] = field(default_factory=list)
     wait_seconds: float = 0.0
 
     @property
@@ -120,7 +120,6 @@ def record_wait(connection: Redis, stage: str, seconds: float) -> None:
 
 
 JOBS_KEY = "cascade:stats:jobs"
-JOB_OUTCOMES = ("succeeded", "failed", "canceled")
 
 
 def record_job(connection: Redis, kind: str, status: str, seconds: float) -> None:

@@ -64,6 +64,11 @@ def _configure() -> Any:
     return provider
 
 
+def enabled() -> bool:
+    """Whether spans go anywhere (callers may skip the work of finding a parent)."""
+    return _configure() is not None
+
+
 @contextlib.contextmanager
 def span(name: str, parent: str = "", **attributes: object) -> Iterator[str]:
     """A span named `name` (a child of the `parent` traceparent, when given) around the block;

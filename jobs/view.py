@@ -10,7 +10,7 @@ Links are paths relative to the API's root, or absolute under `CASCADE_PUBLIC_UR
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import Literal
 from urllib.parse import urlsplit, urlunsplit
@@ -248,16 +248,20 @@ ORPHANED_ALONE = (
 WAITING_FOR = "waiting for a worker for {stage}: no live worker serves it now"
 
 
+def waiting_for(stages: Iterable[str], serving: Callable[[str], int]) -> str | None:
+    """`WAITING_FOR` the first of `stages` (those a job still needs) no live worker serves."""
+    idle = next((stage for stage in stages if serving(stage) == 0), None)
+    return None if idle is None else WAITING_FOR.format(stage=idle)
+
+
 def mark_waiting(view: dict[str, object], serving: Callable[[str], int]) -> dict[str, object]:
     """An active job that still needs a stage no live worker serves says so (`waiting`), and
     its ETA is unknown rather than extrapolated from the stages that did run."""
     if view["status"] not in (JobStatus.QUEUED, JobStatus.RUNNING):
         return view
-    for stage in view["stages"]:  # type: ignore[union-attr]
-        if stage["status"] != StageStatus.SUCCEEDED and serving(stage["name"]) == 0:
-            view["waiting"] = WAITING_FOR.format(stage=stage["name"])
-            view["eta_seconds"] = None
-            break
+    needed = [s["name"] for s in view["stages"] if s["status"] != StageStatus.SUCCEEDED]  # type: ignore[union-attr]
+    if waiting := waiting_for(needed, serving):
+        view["waiting"], view["eta_seconds"] = waiting, None
     return view
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import socket
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
@@ -179,9 +180,13 @@ def worker_memory_mb(settings: Settings) -> int:
     try:
         import psutil
     except ImportError:  # /proc/meminfo and /proc/self/status say the same on Linux
-        fields = dict(line.split(":", 1) for line in open("/proc/meminfo"))
-        available_kb = int(fields["MemAvailable"].split()[0])
-        status = dict(line.split(":", 1) for line in open("/proc/self/status"))
-        return (available_kb + int(status["VmRSS"].split()[0])) // 1024
+        available_kb = _proc_kb("/proc/meminfo", "MemAvailable")
+        return (available_kb + _proc_kb("/proc/self/status", "VmRSS")) // 1024
     held = psutil.Process().memory_info().rss
     return int((psutil.virtual_memory().available + held) / 2**20)
+
+
+def _proc_kb(path: str, name: str) -> int:
+    """A `Name:   1234 kB` line of a /proc file, in kB."""
+    fields = dict(line.split(":", 1) for line in Path(path).read_text().splitlines())
+    return int(fields[name].split()[0])

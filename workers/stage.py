@@ -35,9 +35,10 @@ from cascade.pipeline import Stage, StageError
 from cascade.samplers import SamplingCanceled
 from jobs import tracing
 from jobs.estimate import memory_mb
+from jobs.fairness import priority_of
 from jobs.lifecycle import Jobs
 from jobs.queues import enqueue_stage
-from jobs.record import JobRecord
+from jobs.record import JobRecord, job_key
 from jobs.settings import Settings, get_settings
 from jobs.stats import record_stage
 from jobs.status import WAITING, JobStatus, StageStatus
@@ -78,10 +79,11 @@ def run_stage(job_id: str, stage: str) -> Retry | None:
     # Every log line of this run names the job and stage (`cascade.logformat`).
     tokens = logformat.JOB_ID.set(job_id), logformat.STAGE.set(stage)
     try:
-        record = runtime.jobs.get(job_id)
-        parent = record.fields.get("traceparent", "") if record is not None else ""
+        if not tracing.enabled():
+            return _run_stage(runtime, job_id, stage)
+        parent = runtime.jobs.connection.hget(job_key(job_id), "traceparent") or b""
         names = {"cascade.job.id": job_id, "cascade.stage": stage}
-        with tracing.span(f"cascade.stage {stage}", parent=parent, **names):
+        with tracing.span(f"cascade.stage {stage}", parent=parent.decode(), **names):
             return _run_stage(runtime, job_id, stage)
     finally:
         logformat.JOB_ID.reset(tokens[0])
@@ -336,7 +338,7 @@ def hand_on(runtime: Runtime, job_id: str, stage: str) -> None:
                 job_id,
                 following,
                 owner=record.owner,
-                priority=str(record.request.get("priority", "normal")),
+                priority=priority_of(record.request),
             )
         else:
             log.info("job %s has %s; stage %s will not start", job_id, record.status, following)
