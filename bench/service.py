@@ -44,8 +44,8 @@ import torch
 from PIL import Image
 from rq import Worker
 
+from cascade.chain import Cascade
 from cascade.images import to_png
-from cascade.pipeline import Cascade
 from cascade.stages import StageRun
 from jobs.connection import EmbeddedRedis
 from jobs.queues import stage_queue

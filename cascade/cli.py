@@ -26,7 +26,7 @@ from cascade.stages import COLOR_FIXES, LOW_BANDS, SAMPLER_NAMES, SIZES, STAGES
 if TYPE_CHECKING:  # the heavy modules load only for the subcommands that need them
     from tqdm import tqdm
 
-    from cascade.pipeline import Cascade
+    from cascade.chain import Cascade
     from cascade.stages import StageRun
 
 COMMANDS_GROUP = "cascade.commands"
@@ -57,9 +57,10 @@ def _parse_weights(items: Sequence[str]) -> dict[str, str]:
 def _sample(args: argparse.Namespace) -> None:
     from tqdm import tqdm
 
+    from cascade.chain import Cascade
     from cascade.classes import resolve_class
     from cascade.images import save_png
-    from cascade.pipeline import Cascade, default_weights
+    from cascade.pipeline import default_weights
 
     weights = {**default_weights(), **_parse_weights(args.weights)}
     cascade = Cascade.load(weights, device=args.device)

@@ -1,9 +1,11 @@
-"""The cascade: a 64x64 class-conditional base, then 64->256 and 256->1024 upscalers.
+"""A stage of the cascade (a 64x64 class-conditional base, then 64->256 and 256->1024
+upscalers): one model and how it runs by default.
 
-Stages hand float tensors in [-1, 1] to each other, never 8-bit images. A `Stage` is one model
-and how it runs by default; `Stage.run` is the one place the per-stage rules live (stage seeds,
-class ids only for class-conditional models, guidance only when generating, colour fix and
-fidelity only when upscaling). `Cascade` is a plain loop over stages.
+Stages hand float tensors in [-1, 1] to each other, never 8-bit images. `Stage.run` is the one
+place the per-stage rules live (stage seeds, class ids only for class-conditional models,
+guidance only when generating, colour fix and fidelity only when upscaling; outputs larger than
+the network tiled by `cascade.tiled_upscale`). `cascade.chain.Cascade` is a plain loop over
+stages.
 """
 
 from __future__ import annotations
@@ -12,14 +14,14 @@ import contextlib
 import dataclasses
 import logging
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
-from cascade.checkpoints import Model, load
+from cascade.checkpoints import Model
 from cascade.color import apply_color_fix
 from cascade.degradations import noise_augment
 from cascade.denoiser import Denoiser, Parameterization
@@ -33,21 +35,16 @@ from cascade.samplers import (
 )
 from cascade.stages import (
     DEFAULT_LOW_BAND,
-    DEFAULT_RUNS,
     STAGES,
     LowBand,
     Precision,
     StageRun,
     default_fidelity,
-    generation_stages,
     stage_seed,
-    upscale_stages,
 )
 from cascade.tiled_upscale import tiled_upscale
 
 log = logging.getLogger(__name__)
-
-StageCallback = Callable[[str, int, int, Tensor], None]
 
 DEFAULT_WEIGHTS: dict[str, str] = {name: f"preset:{name}-tiny" for name in STAGES}
 DEMO_WEIGHTS = Path(__file__).resolve().parents[1] / "weights" / "demo"
@@ -329,109 +326,3 @@ def _padded_index(n: int, pad: int, reflect: bool, device: torch.device) -> Tens
     extra = torch.arange(n, n + pad, device=device)
     extra = 2 * (n - 1) - extra if reflect else torch.full_like(extra, n - 1)
     return torch.cat([torch.arange(n, device=device), extra])
-
-
-@dataclass
-class CascadeResult:
-    """Each stage's output (float, [-1, 1], CPU) in order, and the seeds that made them."""
-
-    images: dict[str, Tensor]
-    seeds: list[int]
-
-    @property
-    def final(self) -> Tensor:
-        return list(self.images.values())[-1]
-
-
-class Cascade:
-    """The stages in order; `generate` and `upscale` run the ones a request needs."""
-
-    def __init__(self, stages: Sequence[Stage]):
-        self.stages = {stage.name: stage for stage in stages}
-
-    @classmethod
-    def load(
-        cls,
-        weights: Mapping[str, str] | None = None,
-        device: torch.device | str = "cpu",
-        runs: Mapping[str, StageRun] | None = None,
-        compile: bool = False,
-        stages: Sequence[str] = STAGES,
-    ) -> Cascade:
-        """Stages from checkpoint paths or `preset:NAME` sources (default: the demo weights
-        where present, else tiny random presets), on the fast path for `device`."""
-        sources = {**default_weights(), **(weights or {})}
-        defaults = {**DEFAULT_RUNS, **(runs or {})}
-        loaded = [
-            Stage(name, load(sources[name], device), defaults[name]).optimize(compile)
-            for name in stages
-        ]
-        return cls(loaded)
-
-    def plan_generation(self, size: int) -> list[Stage]:
-        """The stages a generation at `size` runs through (`cascade.stages` rules)."""
-        try:
-            return [self.stages[name] for name in generation_stages(size)]
-        except ValueError as error:
-            raise StageError(str(error)) from None
-
-    def plan_upscale(self, height: int, width: int, scale: int) -> list[Stage]:
-        """Stages for an upscale by 4 or 16 (`cascade.stages.upscale_stages`). Larger inputs
-        than a stage's native size are tiled; smaller ones run at their own size."""
-        try:
-            return [self.stages[name] for name in upscale_stages(height, width, scale)]
-        except ValueError as error:
-            raise StageError(str(error)) from None
-
-    def generate(
-        self,
-        class_ids: Sequence[int],
-        size: int,
-        seeds: Sequence[int],
-        *,
-        runs: Mapping[str, StageRun] | None = None,
-        callback: StageCallback | None = None,
-    ) -> CascadeResult:
-        """Class-conditional generation at 64, 256 or 1024 pixels; `runs` by stage name
-        (default: each stage's own)."""
-        return self._loop(self.plan_generation(size), seeds, class_ids, None, runs, callback)
-
-    def upscale(
-        self,
-        image: Tensor,
-        seeds: Sequence[int],
-        *,
-        scale: int = 4,
-        class_ids: Sequence[int] | None = None,
-        runs: Mapping[str, StageRun] | None = None,
-        callback: StageCallback | None = None,
-    ) -> CascadeResult:
-        """Upscale images ([B,3,H,W] in [-1,1]) by 4 or 16."""
-        stages = self.plan_upscale(*image.shape[-2:], scale)
-        return self._loop(stages, seeds, class_ids, image, runs, callback)
-
-    @staticmethod
-    def _loop(
-        stages: Sequence[Stage],
-        seeds: Sequence[int],
-        class_ids: Sequence[int] | None,
-        x: Tensor | None,
-        runs: Mapping[str, StageRun] | None,
-        callback: StageCallback | None,
-    ) -> CascadeResult:
-        images: dict[str, Tensor] = {}
-        for stage in stages:
-
-            def report(step: int, total: int, x0: Tensor, name: str = stage.name) -> None:
-                if callback is not None:
-                    callback(name, step, total, x0)
-
-            x = stage.run(
-                seeds=seeds,
-                class_ids=class_ids,
-                low_res=x,
-                run=(runs or {}).get(stage.name),
-                callback=report,
-            )
-            images[stage.name] = x.cpu()
-        return CascadeResult(images, list(seeds))

@@ -6,9 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from cascade.chain import Cascade
 from cascade.checkpoints import load
 from cascade.denoiser import Prediction
-from cascade.pipeline import DEFAULT_WEIGHTS, Cascade, Stage, StageError
+from cascade.pipeline import DEFAULT_WEIGHTS, Stage, StageError
 from cascade.schedule import ScheduleConfig
 from cascade.stages import DEFAULT_FIDELITY, StageRun, stage_seed
 

@@ -12,8 +12,8 @@ import torch
 from PIL import Image
 
 from api.uploads import decode, tensor_bytes
+from cascade.chain import Cascade
 from cascade.images import as_float_image, bytes_to_tensor, load_image
-from cascade.pipeline import Cascade
 from cascade.stages import STAGES, StageRun, generation_stages, upscale_stages
 from jobs import plan
 from jobs.plan import PlannedStage
