@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import socket
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 
@@ -169,24 +168,3 @@ def current() -> Runtime:
         install(Runtime(get_settings()))
     assert _current is not None
     return _current
-
-
-def worker_memory_mb(settings: Settings) -> int:
-    """The memory (MB) this worker may use for a stage job: `worker_memory_mb` when set, else
-    this machine's available memory plus what the worker holds already (its models count in
-    every job's need; `jobs.estimate.memory_mb`)."""
-    if settings.worker_memory_mb:
-        return settings.worker_memory_mb
-    try:
-        import psutil
-    except ImportError:  # /proc/meminfo and /proc/self/status say the same on Linux
-        available_kb = _proc_kb("/proc/meminfo", "MemAvailable")
-        return (available_kb + _proc_kb("/proc/self/status", "VmRSS")) // 1024
-    held = psutil.Process().memory_info().rss
-    return int((psutil.virtual_memory().available + held) / 2**20)
-
-
-def _proc_kb(path: str, name: str) -> int:
-    """A `Name:   1234 kB` line of a /proc file, in kB."""
-    fields = dict(line.split(":", 1) for line in Path(path).read_text().splitlines())
-    return int(fields[name].split()[0])

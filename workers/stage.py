@@ -34,7 +34,6 @@ from cascade.images import bytes_to_tensor, tensor_to_bytes, to_png
 from cascade.pipeline import Stage, StageError
 from cascade.samplers import SamplingCanceled
 from jobs import tracing
-from jobs.estimate import memory_mb
 from jobs.fairness import priority_of
 from jobs.lifecycle import Jobs
 from jobs.queues import enqueue_stage
@@ -44,7 +43,8 @@ from jobs.stats import record_stage
 from jobs.status import WAITING, JobStatus, StageStatus
 from jobs.store import RESULT, DiskFull, object_name, stage_preview
 from workers.batching import Member, sample_each
-from workers.runtime import Runtime, current, worker_memory_mb
+from workers.memory import memory_refusal
+from workers.runtime import Runtime, current
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -179,19 +179,6 @@ def start(runtime: Runtime, job_id: str, stage: Stage, worker: str) -> Member | 
     except InputMissing as error:
         fail(runtime.connection, jobs, job_id, name, str(error))
         return None
-
-
-def memory_refusal(runtime: Runtime, record: JobRecord, stage: str) -> str | None:
-    """Why this worker cannot run `stage` of the job for want of memory, or None when it can."""
-    planned = next(planned for planned in record.plan if planned.name == stage)
-    need, have = memory_mb(planned), worker_memory_mb(runtime.settings)
-    if need <= have:
-        return None
-    return (
-        f"a {planned.width}x{planned.height} output needs about {need} MB and this worker has "
-        f"{have} MB (CASCADE_WORKER_MEMORY_MB, else its available memory): ask for a smaller "
-        "output, or run it on a worker with more memory"
-    )
 
 
 def load_input(runtime: Runtime, record: JobRecord, stage: str) -> Tensor | None:

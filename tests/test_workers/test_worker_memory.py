@@ -17,7 +17,8 @@ from jobs.plan import PlannedStage
 from jobs.record import NewJob
 from jobs.settings import Settings
 from workers import runtime as runtime_module
-from workers.runtime import Runtime, worker_memory_mb
+from workers.memory import worker_memory_mb
+from workers.runtime import Runtime
 from workers.stage import run_stage
 
 TINY = {f"weights_{stage}": f"preset:{stage}-tiny" for stage in ("base64", "sr256", "sr1024")}
