@@ -20,7 +20,7 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from cascade import evaluation, logformat, train_command
+from cascade import distill, evaluation, logformat, train_command
 from cascade.stages import COLOR_FIXES, LOW_BANDS, SAMPLER_NAMES, SIZES, STAGES
 
 if TYPE_CHECKING:  # the heavy modules load only for the subcommands that need them
@@ -279,6 +279,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser("eval", help="evaluate an upscaler against bicubic")
     evaluation.add_arguments(evaluate)
     evaluate.set_defaults(run=evaluation.main)
+    distil = commands.add_parser("distill", help="distil an upscaler into a few-step student")
+    distill.add_arguments(distil)
+    distil.set_defaults(run=distill.main)
 
     _plugins(commands)
     return parser

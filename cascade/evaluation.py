@@ -257,6 +257,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="where the frequencies the input carries come from: estimate (fidelity 1's "
         "output) or sample (default: the stage's default)",
     )
+    parser.add_argument(
+        "--student",
+        help="a distilled student of the checkpoint (`cascade distill`), run by --sampler student",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--limit", type=int, help="evaluate at most N images")
     parser.add_argument("--out", default="runs/eval")
@@ -299,6 +303,8 @@ def main(args: argparse.Namespace) -> None:
             f"need readable images of at least {size}x{size})"
         )
     stage = Stage(args.stage, model)
+    if getattr(args, "student", None):
+        stage.student = load(args.student, args.device)
     run = stage.effective(
         StageRun(
             args.sampler,

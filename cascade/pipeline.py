@@ -31,6 +31,7 @@ from cascade.samplers import (
     NoiseSource,
     generators,
     randn_like,
+    sample_student,
     sample_with_fidelity,
 )
 from cascade.stages import (
@@ -75,6 +76,9 @@ class Stage:
     # for a residual model; 0 for eps-on-image weights (released ones), whose one-step x0 at the top
     # noise level is ill-conditioned, so they sample exactly as their reference code does.
     fidelity: float | None = None
+    # A distilled student of this stage's model (`cascade.distill`), run by the sampler "student"
+    # in the step counts its spec's `few_step` lists; the model itself serves every other run.
+    student: Model | None = None
 
     @property
     def device(self) -> torch.device:
@@ -105,6 +109,8 @@ class Stage:
         fix, fidelity and low band only when upscaling (resolved to the stage's defaults).
         Equal results sample identically, which is what cross-request batching compares."""
         run = run or self.defaults
+        if run.sampler == "student":
+            self.student_steps(run.steps)
         if self.model.spec.task == "generate":
             return dataclasses.replace(run, color_fix="none", fidelity=None, low_band=None)
         return dataclasses.replace(
@@ -113,6 +119,21 @@ class Stage:
             fidelity=self.default_fidelity if run.fidelity is None else run.fidelity,
             low_band=run.low_band or self.default_low_band,
         )
+
+    def student_steps(self, steps: int) -> tuple[int, ...]:
+        """The schedule indices the student evaluates in `steps` calls (StageError if it has
+        no student, or one not trained for that count)."""
+        if self.student is None:
+            raise StageError(
+                f"sampler student needs a distilled student of {self.model.id}; stage "
+                f"{self.name} has none (use dpmpp_2m, ddim, ddpm or ancestral)"
+            )
+        counts = {len(kept): kept for kept in self.student.spec.few_step}
+        if steps not in counts:
+            raise StageError(
+                f"the student of stage {self.name} runs in {sorted(counts)} steps, not {steps}"
+            )
+        return counts[steps]
 
     def describe(self) -> dict[str, object]:
         """What a job record says about the model behind this stage."""
@@ -270,6 +291,20 @@ class Stage:
             def report(step: int, total: int, x0: Tensor) -> None:
                 callback(step, total, denoiser.to_image(x0, cond["low_res"], cond.get("upsampled")))
 
+        if run.sampler == "student":
+            assert self.student is not None
+            student = self.student.parameterize(self.student.raw_denoiser())
+            with self._autocast():
+                x = sample_student(
+                    student,
+                    x,
+                    self.student.spec.schedule.build(),
+                    self.student_steps(run.steps),
+                    cond=cond,
+                    callback=report,
+                )
+            image = student.to_image(x.float(), cond["low_res"].float(), cond.get("upsampled"))
+            return image.clamp(-1, 1)
         with self._autocast():
             x = sample_with_fidelity(
                 denoiser,

@@ -45,6 +45,9 @@ class ModelSpec:
     # condition: photos' residual std is ~0.11, so 4 brings it near the unit scale of the noise.
     residual_scale: float = 1.0
     classes: tuple[int, ...] = ()  # class ids the model was trained on; () means every id
+    # A distilled student (`cascade.distill`): per step count it was trained for, the schedule
+    # indices its deterministic DDIM evaluates, from the top down. () for every other model.
+    few_step: tuple[tuple[int, ...], ...] = ()
 
     def __post_init__(self) -> None:
         if self.prediction not in ("eps", "v", "x0"):
@@ -81,6 +84,7 @@ class ModelSpec:
             if isinstance(value, list):
                 network[key] = tuple(value)
         data["classes"] = tuple(data.get("classes", ()))
+        data["few_step"] = tuple(tuple(kept) for kept in data.get("few_step", ()))
         return cls(
             network=config_type(**network),
             schedule=ScheduleConfig(**data.pop("schedule")),

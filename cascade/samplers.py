@@ -254,13 +254,71 @@ def denoise_once(model: Denoiser, x: Tensor, schedule: Schedule, *, cond: Cond) 
     return predict_x0(model(x, t, schedule, cond), x, t, _Tables(schedule, x), clip=True)
 
 
+# The last index a student evaluates: below it a residual upscaler's output barely changes.
+STUDENT_LOWEST_STEP = 60
+
+
+def student_timesteps(schedule: Schedule, steps: int, restart: int) -> tuple[int, ...]:
+    """The indices a `steps`-call student evaluates, from the top: the top, then the teacher's
+    restart index down to `STUDENT_LOWEST_STEP`, equally spaced in log-SNR."""
+    top = len(schedule) - 1
+    if steps == 1:
+        return (top,)
+    acp = schedule.alphas_cumprod.double()
+    lam = 0.5 * (torch.log(acp) - torch.log1p(-acp))
+    high, low = float(lam[restart]), float(lam[min(STUDENT_LOWEST_STEP, restart)])
+    gaps = max(1, steps - 2)
+    wanted = [high + (low - high) * k / gaps for k in range(steps - 1)]
+    kept = [int(torch.argmin((lam - value).abs())) for value in wanted]
+    indices = sorted({top, *kept}, reverse=True)
+    if len(indices) != steps:
+        raise ValueError(f"cannot place {steps} distinct student steps below {restart}")
+    return tuple(indices)
+
+
+def student_trajectory(
+    model: Denoiser,
+    x: Tensor,
+    schedule: Schedule,
+    kept: Sequence[int],
+    cond: Cond,
+    callback: Callback | None = None,
+) -> Tensor:
+    """Deterministic DDIM (eta 0) from the noise `x` over the schedule indices `kept` (from the
+    top down), ending on the clean estimate at the last: a distilled student's sampler.
+    Differentiable (the distillation trains through it)."""
+    indices = sorted(kept)
+    spaced = Schedule(schedule.alphas_cumprod[indices], schedule.timesteps[indices])
+    tables, total = _Tables(spaced, x), len(spaced)
+    for done, _, t in _steps(x, spaced):
+        x, x0 = ddim_step(model(x, t, spaced, cond), x, t, tables, None, 0.0)
+        if callback is not None:
+            callback(done, total, x0)
+    return x
+
+
+@torch.inference_mode()
+def sample_student(
+    model: Denoiser,
+    x: Tensor,
+    schedule: Schedule,
+    kept: Sequence[int],
+    *,
+    cond: Cond,
+    callback: Callback | None = None,
+) -> Tensor:
+    """`student_trajectory` for sampling."""
+    return student_trajectory(model, x, schedule, kept, cond, callback)
+
+
 SAMPLERS: dict[str, Callable[..., Tensor]] = {
     "ancestral": sample_ancestral,
     "ddpm": sample_ddpm,
     "ddim": sample_ddim,
     "dpmpp_2m": sample_dpmpp_2m,
 }
-assert tuple(SAMPLERS) == SAMPLER_NAMES, "cascade.stages.SamplerName lists the samplers"
+# "student" is not among them: it runs a distilled student's own network (Stage.sample_window).
+assert (*SAMPLERS, "student") == SAMPLER_NAMES, "cascade.stages.SamplerName lists the samplers"
 
 
 def sample(

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Literal, get_args
 
 StageName = Literal["base64", "sr256", "sr1024"]
-SamplerName = Literal["ancestral", "ddpm", "ddim", "dpmpp_2m"]
+SamplerName = Literal["ancestral", "ddpm", "ddim", "dpmpp_2m", "student"]
 ColorFix = Literal["none", "adain", "wavelet"]
 Precision = Literal["float32", "bfloat16", "float16"]
 # Where an upscale's frequencies below its input's Nyquist come from: the model's faithful

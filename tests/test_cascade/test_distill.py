@@ -1,0 +1,95 @@
+"""Few-step students (cascade.distill): their timesteps, their sampler, and the distillation."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from cascade.checkpoints import load_model, model_from_preset
+from cascade.distill import STUDENT_STEPS, Distiller, teacher_outputs
+from cascade.pipeline import Stage, StageError
+from cascade.samplers import (
+    STUDENT_LOWEST_STEP,
+    denoise_once,
+    generators,
+    randn_like,
+    student_timesteps,
+)
+from cascade.stages import StageRun, stage_seed
+
+
+@pytest.fixture(scope="module")
+def teacher():
+    return model_from_preset("sr256-tiny")
+
+
+def test_student_timesteps_run_from_the_top_through_the_restart(teacher):
+    schedule = teacher.spec.schedule.build()
+    top, restart = len(schedule) - 1, 1400
+    assert student_timesteps(schedule, 1, restart) == (top,)
+    four = student_timesteps(schedule, 4, restart)
+    assert len(four) == 4 and four[0] == top and four[1] == restart
+    assert four[-1] == STUDENT_LOWEST_STEP
+    assert list(four) == sorted(four, reverse=True)
+    # Equal log-SNR gaps below the restart.
+    acp = schedule.alphas_cumprod.double()
+    lam = [float(0.5 * (torch.log(acp[i]) - torch.log1p(-acp[i]))) for i in four[1:]]
+    gaps = [b - a for a, b in zip(lam, lam[1:], strict=False)]
+    assert max(gaps) - min(gaps) < 0.1 * max(gaps)
+
+
+def student_of(teacher, few_step):
+    spec = dataclasses.replace(teacher.spec, few_step=few_step)
+    return dataclasses.replace(teacher, spec=spec)
+
+
+def test_one_step_student_is_its_clean_estimate_from_the_items_noise(teacher):
+    schedule = teacher.spec.schedule.build()
+    stage = Stage("sr256", teacher, student=student_of(teacher, ((len(schedule) - 1,),)))
+    low_res = torch.rand(2, 3, 16, 16) * 2 - 1
+    out = stage.run(seeds=[3, 4], low_res=low_res, run=StageRun("student", 1))
+    assert out.shape == (2, 3, 64, 64)
+    # By hand: the item's noise (its stage seed's first draw), one clean estimate at the top.
+    noise = randn_like(
+        torch.empty(2, 3, 64, 64), generators([stage_seed(s, "sr256") for s in (3, 4)])
+    )
+    cond = {"low_res": low_res, "aug_level": torch.zeros(2)}
+    denoiser = stage.upscale_denoiser()
+    expected = denoiser.to_image(denoise_once(denoiser, noise, schedule, cond=cond), low_res)
+    torch.testing.assert_close(out, expected.clamp(-1, 1), atol=1e-5, rtol=0)
+    # Another seed, another output: the student draws its detail from the item's noise.
+    other = stage.run(seeds=[5, 4], low_res=low_res, run=StageRun("student", 1))
+    assert not torch.allclose(other[0], out[0]) and torch.allclose(other[1], out[1], atol=1e-6)
+
+
+def test_student_sampler_refuses_stages_and_step_counts_it_was_not_trained_for(teacher):
+    low_res = torch.zeros(1, 3, 16, 16)
+    with pytest.raises(StageError, match="needs a distilled student.*dpmpp_2m"):
+        Stage("sr256", teacher).run(seeds=[0], low_res=low_res, run=StageRun("student", 4))
+    stage = Stage("sr256", teacher, student=student_of(teacher, ((1999,),)))
+    with pytest.raises(StageError, match=r"runs in \[1\] steps, not 4"):
+        stage.run(seeds=[0], low_res=low_res, run=StageRun("student", 4))
+
+
+def test_distillation_brings_the_student_towards_the_teachers_default(teacher, tmp_path):
+    gen = torch.Generator().manual_seed(0)
+    low_res = torch.rand(4, 3, 16, 16, generator=gen) * 2 - 1
+    noise = torch.randn(4, 3, 64, 64, generator=gen)
+    with torch.inference_mode():
+        target = teacher_outputs(Stage("sr256", teacher), low_res, noise)
+    pairs = {"low_res": low_res, "noise": noise, "target": target.clone()}
+    distiller = Distiller(teacher, "sr256", lr=3e-3, ema=0.0, seed=0)
+    assert tuple(len(kept) for kept in distiller.few_step) == STUDENT_STEPS
+    first = distiller.train_step(pairs, 4)
+    for _ in range(7):
+        last = distiller.train_step(pairs, 4)
+    assert last < 0.7 * first
+    path = distiller.save(tmp_path, {"distill.teacher": "sr256-tiny"})
+    student = load_model(path)
+    assert student.spec.few_step == distiller.few_step
+    assert student.spec.network == teacher.spec.network
+    stage = Stage("sr256", teacher, student=student)
+    out = stage.run(seeds=[0], low_res=low_res[:1], run=StageRun("student", 4))
+    assert out.shape == (1, 3, 64, 64) and bool(out.isfinite().all())
