@@ -9,8 +9,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from cascade.checkpoints import load
-from cascade.pipeline import Stage, StageError, default_weights
+from cascade.pipeline import Stage, StageError, default_weights, load_stage
 from cascade.stages import DEFAULT_RUNS, STAGES, StageRun, generation_stages, upscale_stages
 
 StageCallback = Callable[[str, int, int, Tensor], None]
@@ -48,8 +47,7 @@ class Cascade:
         sources = {**default_weights(), **(weights or {})}
         defaults = {**DEFAULT_RUNS, **(runs or {})}
         loaded = [
-            Stage(name, load(sources[name], device), defaults[name]).optimize(compile)
-            for name in stages
+            load_stage(name, sources[name], device, defaults[name], compile) for name in stages
         ]
         return cls(loaded)
 

@@ -36,6 +36,7 @@ from cascade.metrics import image_metrics
 from cascade.pipeline import Stage, default_weights
 from cascade.stages import (
     COLOR_FIXES,
+    DEFAULT_RUNS,
     LOW_BANDS,
     SAMPLER_NAMES,
     STAGE_INPUT,
@@ -126,7 +127,9 @@ def evaluate_image(
         "bicubic": upsample_condition(low_res, size),
         "lanczos": lanczos_upsample(low_res, size),
     }
-    faithful = dataclasses.replace(run, fidelity=1.0)
+    # Fidelity 1 is the model's own estimate (a student's sampler has no fidelity to set).
+    sampler = "dpmpp_2m" if run.sampler == "student" else run.sampler
+    faithful = dataclasses.replace(run, sampler=sampler, fidelity=1.0)
     for method, method_run in (("model", run), ("fidelity1", faithful)):
         output = stage.run(seeds=[seed], low_res=low_res, run=method_run)
         output = apply_color_fix(output.float().cpu(), low_res, color_fix).clamp(-1, 1)
@@ -243,8 +246,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=COLOR_FIXES,
         help="colour-correct the model's output against its input before scoring",
     )
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--sampler", default="dpmpp_2m", choices=SAMPLER_NAMES)
+    parser.add_argument("--steps", type=int, help="default: the stage's default run's")
+    parser.add_argument(
+        "--sampler", choices=SAMPLER_NAMES, help="default: the stage's default run's"
+    )
     parser.add_argument(
         "--fidelity",
         type=float,
@@ -307,8 +312,8 @@ def main(args: argparse.Namespace) -> None:
         stage.student = load(args.student, args.device)
     run = stage.effective(
         StageRun(
-            args.sampler,
-            args.steps,
+            args.sampler or DEFAULT_RUNS[args.stage].sampler,
+            args.steps or DEFAULT_RUNS[args.stage].steps,
             fidelity=getattr(args, "fidelity", None),
             low_band=getattr(args, "low_band", None),
         )

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from cascade.checkpoints import Model
+from cascade.checkpoints import Model, load
 from cascade.color import apply_color_fix
 from cascade.degradations import noise_augment
 from cascade.denoiser import Denoiser, Parameterization
@@ -57,6 +57,32 @@ def default_weights(directory: Path = DEMO_WEIGHTS) -> dict[str, str]:
         name: str(path) if (path := directory / f"{name}.safetensors").is_file() else fallback
         for name, fallback in DEFAULT_WEIGHTS.items()
     }
+
+
+# What a stage runs when asked for the sampler "student" and its weights came without one.
+STUDENT_FALLBACK = StageRun("dpmpp_2m", 20)
+
+
+def student_source(source: str) -> str | None:
+    """The distilled student shipped next to a checkpoint (`NAME.student.safetensors` beside
+    `NAME.safetensors`, written by `cascade distill`), if there is one."""
+    path = Path(source)
+    if path.suffix != ".safetensors":
+        return None
+    student = path.with_name(f"{path.stem}.student.safetensors")
+    return str(student) if student.is_file() else None
+
+
+def load_stage(
+    name: str, source: str, device: torch.device | str, defaults: StageRun, compile: bool = False
+) -> Stage:
+    """A stage from its weights, with the student beside them when there is one, on the fast
+    path for `device`."""
+    stage = Stage(name, load(source, device, stage=name), defaults)
+    student = student_source(source)
+    if student is not None:
+        stage.attach_student(load(student, device, stage=name))
+    return stage.optimize(compile)
 
 
 class StageError(ValueError):
@@ -110,7 +136,12 @@ class Stage:
         Equal results sample identically, which is what cross-request batching compares."""
         run = run or self.defaults
         if run.sampler == "student":
-            self.student_steps(run.steps)
+            if self.student is None:  # weights without a student sample as the others do
+                run = dataclasses.replace(
+                    run, sampler=STUDENT_FALLBACK.sampler, steps=STUDENT_FALLBACK.steps
+                )
+            else:
+                self.student_steps(run.steps)
         if self.model.spec.task == "generate":
             return dataclasses.replace(run, color_fix="none", fidelity=None, low_band=None)
         return dataclasses.replace(
@@ -119,6 +150,16 @@ class Stage:
             fidelity=self.default_fidelity if run.fidelity is None else run.fidelity,
             low_band=run.low_band or self.default_low_band,
         )
+
+    def attach_student(self, student: Model) -> None:
+        """Serve the sampler "student" with `student`, a distillation of this stage's model."""
+        spec, own = student.spec, self.model.spec
+        if not spec.few_step or spec.network != own.network or spec.schedule != own.schedule:
+            raise StageError(
+                f"{student.id} is not a few-step student of {self.model.id} (it needs the same "
+                "network and schedule and a few_step list: cascade distill writes one)"
+            )
+        self.student = student
 
     def student_steps(self, steps: int) -> tuple[int, ...]:
         """The schedule indices the student evaluates in `steps` calls (StageError if it has
@@ -153,6 +194,12 @@ class Stage:
         if spec.task == "upscale":
             description["fidelity"] = self.default_fidelity
             description["low_band"] = self.default_low_band
+            if self.student is not None:
+                description["student"] = {
+                    "model": self.student.id,
+                    "steps": sorted(len(kept) for kept in self.student.spec.few_step),
+                    "weights": self.student.weights,
+                }
         if spec.class_conditional:
             description["classes"] = list(spec.classes)  # empty: every ImageNet class
         return description
@@ -177,12 +224,16 @@ class Stage:
             torch.backends.cuda.matmul.allow_tf32 = True  # convolutions use TF32 by default
         if channels_last is None:
             channels_last = self.device.type == "cpu" and not compile
+        networks = [self.model.network]
+        if self.student is not None:
+            networks.append(self.student.network)
         if channels_last:  # the convolutions' outputs follow their weights' layout
-            self.model.network.to(memory_format=torch.channels_last)
+            for network in networks:
+                network.to(memory_format=torch.channels_last)
         if compile:
             # Compiling the bound forward keeps the module (and its config) in place.
-            network = self.model.network
-            network.forward = torch.compile(network.forward, dynamic=False)
+            for network in networks:
+                network.forward = torch.compile(network.forward, dynamic=False)
         return self
 
     def _reduced_precision(self) -> bool:

@@ -32,7 +32,7 @@ SIZES: tuple[int, ...] = tuple(STAGE_OUTPUT.values())
 SCALES: tuple[int, ...] = (4, 16)
 # Upscales' fidelity-realism default per stage (1: the most faithful output, 0: the full sample),
 # chosen by measurement on held-out photos (the sweeps in weights/demo/sr256.md and sr1024.md).
-DEFAULT_FIDELITY: dict[str, float] = {"sr256": 0.3, "sr1024": 0.95}
+DEFAULT_FIDELITY: dict[str, float] = {"sr256": 0.3, "sr1024": 0.945}
 
 
 # Residual upscalers keep their faithful estimate's low band (weights/demo/sr256.md measures it:
@@ -74,11 +74,12 @@ class StageRun:
 
 # Per-stage defaults when a request names no sampler or steps (the service's CASCADE_SAMPLER_* and
 # CASCADE_STEPS_* settings start from these). Residual v-prediction upscalers converge in 20
-# DPM-Solver++ steps; the measurements are in BENCHMARKS.md and the model cards.
+# DPM-Solver++ steps; sr1024's short restart (fidelity 0.945) needs 3, four network calls with its
+# estimate, for the 20-step run's PSNR, detail and grain (weights/demo/sr1024.md measures it).
 DEFAULT_RUNS: dict[str, StageRun] = {
     "base64": StageRun("ddim", 50),
     "sr256": StageRun("dpmpp_2m", 20),
-    "sr1024": StageRun("dpmpp_2m", 20),
+    "sr1024": StageRun("dpmpp_2m", 3),
 }
 
 

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from cascade.checkpoints import CheckpointError, load
-from cascade.pipeline import Stage, default_weights
+from cascade.checkpoints import CheckpointError
+from cascade.pipeline import Stage, StageError, default_weights, load_stage
 from cascade.stages import STAGES, StageRun
 from jobs.catalog import announce
 from jobs.connection import connect
@@ -91,7 +91,7 @@ class Runtime:
         return False (a broken checkpoint must not take the worker's other stages down)."""
         try:
             self.stages[name] = self._load(name)
-        except CheckpointError as error:
+        except (CheckpointError, StageError) as error:  # StageError: a mismatched student
             self._keep_out(name, str(error))
             return False
         except Exception as error:  # e.g. out of memory moving it to the device
@@ -128,9 +128,9 @@ class Runtime:
 
     def _load(self, name: str) -> Stage:
         settings = self.settings
-        model = load(self.weights[name], self.device, stage=name)
         defaults = StageRun(settings.sampler_for(name), settings.steps_for(name))
-        stage = Stage(name, model, defaults).optimize(compile=settings.compile)
+        stage = load_stage(name, self.weights[name], self.device, defaults, settings.compile)
+        model = stage.model
         if settings.precision != "auto":
             stage.precision = settings.precision
         if model.random_weights:

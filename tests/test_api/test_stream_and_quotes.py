@@ -288,8 +288,8 @@ def test_default_limits_admit_a_4x_upscale_of_a_1024_px_photo_and_quote_its_memo
         big = quote(buffer.getvalue(), scale="4")
         assert big["output"] == {"height": 4096, "width": 4096}
         (stage,) = big["stages"]
-        assert stage["name"] == "sr1024" and stage["steps"] == 20
-        assert big["cost"] == 4096 * 4096 * 20 <= settings.max_cost
+        assert stage["name"] == "sr1024" and stage["steps"] == settings.steps_for("sr1024")
+        assert big["cost"] == 4096 * 4096 * stage["steps"] <= settings.max_cost
         assert big["memory_mb"] == stage["memory_mb"]
         small_buffer = io.BytesIO()
         Image.fromarray(np.full((256, 256, 3), 120, np.uint8)).save(small_buffer, format="PNG")
@@ -298,8 +298,8 @@ def test_default_limits_admit_a_4x_upscale_of_a_1024_px_photo_and_quote_its_memo
         grown = big["memory_mb"] - small["memory_mb"]
         assert one_float_copy <= grown <= 2 * one_float_copy
         assert big["memory_mb"] < 2 * small["memory_mb"]
-        fewer = quote(buffer.getvalue(), scale="4", steps="5")
-        assert fewer["memory_mb"] == big["memory_mb"] and fewer["cost"] == big["cost"] // 4
+        more = quote(buffer.getvalue(), scale="4", steps=str(4 * stage["steps"]))
+        assert more["memory_mb"] == big["memory_mb"] and more["cost"] == 4 * big["cost"]
         response = client.post(
             "/v1/upscales",
             data={"dry_run": "true", "scale": "16"},

@@ -7,9 +7,10 @@ import dataclasses
 import pytest
 import torch
 
-from cascade.checkpoints import load_model, model_from_preset
+from cascade.chain import Cascade
+from cascade.checkpoints import load_model, model_from_preset, save_model
 from cascade.distill import STUDENT_STEPS, Distiller, teacher_outputs
-from cascade.pipeline import Stage, StageError
+from cascade.pipeline import STUDENT_FALLBACK, Stage, StageError, load_stage
 from cascade.samplers import (
     STUDENT_LOWEST_STEP,
     denoise_once,
@@ -64,13 +65,39 @@ def test_one_step_student_is_its_clean_estimate_from_the_items_noise(teacher):
     assert not torch.allclose(other[0], out[0]) and torch.allclose(other[1], out[1], atol=1e-6)
 
 
-def test_student_sampler_refuses_stages_and_step_counts_it_was_not_trained_for(teacher):
+def test_without_a_student_the_sampler_student_runs_the_fallback(teacher):
+    low_res = torch.rand(1, 3, 16, 16) * 2 - 1
+    stage = Stage("sr256", teacher)
+    assert stage.effective(StageRun("student", 4)).sampler == STUDENT_FALLBACK.sampler
+    out = stage.run(seeds=[0], low_res=low_res, run=StageRun("student", 4))
+    torch.testing.assert_close(out, stage.run(seeds=[0], low_res=low_res, run=STUDENT_FALLBACK))
+
+
+def test_student_sampler_refuses_step_counts_and_students_that_do_not_fit(teacher):
     low_res = torch.zeros(1, 3, 16, 16)
-    with pytest.raises(StageError, match="needs a distilled student.*dpmpp_2m"):
-        Stage("sr256", teacher).run(seeds=[0], low_res=low_res, run=StageRun("student", 4))
     stage = Stage("sr256", teacher, student=student_of(teacher, ((1999,),)))
     with pytest.raises(StageError, match=r"runs in \[1\] steps, not 4"):
         stage.run(seeds=[0], low_res=low_res, run=StageRun("student", 4))
+    with pytest.raises(StageError, match="not a few-step student"):
+        stage.attach_student(teacher)  # no few_step list
+    other = model_from_preset("sr1024-tiny")
+    with pytest.raises(StageError, match="not a few-step student"):
+        stage.attach_student(student_of(other, ((1999,),)))
+
+
+def test_a_student_beside_its_weights_is_loaded_and_described(teacher, tmp_path):
+    weights = tmp_path / "sr256.safetensors"
+    save_model(weights, teacher.spec, teacher.network.state_dict())
+    plain = load_stage("sr256", str(weights), "cpu", StageRun("student", 1))
+    assert plain.student is None and "student" not in plain.describe()
+    student = student_of(teacher, ((1999,),))
+    save_model(tmp_path / "sr256.student.safetensors", student.spec, teacher.network.state_dict())
+    stage = load_stage("sr256", str(weights), "cpu", StageRun("student", 1))
+    assert stage.student is not None
+    described = stage.describe()["student"]
+    assert described["model"] == "sr256.student.safetensors" and described["steps"] == [1]
+    cascade = Cascade.load({"sr256": str(weights)}, stages=["sr256"])
+    assert cascade.stages["sr256"].student is not None
 
 
 def test_distillation_brings_the_student_towards_the_teachers_default(teacher, tmp_path):
