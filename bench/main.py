@@ -28,12 +28,17 @@ from typing import Any
 import torch
 
 from bench.models import batch_scaling, forward_latency, held_out_images
-from bench.quality import generation_time_to_quality, sampler_quality, upscale_time_to_quality
+from bench.quality import (
+    generation_time_to_quality,
+    sampler_quality,
+    sr1024_upscale_seconds,
+    upscale_time_to_quality,
+)
 from bench.report import SECTIONS, write_reports
 from bench.service import SAMPLER, overhead, service, throughput
 from bench.tiling import seams, upscale_memory
 from cascade.checkpoints import load
-from cascade.pipeline import DEFAULT_WEIGHTS, DEMO_WEIGHTS, Stage, default_weights
+from cascade.pipeline import DEFAULT_WEIGHTS, DEMO_WEIGHTS, Stage, default_weights, student_source
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +67,7 @@ class BenchConfig:
     ttq_crop: int = 128
     ttq_reference_steps: int = 2000  # the reference algorithm's ancestral steps
     ttq_seeds: tuple[int, ...] = (0,)  # 256 px generations timed each way
+    ttq_sr1024_size: int = 1024  # the sr1024 upscale timed (output side; 256 -> 1024 native)
     compile_variant: bool = False  # also time torch.compile in the forward table (slow start)
     scaling_batches: tuple[int, ...] = (1, 8)
     scaling_threads: tuple[int, ...] = (1, 2)
@@ -119,6 +125,7 @@ QUICK = BenchConfig(
     ttq_images=1,
     ttq_crop=64,
     ttq_reference_steps=100,
+    ttq_sr1024_size=256,
     scaling_batches=(1, 4),
 )
 
@@ -155,23 +162,37 @@ def bench_forward(config: BenchConfig, device: str) -> dict[str, object]:
 
 
 def bench_time_to_quality(config: BenchConfig, device: str, data: str | None) -> dict[str, object]:
-    """The reference algorithm vs the defaults: an sr256 upscale of held-out photos, and a
-    256 px generation (base + sr256)."""
+    """The reference algorithm vs the defaults: an sr256 upscale of held-out photos (with the
+    student's one-call mode when the weights have one), a 256 px generation (base + sr256), and
+    one sr1024 upscale at its native size, the default beside the 20-step run."""
     source = weights(config)
     with tempfile.TemporaryDirectory() as scratch:
         folder = data or _demo_holdout(Path(scratch))
         images = held_out_images(folder, config.ttq_crop, config.ttq_images)
+        big = held_out_images(folder, config.ttq_sr1024_size, 10)[:1]
     if not images:
         raise ValueError(f"no image of at least {config.ttq_crop} px in {folder}")
     sr = load(source["sr256"], device)
+    student_file = student_source(source["sr256"])
+    student = load(student_file, device) if student_file else None
     upscale = upscale_time_to_quality(
-        sr, [image.to(device) for image in images], config.ttq_reference_steps
+        sr, [image.to(device) for image in images], config.ttq_reference_steps, student=student
     )
     base = load(source["base64"], device)
     generation = generation_time_to_quality(
-        base, sr, config.ttq_seeds, class_id=0, reference_steps=config.ttq_reference_steps
+        base,
+        sr,
+        config.ttq_seeds,
+        class_id=0,
+        reference_steps=config.ttq_reference_steps,
+        student=student,
     )
-    return {"upscale": upscale, "generate256": generation}
+    result = {"upscale": upscale, "generate256": generation}
+    if big:
+        result["upscale1024"] = sr1024_upscale_seconds(
+            load(source["sr1024"], device), big[0].to(device)
+        )
+    return result
 
 
 def bench_samplers(config: BenchConfig, device: str, data: str | None) -> dict[str, object]:

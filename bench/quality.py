@@ -102,47 +102,123 @@ def _reference_stage(model: Model, name: str, steps: int) -> Stage:
     return Stage(name, model, run)
 
 
+# The one-call mode of a stage with a distilled student.
+ONE_STEP = "one_step"
+
+
+@contextlib.contextmanager
+def counting_calls(*networks: torch.nn.Module) -> Iterator[list[int]]:
+    """Counts the forward calls of `networks` (one per network evaluation at batch 1)."""
+    calls = [0]
+
+    def count(*_: object) -> None:
+        calls[0] += 1
+
+    handles = [network.register_forward_pre_hook(count) for network in networks]
+    try:
+        yield calls
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
 def upscale_time_to_quality(
-    model: Model, images: Sequence[Tensor], reference_steps: int = 2000, seed: int = 0
+    model: Model,
+    images: Sequence[Tensor],
+    reference_steps: int = 2000,
+    seed: int = 0,
+    student: Model | None = None,
 ) -> dict[str, object]:
-    """Wall time, PSNR and hf_ratio of the reference algorithm and of the default upscale on
-    the same held-out crops (LR by antialiased bicubic), batch 1 each; beside them the default
-    sampler and steps at fidelity 0 with the sample as is (`full_sample`: the reference's full
-    generative sample in the default's steps), the speedup at the reference's own trade-off."""
+    """Wall time, network calls, PSNR and hf_ratio of the reference algorithm and of the
+    default upscale on the same held-out crops (LR by antialiased bicubic), batch 1 each; beside
+    them the default sampler and steps at fidelity 0 with the sample as is (`full_sample`: the
+    reference's full generative sample in the default's steps), the speedup at the reference's
+    own trade-off, and with a distilled `student` its one-call mode (`one_step`)."""
     reference = _reference_stage(model, "sr256", reference_steps)
     ours = Stage("sr256", model, DEFAULT_RUNS["sr256"])
-    full_run = dataclasses.replace(DEFAULT_RUNS["sr256"], fidelity=0.0, low_band="sample")
+    full_sampler = "dpmpp_2m" if DEFAULT_RUNS["sr256"].sampler == "student" else None
+    full_run = dataclasses.replace(
+        DEFAULT_RUNS["sr256"],
+        sampler=full_sampler or DEFAULT_RUNS["sr256"].sampler,
+        steps=20 if full_sampler else DEFAULT_RUNS["sr256"].steps,
+        fidelity=0.0,
+        low_band="sample",
+    )
     full = Stage("sr256", model, full_run)
-    rows: dict[str, dict[str, list[float]]] = {"reference": {}, "default": {}, FULL: {}}
-    for label, stage, context in (
+    runs = [
         ("reference", reference, reference_forward),
         ("default", ours, partial(_optimized, ours)),
         (FULL, full, partial(_optimized, full)),
-    ):
+    ]
+    if student is not None:
+        ours.attach_student(student)
+        one = Stage("sr256", model, StageRun("student", 1), student=student)
+        runs.append((ONE_STEP, one, partial(_optimized, one)))
+    networks = [model.network] + ([student.network] if student is not None else [])
+    rows: dict[str, dict[str, list[float]]] = {label: {} for label, _, _ in runs}
+    for label, stage, context in runs:
         with context():
             for index, hr in enumerate(images):
                 low = bicubic_degrade(hr, stage.scale)
-                start = time.perf_counter()
-                out = stage.run(seeds=[seed + index], low_res=low)
-                seconds = time.perf_counter() - start
+                with counting_calls(*networks) as calls:
+                    start = time.perf_counter()
+                    out = stage.run(seeds=[seed + index], low_res=low)
+                    seconds = time.perf_counter() - start
                 for key, value in (
                     ("seconds", seconds),
+                    ("network_calls", float(calls[0])),
                     ("psnr", psnr(out[0], hr[0])),
                     ("hf_ratio", hf_ratio(out[0], hr[0])),
                 ):
                     rows[label].setdefault(key, []).append(value)
                 log.info("upscale %s image %d: %.1f s", label, index, seconds)
     result = _compare(rows)
-    result[FULL].update(
-        _gaps(result["reference"], result[FULL]), run=dataclasses.asdict(full.effective())
-    )
+    for label, stage, _ in runs[2:]:
+        result[label].update(
+            _gaps(result["reference"], result[label]), run=dataclasses.asdict(stage.effective())
+        )
     result["default_run"] = dataclasses.asdict(ours.effective())
     result["reference_run"] = dataclasses.asdict(reference.defaults)
     return result
 
 
+# The sr1024 upscale as it ran before its few-step default: 20 DPM-Solver++ steps from 0.95.
+SR1024_TWENTY_STEPS = StageRun("dpmpp_2m", 20, fidelity=0.95)
+
+
+def sr1024_upscale_seconds(model: Model, hr: Tensor, seed: int = 0) -> dict[str, object]:
+    """One 4x sr1024 upscale of `hr`'s bicubic ÷4 (256 -> 1024 at the native size): wall time,
+    network calls, PSNR and hf_ratio of the default run beside the 20-step run, in turn."""
+    stage = Stage("sr1024", model, DEFAULT_RUNS["sr1024"]).optimize()
+    low = bicubic_degrade(hr, stage.scale)
+    rows: dict[str, dict[str, float]] = {}
+    for label, run in (("default", None), ("twenty_steps", SR1024_TWENTY_STEPS)):
+        with counting_calls(model.network) as calls:
+            start = time.perf_counter()
+            out = stage.run(seeds=[seed], low_res=low, run=run)
+            seconds = time.perf_counter() - start
+        rows[label] = {
+            "seconds": seconds,
+            "network_calls": float(calls[0]),
+            "psnr": psnr(out[0], hr[0]),
+            "hf_ratio": hf_ratio(out[0], hr[0]),
+            "run": dataclasses.asdict(stage.effective(run)),  # type: ignore[dict-item]
+        }
+        log.info("sr1024 upscale %s: %.1f s", label, seconds)
+    return {
+        **rows,
+        "size": int(hr.shape[-1]),
+        "speedup": rows["twenty_steps"]["seconds"] / rows["default"]["seconds"],
+    }
+
+
 def generation_time_to_quality(
-    base: Model, sr: Model, seeds: Sequence[int], class_id: int, reference_steps: int = 2000
+    base: Model,
+    sr: Model,
+    seeds: Sequence[int],
+    class_id: int,
+    reference_steps: int = 2000,
+    student: Model | None = None,
 ) -> dict[str, object]:
     """A 256 px generation (base then sr256) by the reference algorithm and by the defaults.
     A generation has no ground truth: its figures are the wall time, the fine detail of the
@@ -156,7 +232,7 @@ def generation_time_to_quality(
         ),
         "default": (
             Stage("base64", base, DEFAULT_RUNS["base64"]),
-            Stage("sr256", sr, DEFAULT_RUNS["sr256"]),
+            Stage("sr256", sr, DEFAULT_RUNS["sr256"], student=student),
         ),
     }
     rows: dict[str, dict[str, list[float]]] = {"reference": {}, "default": {}}
@@ -204,6 +280,8 @@ def _compare(rows: dict[str, dict[str, list[float]]]) -> dict[str, object]:
 def _gaps(reference: dict[str, float], ours: dict[str, float]) -> dict[str, float]:
     """The speedup (reference time / ours) and, with a ground truth, the quality gaps."""
     gaps = {"speedup": reference["seconds"] / ours["seconds"]}
+    if "network_calls" in ours:
+        gaps["call_ratio"] = reference["network_calls"] / ours["network_calls"]
     if "psnr" in ours:
         gaps["psnr_gap_db"] = ours["psnr"] - reference["psnr"]
         gaps["hf_ratio_gap"] = ours["hf_ratio"] - reference["hf_ratio"]

@@ -133,11 +133,48 @@ def _samplers(data: dict, given: dict) -> str:
 
 def _time_to_quality(data: dict, given: dict) -> str:
     upscale, generation = data["upscale"], data["generate256"]
-    labels = ["reference", "default"] + (["full_sample"] if "full_sample" in upscale else [])
+    labels = ["reference", "default"] + [
+        label for label in ("full_sample", "one_step") if label in upscale
+    ]
     rows = [
-        [label, upscale[label]["seconds"], upscale[label]["psnr"], upscale[label]["hf_ratio"]]
+        [label, upscale[label]["seconds"], upscale[label].get("network_calls", "–")]
+        + [upscale[label]["psnr"], upscale[label]["hf_ratio"]]
+        + [upscale["speedup"] if label == "default" else upscale[label].get("speedup", "–")]
+        + [
+            upscale.get("call_ratio", "–")
+            if label == "default"
+            else upscale[label].get("call_ratio", "–")
+        ]
         for label in labels
     ]
+    one = upscale.get("one_step")
+    one_line = (
+        f" The one-call mode (`one_step`, the student at steps=1): {one['speedup']:.0f}x in "
+        f"wall time, {one['call_ratio']:.0f}x in network calls, PSNR gap "
+        f"{one['psnr_gap_db']:+.2f} dB, hf_ratio gap {one['hf_ratio_gap']:+.3f}."
+        if one and "call_ratio" in one
+        else ""
+    )
+    big = data.get("upscale1024")
+    big_lines = (
+        [
+            "",
+            f"sr1024 4x upscale at its native size ({big['size'] // 4} -> {big['size']} px), "
+            "one held-out photo, the default beside the 20-step run it replaced; speedup "
+            f"{big['speedup']:.1f}x.",
+            "",
+            _table(
+                ["run", "s", "network calls", "PSNR dB", "hf_ratio"],
+                [
+                    [label, big[label]["seconds"], big[label]["network_calls"]]
+                    + [big[label]["psnr"], big[label]["hf_ratio"]]
+                    for label in ("default", "twenty_steps")
+                ],
+            ),
+        ]
+        if big
+        else []
+    )
     full = upscale.get("full_sample")
     full_line = (
         f" At fidelity 0 (`full_sample`: the default sampler and steps, the reference's full "
@@ -161,9 +198,15 @@ def _time_to_quality(data: dict, given: dict) -> str:
             f"Upscale 4x (sr256) of {given.get('images')} held-out photo(s), "
             f"{given.get('crop')} px crops; speedup {upscale['speedup']:.1f}x, PSNR gap "
             f"{upscale['psnr_gap_db']:+.2f} dB, hf_ratio gap {upscale['hf_ratio_gap']:+.3f}."
-            + full_line,
+            + full_line
+            + one_line,
             "",
-            _table(["run", "s per image", "PSNR dB", "hf_ratio"], rows),
+            _table(
+                ["run", "s per image", "network calls", "PSNR dB", "hf_ratio", "speedup"]
+                + ["call ratio"],
+                rows,
+            ),
+            *big_lines,
             "",
             f"256 px generation (base64 + sr256), seeds {given.get('seeds')}; speedup "
             f"{generation['speedup']:.1f}x. No ground truth: the detail column is the result's "

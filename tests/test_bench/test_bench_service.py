@@ -3,6 +3,8 @@ worker processes included) and the JSON carries the names runs are compared by."
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,7 +15,9 @@ import torch
 from PIL import Image
 
 from bench.main import BenchConfig, keep_earlier, run
+from bench.quality import upscale_time_to_quality
 from bench.report import KEEP_MARKER, write_reports
+from cascade.checkpoints import model_from_preset
 from cascade.stages import DEFAULT_FIDELITY
 
 pytestmark = pytest.mark.service
@@ -36,6 +40,7 @@ MINIMAL = BenchConfig(
     ttq_images=1,
     ttq_crop=64,
     ttq_reference_steps=6,
+    ttq_sr1024_size=64,
     scaling_batches=(1, 2),
     scaling_threads=(1,),
     tiny=True,
@@ -98,6 +103,15 @@ def test_minimal_run_has_every_figure(tmp_path: Path, one_thread: None):
         "fidelity": 0.0,
         "low_band": "sample",  # the reference's sample as is
     }
+    # Network calls counted: the reference's one per step; the default's estimate and steps.
+    assert ttq["upscale"]["reference"]["network_calls"] == 6
+    default_calls = 1 + ttq["upscale"]["default_run"]["steps"]
+    assert ttq["upscale"]["default"]["network_calls"] == default_calls
+    assert ttq["upscale"]["call_ratio"] == 6 / default_calls
+    big = ttq["upscale1024"]
+    assert big["size"] == 64 and big["default"]["network_calls"] == 4
+    assert big["twenty_steps"]["network_calls"] == 21
+    assert big["speedup"] == big["twenty_steps"]["seconds"] / big["default"]["seconds"]
     assert number(ttq["upscale"]["psnr_gap_db"]) and number(
         ttq["generate256"]["detail_vs_reference"]
     )
@@ -184,3 +198,15 @@ def test_report_command_carries_no_path_of_this_machine():
     assert shown_command(argv) == "cascade bench --data=PHOTOS --merge JSON --out PATH"
     argv = ["bench", "--report", "BENCHMARKS.md", "--json=/tmp/run.json", "--quick"]
     assert shown_command(argv) == "cascade bench --report BENCHMARKS.md --json=JSON --quick"
+
+
+def test_time_to_quality_times_a_students_one_call_mode(one_thread: None):
+    teacher = model_from_preset("sr256-tiny")
+    spec = dataclasses.replace(teacher.spec, few_step=((1999,), (1999, 1400, 400, 60)))
+    student = dataclasses.replace(teacher, spec=spec, network=copy.deepcopy(teacher.network))
+    photo = torch.rand(1, 3, 64, 64) * 2 - 1
+    result = upscale_time_to_quality(teacher, [photo], reference_steps=6, student=student)
+    one = result["one_step"]
+    assert one["network_calls"] == 1 and one["call_ratio"] == 6.0
+    assert one["run"]["sampler"] == "student" and one["run"]["steps"] == 1
+    assert one["speedup"] == result["reference"]["seconds"] / one["seconds"]
