@@ -15,9 +15,10 @@ import json
 import struct
 import zlib
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Literal
+from xml.etree import ElementTree
 from xml.sax.saxutils import escape
 
 import numpy as np
@@ -25,8 +26,9 @@ from PIL import Image, ImageOps
 from safetensors.numpy import load as load_arrays
 from safetensors.numpy import save as save_arrays
 
-from cascade.stages import DEFAULT_QUALITY, LOSSY_FORMATS, MEDIA_TYPES, OutputFormat
+from cascade.stages import DEFAULT_QUALITY, LOSSY_FORMATS, MEDIA_TYPES, OutputFormat, StageRun
 
+SOFTWARE = "cascade"
 SIXTEEN_BIT_GREY = frozenset({"I;16", "I;16B", "I;16L", "I"})  # PNG's 16-bit greyscale
 ACCEPTED_MODES = frozenset({"RGB", "RGBA", "RGBX", "L", "LA", "P", "PA", "1", "CMYK", "YCbCr"})
 ORIENTATION = 0x0112  # the EXIF tag: applied to the pixels on input, so 1 (upright) on output
@@ -207,6 +209,42 @@ class Output:
     @property
     def media_type(self) -> str:
         return MEDIA_TYPES[self.format]
+
+
+def generation_parameters(
+    kind: str,
+    seed: int,
+    stages: Iterable[tuple[str, str | None, StageRun]],
+    **request: object,
+) -> dict[str, object]:
+    """What a result file says of how it was made (JSON, embedded by `encode`): the kind, the
+    seed, the request's fields given in `request` (None left out), and each stage's name, model
+    id and run (sampler, steps, eta, guidance, colour fix, fidelity, low band; None left out)."""
+    return {
+        "software": SOFTWARE,
+        "kind": kind,
+        "seed": seed,
+        **{key: value for key, value in request.items() if value is not None},
+        "stages": [
+            {
+                "name": name,
+                "model": model,
+                **{key: value for key, value in asdict(run).items() if value is not None},
+            }
+            for name, model, run in stages
+        ],
+    }
+
+
+def read_parameters(image: Image.Image) -> dict[str, object] | None:
+    """The parameters `encode` embedded in an opened result (None: it holds none)."""
+    text = image.info.get(PARAMETERS_KEY)
+    if text is None and "xmp" in image.info:
+        xmp = image.info["xmp"]
+        root = ElementTree.fromstring(xmp.decode() if isinstance(xmp, bytes) else xmp)
+        found = root.find(f".//{{{XMP_NAMESPACE}}}{PARAMETERS_KEY}")
+        text = None if found is None else found.text
+    return None if text is None else json.loads(text)
 
 
 def check_output(format: str, quality: int | None, alpha: bool = False) -> None:
