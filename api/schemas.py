@@ -224,6 +224,8 @@ class Limits(BaseModel):
     samplers: list[str]
     color_fixes: list[str]
     low_bands: list[str]
+    formats: list[str] = Field(description="result file formats (`format` on both POST routes)")
+    default_quality: int = Field(description="webp and jpeg's quality when none is given")
     max_upload_bytes: int
     max_input_pixels: int
     max_output_pixels: int
