@@ -129,9 +129,9 @@ def read_image(source: str | Path | bytes) -> tuple[np.ndarray, Carried]:
     data = source if isinstance(source, bytes) else Path(source).read_bytes()
     with Image.open(io.BytesIO(data)) as opened:
         icc_profile = opened.info.get("icc_profile") or None
-        exif = _exif(opened)
         bits = 16 if opened.mode in SIXTEEN_BIT_GREY else _png_bits(data)
         image = ImageOps.exif_transpose(opened)  # a loaded copy, turned upright
+        exif = _exif(opened)  # after the turn: it resets the tag the turn reads
     alpha = None
     mode: Literal["RGB", "L"] = "RGB"
     if image.mode in SIXTEEN_BIT_GREY:
