@@ -285,9 +285,9 @@ def _tag(stage: Stage) -> str:
 
 def save_outputs(runtime: Runtime, record: JobRecord, stage: str, image: Tensor) -> bool:
     """The stage's PNG preview; its float tensor for the next stage, or the result in the
-    request's format (`workers.results`). False,
-    having stored nothing more, once a newer attempt holds the stage (the store's files are
-    written only after a check of the lease, and a rerun's image is the same: same seed)."""
+    request's format (`workers.results`). False, having stored nothing more, once a newer
+    attempt holds the stage (the store's files are written only after a check of the lease,
+    and a rerun's image is the same: same seed)."""
     store = runtime.store
     png = to_png(image)
     if runtime.jobs.superseded(record.id, stage):
