@@ -1,7 +1,8 @@
-"""The result store: final PNG, per-stage PNG previews and a JSON record per job.
+"""The result store: the final image (PNG, WebP or JPEG), per-stage PNG previews and a JSON
+record per job.
 
 A local folder by default; an S3-compatible bucket (`s3://bucket/prefix`) when API and workers
-run on different machines. Torch-free: the API reads PNGs from here too. boto3 is imported only
+run on different machines. Torch-free: the API reads images from here too. boto3 is imported only
 when an S3 store is opened, so the API image needs it only for S3 deployments.
 """
 
