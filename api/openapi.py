@@ -69,6 +69,10 @@ REQUEST_EXAMPLES: dict[tuple[str, str], dict[str, dict[str, Any]]] = {
             "summary": "by class id, at 1024 px, with a sampler and steps",
             "value": {"class_id": 967, "size": 1024, "sampler": "dpmpp_2m", "steps": 25},
         },
+        "webp": {
+            "summary": "a WebP at quality 85 (its XMP holds the parameters that made it)",
+            "value": {"class_name": "tabby", "size": 256, "format": "webp", "quality": 85},
+        },
         "quote": {
             "summary": "a quote: queues nothing",
             "value": {"class_name": "tabby", "size": 1024, "dry_run": True},
@@ -82,6 +86,10 @@ REQUEST_EXAMPLES: dict[tuple[str, str], dict[str, dict[str, Any]]] = {
         "faithful": {
             "summary": "the most faithful upscale, sampled as is",
             "value": {"file": "photo.png", "scale": 4, "fidelity": 1, "low_band": "sample"},
+        },
+        "jpeg": {
+            "summary": "a JPEG at quality 90 (the input's ICC profile and EXIF carried over)",
+            "value": {"file": "photo.jpg", "scale": 4, "format": "jpeg", "quality": 90},
         },
     },
 }

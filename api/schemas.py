@@ -8,7 +8,17 @@ from typing import Annotated, Literal
 from fastapi import UploadFile
 from pydantic import AfterValidator, AnyHttpUrl, BaseModel, ConfigDict, Field, model_validator
 
-from cascade.stages import DEFAULT_FIDELITY, SCALES, ColorFix, LowBand, SamplerName
+from cascade.formats import check_output
+from cascade.stages import (
+    DEFAULT_FIDELITY,
+    DEFAULT_QUALITY,
+    LOSSY_FORMATS,
+    SCALES,
+    ColorFix,
+    LowBand,
+    OutputFormat,
+    SamplerName,
+)
 from jobs.fairness import Priority
 from jobs.status import JobStatus
 from jobs.view import JobView, Links, StageView, StageWeights
@@ -26,6 +36,15 @@ PRIORITY = (
     "each stage's queue serves high before normal before low; within a priority, jobs of "
     "different API keys take turns"
 )
+FORMAT = (
+    "the result's file format; the generation parameters are embedded (PNG: an iTXt chunk "
+    "named parameters; WebP and JPEG: XMP)"
+)
+QUALITY = (
+    f"{' and '.join(LOSSY_FORMATS)} only (1..100, default {DEFAULT_QUALITY}); refused for png, "
+    "which is lossless"
+)
+Quality = Annotated[int, Field(ge=1, le=100, description=QUALITY)]
 DRY_RUN = (
     "true: queue nothing and answer 200 with a quote (the stages it would run, their cost and "
     "estimated seconds)"
@@ -65,6 +84,8 @@ class GenerationRequest(BaseModel):
     color_fix: ColorFix = Field(
         "none", description="colour correction of each upscaling stage against its input"
     )
+    format: OutputFormat = Field("png", description=FORMAT)
+    quality: Quality | None = None
     webhook_url: AnyHttpUrl | None = Field(None, strict=False)
     priority: Priority = Field("normal", description=PRIORITY)
     dry_run: bool = Field(False, description=DRY_RUN)
@@ -73,6 +94,7 @@ class GenerationRequest(BaseModel):
     def _one_class(self) -> GenerationRequest:
         if (self.class_id is None) == (self.class_name is None):
             raise ValueError("give exactly one of class_id (0..999) or class_name")
+        check_output(self.format, self.quality)
         return self
 
 
@@ -111,6 +133,12 @@ class UpscaleForm(BaseModel):
         "(default: estimate for the project's upscalers, sample for released eps weights)",
     )
     class_id: ClassId | None = Field(None, description="for class-conditional upscalers only")
+    format: OutputFormat = Field(
+        "png",
+        description=FORMAT + ". An input's alpha, greyscale, ICC profile and EXIF carry over "
+        "(jpeg holds no alpha: refused for an image with one)",
+    )
+    quality: Quality | None = None
     webhook_url: AnyHttpUrl | None = None
     priority: Priority = Field("normal", description=PRIORITY)
     dry_run: bool = Field(False, description=DRY_RUN)
@@ -119,6 +147,7 @@ class UpscaleForm(BaseModel):
     def _one_size(self) -> UpscaleForm:
         if self.scale is not None and self.target_size is not None:
             raise ValueError("give scale or target_size, not both")
+        check_output(self.format, self.quality)
         return self
 
 
@@ -195,6 +224,8 @@ class Limits(BaseModel):
     samplers: list[str]
     color_fixes: list[str]
     low_bands: list[str]
+    formats: list[str] = Field(description="result file formats (`format` on both POST routes)")
+    default_quality: int = Field(description="webp and jpeg's quality when none is given")
     max_upload_bytes: int
     max_input_pixels: int
     max_output_pixels: int

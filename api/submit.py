@@ -16,6 +16,7 @@ from redis import Redis
 from api import request_id as request_ids
 from api.schemas import GenerationRequest, JobAccepted, Links, Quote, UpscaleForm
 from cascade.classes import class_names
+from cascade.formats import Carried, check_output
 from jobs import tracing
 from jobs.catalog import announced
 from jobs.estimate import quote_stages
@@ -27,7 +28,7 @@ from jobs.listing import index_job
 from jobs.plan import PlannedStage, plan_generation, plan_upscale, planned_class
 from jobs.queues import enqueue_stage, live_workers, stage_job_exists
 from jobs.quotas import QuotaExceeded, check_active, check_cost, check_queue, track
-from jobs.record import JobRecord, NewJob
+from jobs.record import CARRIED, JobRecord, NewJob
 from jobs.settings import Settings
 from jobs.store import space_shortfall
 from jobs.urls import RELATIVE, Urls
@@ -35,6 +36,7 @@ from jobs.view import RANDOM_WEIGHTS_WARNING, links, waiting_for
 from jobs.webhooks import WebhookRefused, check_destination
 
 log = logging.getLogger(__name__)
+PLAIN = Carried()  # an 8-bit RGB input with nothing to carry over
 DISK_RETRY_AFTER = 60  # seconds: space comes back when someone frees it, not by itself
 
 
@@ -74,9 +76,16 @@ def generation_job(
     )
 
 
-def upscale_job(form: UpscaleForm, pixels: np.ndarray, settings: Settings) -> NewJob:
-    """An upscale's job, planned from the decoded image's size; refuses outputs over the limit."""
+def upscale_job(
+    form: UpscaleForm, pixels: np.ndarray, settings: Settings, carried: Carried = PLAIN
+) -> NewJob:
+    """An upscale's job, planned from the decoded image's size; refuses outputs over the limit,
+    and a jpeg result of an image with alpha. The request keeps what its input carries."""
     height, width = pixels.shape[-2:]
+    try:
+        check_output(form.format, form.quality, alpha=carried.alpha is not None)
+    except ValueError as error:
+        raise HTTPException(422, str(error)) from None
     plan = plan_upscale(
         settings,
         height,
@@ -95,8 +104,10 @@ def upscale_job(form: UpscaleForm, pixels: np.ndarray, settings: Settings) -> Ne
         seed=seed,
         scale=plan.scale,
         filename=form.file.filename,
-        input={"height": height, "width": width},
+        input={"height": height, "width": width, **carried.describe()},
     )
+    if carried.bits > 8:
+        log.info("upscale input %s: %s", form.file.filename, carried.describe()["note"])
     return NewJob(
         id=new_job_id(),
         kind="upscale",
@@ -137,9 +148,11 @@ def accept(
     input_tensor: bytes | None = None,
     idempotency: Idempotency | None = None,
     owner: str = "",
+    carried: Carried = PLAIN,
 ) -> JobAccepted:
-    """Store the job (and an upload's tensor), queue its first stage, say what will run. With
-    an Idempotency-Key an earlier request already used, answer that request's job instead."""
+    """Store the job (and an upload's tensor, and what its result carries of it unless there
+    is nothing), queue its first stage, say what will run. With an Idempotency-Key an earlier
+    request already used, answer that request's job instead."""
     check_cost(job.plan, settings)
     request_id = request_ids.current.get()
     job = replace(job, owner=owner, request_id="" if request_id == "-" else request_id)
@@ -189,6 +202,8 @@ def accept(
         job = replace(job, traceparent=traceparent)
         if input_tensor is not None:
             jobs.put_tensor(job.id, "input", input_tensor, settings.tensor_ttl)
+        if not carried.plain:
+            jobs.put_tensor(job.id, CARRIED, carried.to_bytes(), settings.tensor_ttl)
         jobs.create(job)
         index_job(connection, job.owner, job.id, settings.result_ttl)
         first, priority = job.plan[0].name, priority_of(job.request)

@@ -1,8 +1,8 @@
-"""Uploaded images: limits checked from the header before decoding, then a float tensor.
+"""Uploaded images: limits checked from the header before decoding, then uint8 pixels.
 
-The first upscaling stage receives the image as a float32 [1, 3, H, W] tensor in [-1, 1]
-(safetensors bytes, like every stage-to-stage hand-off), converted here exactly as
-`cascade.images.image_to_tensor` does, with numpy instead of torch.
+The first upscaling stage receives the image as a uint8 [1, 3, H, W] tensor (safetensors bytes,
+like every stage-to-stage hand-off), decoded by `cascade.formats.read_image` as the CLI decodes
+its inputs; what the result carries of it (alpha, greyscale, ICC, EXIF) travels beside it.
 """
 
 from __future__ import annotations
@@ -12,10 +12,11 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 from safetensors.numpy import save as save_tensors
 
-SIXTEEN_BIT_GREY = frozenset({"I;16", "I;16B", "I;16L", "I"})  # PNG's 16-bit greyscale
+from cascade.formats import Carried, ImageModeError, read_image
+
 FORMATS = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp"}
 
 
@@ -69,32 +70,17 @@ def probe(data: bytes, max_pixels: int) -> ImageHeader:
     return header
 
 
-def decode(data: bytes) -> np.ndarray:
-    """Pixels as float32 [1, 3, H, W] in [-1, 1] (EXIF rotation applied, alpha dropped).
-
-    16-bit greyscale PNGs open as integer modes that PIL's RGB conversion would clip at 255;
-    they are scaled from their full range instead (16-bit colour PNGs PIL already reduces to
-    8 bits per channel correctly)."""
+def decode(data: bytes) -> tuple[np.ndarray, Carried]:
+    """Pixels as uint8 [1, 3, H, W] (EXIF rotation applied, grey replicated to RGB, 16 bits
+    reduced to 8), and what the result carries of the upload: alpha, greyscale, ICC profile and
+    EXIF (`cascade.formats.read_image`)."""
     try:
-        with Image.open(io.BytesIO(data)) as image:
-            image = ImageOps.exif_transpose(image)
-            if image.mode in SIXTEEN_BIT_GREY:
-                grey = np.clip(np.asarray(image, dtype=np.float32) / 65535.0, 0.0, 1.0)
-                grey = np.repeat(grey[..., None], 3, axis=-1) * 2.0 - 1.0
-                return grey.transpose(2, 0, 1)[None].astype(np.float32)
-            elif image.mode in ("RGB", "RGBA", "RGBX", "L", "LA", "P", "PA", "1", "CMYK", "YCbCr"):
-                array = np.asarray(image.convert("RGB"), dtype=np.uint8)
-            else:
-                raise UploadError(
-                    422,
-                    f"images in PIL mode {image.mode} are not accepted: send 8- or "
-                    "16-bit RGB or greyscale",
-                )
-    except (OSError, SyntaxError, ValueError) as error:
-        if isinstance(error, UploadError):
-            raise
+        array, carried = read_image(data)
+    except ImageModeError as error:
+        raise UploadError(422, str(error)) from None
+    except (OSError, SyntaxError, ValueError):
         raise UploadError(422, "the image data is corrupt or truncated") from None
-    return array.transpose(2, 0, 1)[None]
+    return array.transpose(2, 0, 1)[None], carried
 
 
 def tensor_bytes(array: np.ndarray) -> bytes:

@@ -21,12 +21,23 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cascade import distill, evaluation, logformat, train_command
-from cascade.stages import COLOR_FIXES, LOW_BANDS, SAMPLER_NAMES, SIZES, STAGES
+from cascade.stages import (
+    COLOR_FIXES,
+    DEFAULT_QUALITY,
+    EXTENSIONS,
+    LOSSY_FORMATS,
+    LOW_BANDS,
+    OUTPUT_FORMATS,
+    SAMPLER_NAMES,
+    SIZES,
+    STAGES,
+)
 
 if TYPE_CHECKING:  # the heavy modules load only for the subcommands that need them
     from tqdm import tqdm
 
     from cascade.chain import Cascade
+    from cascade.formats import Carried, Output
     from cascade.stages import StageRun
 
 COMMANDS_GROUP = "cascade.commands"
@@ -58,10 +69,11 @@ def _sample(args: argparse.Namespace) -> None:
     from tqdm import tqdm
 
     from cascade.chain import Cascade
-    from cascade.classes import resolve_class
-    from cascade.images import save_png
+    from cascade.classes import class_names, resolve_class
+    from cascade.images import save_image
     from cascade.pipeline import default_weights
 
+    _check_output(args)
     weights = {**default_weights(), **_parse_weights(args.weights)}
     cascade = Cascade.load(weights, device=args.device)
     for stage in cascade.stages.values():
@@ -100,9 +112,14 @@ def _sample(args: argparse.Namespace) -> None:
             runs=runs,
             callback=progress,
         )
+        names = list(result.images)
         for stage, images in result.images.items():
+            made = names[: names.index(stage) + 1]
             for index, image in enumerate(images):
-                print(save_png(image, out / f"seed{seeds[index]}_{stage}.png"))
+                request = {"class_id": class_id, "class_name": class_names()[class_id]}
+                request["size"] = args.size
+                output = _output(args, cascade, runs, made, seeds[index], "generation", request)
+                print(save_image(image, _path(args, out, seeds[index], stage), output))
     for bar in bars.values():
         bar.close()
     print(f"seed {seed}, {time.perf_counter() - started:.1f} s")
@@ -122,11 +139,17 @@ def _upscale(
     network), with a progress bar over its tiles and steps."""
     from tqdm import tqdm
 
-    from cascade.images import load_image_uint8, save_png
-    from cascade.tiled_upscale import tile_count, upscale_to_png
+    from cascade.formats import check_output
+    from cascade.images import load_image_carried, save_image
+    from cascade.tiled_upscale import tile_count, upscale_to_file
 
-    image = load_image_uint8(args.upscale)
+    image, carried = load_image_carried(args.upscale)
+    check_output(args.format, args.quality, alpha=carried.alpha is not None)
+    if carried.bits > 8:
+        log.info("%s: %d-bit input reduced to 8 bits per channel", args.upscale, carried.bits)
     stages = cascade.plan_upscale(*image.shape[-2:], args.scale)
+    names = [stage.name for stage in stages]
+    request = {"scale": args.scale, "filename": Path(args.upscale).name}
     for seed in seeds:
         x = image
         for index, stage in enumerate(stages):
@@ -139,13 +162,48 @@ def _upscale(
                 bar.total = total
                 bar.update(step - bar.n)
 
-            path = out / f"seed{seed}_{stage.name}.png"
+            path = _path(args, out, seed, stage.name)
             run = runs[stage.name]
+            made = names[: index + 1]
+            output = _output(args, cascade, runs, made, seed, "upscale", request, carried)
             if index == len(stages) - 1:
-                print(upscale_to_png(stage, x, seed, path, run=run, callback=progress))
+                print(upscale_to_file(stage, x, seed, path, output, run=run, callback=progress))
             else:
                 x = stage.run(seeds=[seed], low_res=x, run=run, callback=progress).cpu()
-                print(save_png(x, path))
+                print(save_image(x, path, output))
+
+
+def _check_output(args: argparse.Namespace) -> None:
+    """--format and --quality the encoder can write (ValueError: the CLI's exit status 2)."""
+    from cascade.formats import check_output
+
+    check_output(args.format, args.quality)
+
+
+def _path(args: argparse.Namespace, out: Path, seed: int, stage: str) -> Path:
+    return out / f"seed{seed}_{stage}.{EXTENSIONS[args.format]}"
+
+
+def _output(
+    args: argparse.Namespace,
+    cascade: Cascade,
+    runs: dict[str, StageRun],
+    stages: list[str],
+    seed: int,
+    kind: str,
+    request: dict[str, object],
+    carried: Carried | None = None,
+) -> Output:
+    """How one file is written: --format and --quality, what the input carries, and the
+    parameters of the stages that made it (each stage's run as it applies to its model)."""
+    from cascade.formats import Carried, Output, generation_parameters
+
+    made = [
+        (name, cascade.stages[name].model.id, cascade.stages[name].effective(runs[name]))
+        for name in stages
+    ]
+    parameters = generation_parameters(kind, seed, made, **request)
+    return Output(args.format, args.quality, carried or Carried(), parameters)
 
 
 def _convert(args: argparse.Namespace) -> None:
@@ -218,7 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    sample = commands.add_parser("sample", help="generate or upscale into PNGs")
+    sample = commands.add_parser("sample", help="generate or upscale into PNG, WebP or JPEG")
     sample.add_argument("--class", dest="class_id", default="207", help="class id or name")
     sample.add_argument("--size", type=int, default=256, choices=list(SIZES))
     sample.add_argument("--upscale", metavar="IMAGE", help="upscale this image instead")
@@ -244,6 +302,19 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--guidance", type=float, default=1.0)
     sample.add_argument("--device", default="cpu")
     sample.add_argument("--out", default="samples")
+    sample.add_argument(
+        "--format",
+        default="png",
+        choices=OUTPUT_FORMATS,
+        help="file format of every image written; the generation parameters are embedded "
+        "(PNG: an iTXt chunk, WebP and JPEG: XMP). An upscale's alpha, greyscale, ICC profile "
+        "and EXIF carry over (jpeg holds no alpha)",
+    )
+    sample.add_argument(
+        "--quality",
+        type=int,
+        help=f"{' and '.join(LOSSY_FORMATS)} only: 1..100 (default {DEFAULT_QUALITY})",
+    )
     _add_stage_weights(sample)
     sample.set_defaults(run=_sample)
 

@@ -19,12 +19,19 @@ Precision = Literal["float32", "bfloat16", "float16"]
 # estimate (fidelity 1's output; the sample adds only detail the input cannot carry) or the
 # sample itself (plain SDEdit; at fidelity 0, exactly the reference's generative sample).
 LowBand = Literal["estimate", "sample"]
+# What a result is encoded as (`cascade.formats`); `quality` applies to the lossy two only.
+OutputFormat = Literal["png", "webp", "jpeg"]
 
 STAGES: tuple[str, ...] = get_args(StageName)
 SAMPLER_NAMES: tuple[str, ...] = get_args(SamplerName)
 COLOR_FIXES: tuple[str, ...] = get_args(ColorFix)
 PRECISIONS: tuple[str, ...] = get_args(Precision)
 LOW_BANDS: tuple[str, ...] = get_args(LowBand)
+OUTPUT_FORMATS: tuple[str, ...] = get_args(OutputFormat)
+LOSSY_FORMATS: tuple[str, ...] = ("webp", "jpeg")
+MEDIA_TYPES: dict[str, str] = {"png": "image/png", "webp": "image/webp", "jpeg": "image/jpeg"}
+EXTENSIONS: dict[str, str] = {"png": "png", "webp": "webp", "jpeg": "jpg"}
+DEFAULT_QUALITY = 90  # WebP and JPEG, 1..100: near-transparent at well under PNG's bytes
 
 STAGE_OUTPUT: dict[str, int] = {"base64": 64, "sr256": 256, "sr1024": 1024}
 STAGE_INPUT: dict[str, int] = {"sr256": 64, "sr1024": 256}

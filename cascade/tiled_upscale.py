@@ -20,7 +20,8 @@ from torch import Tensor
 from cascade.color import apply_color_fix
 from cascade.degradations import noise_augment, upsample_condition
 from cascade.denoiser import Parameterization
-from cascade.images import as_float_image, save_png, save_png_bands, to_uint8
+from cascade.formats import Output, save_bands
+from cascade.images import as_float_image, save_image, to_uint8
 from cascade.samplers import Callback, NoiseSource, randn_like
 from cascade.stages import StageRun, stage_seed
 from cascade.tiling import PositionNoise, axis_windows, blend_bands
@@ -184,6 +185,28 @@ def tiled_upscale(
     return out
 
 
+def upscale_to_file(
+    stage: Stage,
+    low_res: Tensor,
+    seed: int,
+    path: str | Path,
+    output: Output,
+    *,
+    run: StageRun | None = None,
+    callback: Callback | None = None,
+) -> Path:
+    """One image's upscale ([1,3,h,w], uint8 or float) written to `path` as `output` says
+    (`cascade.formats.encode`): larger than the network, in tiles with each finished band
+    encoded as it comes for a PNG (the output never exists whole, in float or uint8; WebP and
+    JPEG assemble its uint8 pixels once); else in one window, as `Stage.run` samples it."""
+    height, width = (side * stage.scale for side in low_res.shape[-2:])
+    if not stage.tiled(height, width):
+        image = stage.run(seeds=[seed], low_res=low_res, run=run, callback=callback)
+        return save_image(image, path, output)
+    bands = upscale_bands(stage, low_res, [seed], run=run, callback=callback)
+    return save_bands(path, height, width, (to_uint8(band)[0] for band in bands), output)
+
+
 def upscale_to_png(
     stage: Stage,
     low_res: Tensor,
@@ -193,11 +216,5 @@ def upscale_to_png(
     run: StageRun | None = None,
     callback: Callback | None = None,
 ) -> Path:
-    """One image's upscale ([1,3,h,w], uint8 or float) written to `path` as a PNG: larger than
-    the network, in tiles with each finished band encoded as it comes (the output never exists
-    whole, in float or uint8); else in one window, as `Stage.run` samples it."""
-    height, width = (side * stage.scale for side in low_res.shape[-2:])
-    if not stage.tiled(height, width):
-        return save_png(stage.run(seeds=[seed], low_res=low_res, run=run, callback=callback), path)
-    bands = upscale_bands(stage, low_res, [seed], run=run, callback=callback)
-    return save_png_bands(path, height, width, (to_uint8(band)[0] for band in bands))
+    """`upscale_to_file` as a plain RGB PNG."""
+    return upscale_to_file(stage, low_res, seed, path, Output(), run=run, callback=callback)

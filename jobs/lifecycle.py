@@ -29,7 +29,7 @@ from redis import Redis
 
 from jobs import scripts
 from jobs.events import PROGRESS_INTERVAL, EventLog, EventType
-from jobs.record import JobRecord, NewJob, job_key, tensor_key
+from jobs.record import CARRIED, JobRecord, NewJob, job_key, tensor_key
 from jobs.settings import Settings, get_settings
 from jobs.stats import queued_at, record_job, record_wait
 from jobs.status import JobStatus, StageStatus
@@ -309,7 +309,7 @@ class Jobs:
             return False
         for name in names:
             self._progress_sent.pop((job_id, name), None)
-        self.drop_tensors(job_id, ["input", *names])
+        self.drop_tensors(job_id, ["input", CARRIED, *names])
         ended = self.get(job_id) or record
         created = ended.time("created_at")
         if created is not None:

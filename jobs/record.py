@@ -24,6 +24,11 @@ def tensor_key(job_id: str, name: str) -> str:
     return f"cascade:tensor:{job_id}:{name}"
 
 
+# The hand-off holding what an upscale's result carries of its input (`cascade.formats.Carried`:
+# alpha plane, greyscale, ICC profile, EXIF), read once, at the final encode.
+CARRIED = "carried"
+
+
 @dataclass(frozen=True)
 class NewJob:
     """What the API knows when it accepts a request."""
@@ -74,6 +79,11 @@ class JobRecord:
     def output(self) -> tuple[int, int]:
         height, width = json.loads(self.fields["output"])
         return height, width
+
+    @property
+    def output_format(self) -> str:
+        """The result's file format (png for a job made before formats were offered)."""
+        return str(self.request.get("format", "png"))
 
     @property
     def owner(self) -> str:

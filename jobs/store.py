@@ -1,7 +1,8 @@
-"""The result store: final PNG, per-stage PNG previews and a JSON record per job.
+"""The result store: the final image (PNG, WebP or JPEG), per-stage PNG previews and a JSON
+record per job.
 
 A local folder by default; an S3-compatible bucket (`s3://bucket/prefix`) when API and workers
-run on different machines. Torch-free: the API reads PNGs from here too. boto3 is imported only
+run on different machines. Torch-free: the API reads images from here too. boto3 is imported only
 when an S3 store is opened, so the API image needs it only for S3 deployments.
 """
 
@@ -19,12 +20,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol, TypeVar
 
+from cascade.stages import EXTENSIONS
 from jobs.settings import Settings
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-RESULT = "result.png"
+RESULT = "result.png"  # a PNG result's name (`result_name`: the others')
 RECORD = "job.json"
 JOB_ID = re.compile(r"[0-9a-f]{32}")  # uuid4 hex (`api.submit.new_job_id`): all retention touches
 MB = 10**6
@@ -36,6 +38,11 @@ def object_name(job_id: str, name: str) -> str:
     if "/" in job_id or job_id in ("", ".", ".."):
         raise ValueError(f"not a job id: {job_id!r}")
     return f"{job_id}/{name}"
+
+
+def result_name(format: str = "png") -> str:
+    """The result's file in a job's folder: result.png, result.webp or result.jpg."""
+    return f"result.{EXTENSIONS[format]}"
 
 
 def handoff_object(stage: str) -> str:

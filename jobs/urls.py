@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from jobs.settings import Settings
-from jobs.store import RESULT, S3Store, Store, object_name
+from jobs.store import S3Store, Store, object_name, result_name
 
 
 @dataclass(frozen=True)
@@ -25,10 +25,10 @@ class Urls:
     def job(self, job_id: str, suffix: str = "") -> str:
         return self.link(f"/v1/jobs/{job_id}{suffix}")
 
-    def result_url(self, job_id: str) -> str:
-        """Where a succeeded job's result can be downloaded."""
+    def result_url(self, job_id: str, format: str = "png") -> str:
+        """Where a succeeded job's result (in `format`) can be downloaded."""
         if self.presign is not None:
-            return self.presign(object_name(job_id, RESULT))
+            return self.presign(object_name(job_id, result_name(format)))
         return self.job(job_id, "/result")
 
 

@@ -186,7 +186,7 @@ def job_view(record: JobRecord, now: float | None = None, urls: Urls = RELATIVE)
         else None,
         "stages": stages,
         "result": urls.job(record.id, "/result") if succeeded else None,
-        "result_url": urls.result_url(record.id) if succeeded else None,
+        "result_url": urls.result_url(record.id, record.output_format) if succeeded else None,
         "links": links(record.id, [stage.name for stage in plan], urls),
     }
     return JobView.model_validate(view)

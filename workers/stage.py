@@ -41,9 +41,10 @@ from jobs.record import JobRecord, job_key
 from jobs.settings import Settings, get_settings
 from jobs.stats import record_stage
 from jobs.status import WAITING, JobStatus, StageStatus
-from jobs.store import RESULT, DiskFull, object_name, stage_preview
+from jobs.store import DiskFull, object_name, stage_preview
 from workers.batching import Member, sample_each
 from workers.memory import memory_refusal
+from workers.results import encode_result
 from workers.runtime import Runtime, current
 
 log = logging.getLogger(__name__)
@@ -283,9 +284,10 @@ def _tag(stage: Stage) -> str:
 
 
 def save_outputs(runtime: Runtime, record: JobRecord, stage: str, image: Tensor) -> bool:
-    """The stage's PNG preview; its float tensor for the next stage, or the final PNG. False,
-    having stored nothing more, once a newer attempt holds the stage (the store's files are
-    written only after a check of the lease, and a rerun's image is the same: same seed)."""
+    """The stage's PNG preview; its float tensor for the next stage, or the result in the
+    request's format (`workers.results`). False, having stored nothing more, once a newer
+    attempt holds the stage (the store's files are written only after a check of the lease,
+    and a rerun's image is the same: same seed)."""
     store = runtime.store
     png = to_png(image)
     if runtime.jobs.superseded(record.id, stage):
@@ -300,8 +302,9 @@ def save_outputs(runtime: Runtime, record: JobRecord, stage: str, image: Tensor)
         image = F.interpolate(
             image, size=(height, width), mode="bicubic", antialias=True, align_corners=False
         )
-        png = to_png(image.clamp(-1, 1))
-    store.put(object_name(record.id, RESULT), png, "image/png")  # the last preview, or resized
+        image = image.clamp(-1, 1)
+    name, data, media_type = encode_result(runtime, record, stage, image)
+    store.put(object_name(record.id, name), data, media_type)
     return True
 
 

@@ -12,21 +12,28 @@ from redis import Redis
 from api.auth import Owner
 from api.deps import JobIdDep, JobsDep, RedisDep, SettingsDep, StoreDep, unknown_job
 from api.schemas import ErrorBody, JobList
+from cascade.stages import EXTENSIONS, MEDIA_TYPES
 from jobs.lifecycle import Jobs
 from jobs.listing import DEFAULT_LIMIT, MAX_LIMIT, BadCursor, page
 from jobs.queues import cancel_stage, live_workers, worker_alive
 from jobs.record import JobRecord
 from jobs.settings import Settings
 from jobs.status import JobStatus, StageStatus
-from jobs.store import RESULT, Store, object_name, stage_preview
+from jobs.store import Store, object_name, result_name, stage_preview
 from jobs.urls import RELATIVE, Urls
 from jobs.view import JobView, describe, mark_orphaned, mark_waiting
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["jobs"])
-PNG = {
-    200: {"content": {"image/png": {"schema": {"type": "string", "format": "binary"}}}},
-    **{code: {"model": ErrorBody} for code in (404, 409, 503)},
+BINARY = {"schema": {"type": "string", "format": "binary"}}
+ERRORS = {code: {"model": ErrorBody} for code in (404, 409, 503)}
+PNG = {200: {"content": {"image/png": BINARY}}, **ERRORS}
+IMAGE = {
+    200: {
+        "content": {media_type: BINARY for media_type in MEDIA_TYPES.values()},
+        "description": "the result, in the format the request asked for (png by default)",
+    },
+    **ERRORS,
 }
 
 
@@ -108,16 +115,20 @@ def get_job(
     return live_views(connection, settings, [find(jobs, job_id, owner)], jobs.urls)[0]
 
 
-@router.get("/v1/jobs/{job_id}/result", response_class=Response, responses=PNG)
+@router.get("/v1/jobs/{job_id}/result", response_class=Response, responses=IMAGE)
 def get_result(job_id: JobIdDep, owner: Owner, jobs: JobsDep, store: StoreDep) -> Response:
-    """The final image as PNG, once the job has succeeded."""
+    """The final image as PNG, WebP or JPEG (the request's `format`), once the job has
+    succeeded; its file name (Content-Disposition) is the job id with that format's extension."""
     record = find(jobs, job_id, owner)
     if record.status != JobStatus.SUCCEEDED:
         raise not_ready(record, "the result")
-    data = read_stored(store, object_name(job_id, RESULT))
+    format = record.output_format
+    data = read_stored(store, object_name(job_id, result_name(format)))
     if data is None:
         raise HTTPException(404, f"the result of job {job_id} is no longer in the store")
-    return Response(data, media_type="image/png")
+    filename = f"{job_id}.{EXTENSIONS[format]}"
+    headers = {"Content-Disposition": f'inline; filename="{filename}"'}
+    return Response(data, media_type=MEDIA_TYPES[format], headers=headers)
 
 
 @router.get("/v1/jobs/{job_id}/stages/{stage}", response_class=Response, responses=PNG)

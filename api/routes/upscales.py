@@ -45,16 +45,18 @@ def create_upscale(
         raise HTTPException(413, f"file is larger than {settings.max_upload_bytes} bytes")
     try:
         probe(data, settings.max_input_pixels)  # limits from the header, before decoding
-        pixels = decode(data)
+        pixels, carried = decode(data)
     except UploadError as error:
         raise HTTPException(error.status_code, str(error)) from None
-    job = upscale_job(form, pixels, settings)
+    job = upscale_job(form, pixels, settings, carried)
     if form.dry_run:
         return JSONResponse(quote(connection, job, form.seed).model_dump(mode="json"))
     idempotency = None
     if idempotency_key is not None:
         fields = form.model_dump_json(exclude={"file", "dry_run"})
         idempotency = Idempotency(idempotency_key, owner, fingerprint(fields, data))
-    accepted = accept(connection, settings, jobs, job, tensor_bytes(pixels), idempotency, owner)
+    accepted = accept(
+        connection, settings, jobs, job, tensor_bytes(pixels), idempotency, owner, carried
+    )
     response.headers["Location"] = accepted.links.self
     return accepted

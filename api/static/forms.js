@@ -106,6 +106,22 @@ async function submitWith(form, errorTarget, action) {
   }
 }
 
+// The file format (both forms): png is sent as the default it is, a lossy one with its quality.
+
+function formatOf(prefix) {
+  const format = $(`#${prefix}-format`).value;
+  if (format === "png") return {};
+  const quality = optionalInt($(`#${prefix}-quality`));
+  return quality === undefined ? { format } : { format, quality };
+}
+
+function setUpFormat(prefix) {
+  const format = $(`#${prefix}-format`);
+  format.addEventListener("change", () => {
+    $(`#${prefix}-quality`).disabled = format.value === "png";
+  });
+}
+
 // Generate
 
 function generationRequest() {
@@ -122,6 +138,7 @@ function generationRequest() {
   if (steps !== undefined) request.steps = steps;
   const guidance = Number($("#gen-guidance").value || "1");
   if (guidance !== 1) request.guidance = guidance;
+  Object.assign(request, formatOf("gen"));
   return request;
 }
 
@@ -208,6 +225,7 @@ function upscaleFields() {
   if (steps !== undefined) fields.steps = steps;
   const lowBand = $("#up-low-band").value;
   if (lowBand) fields.low_band = lowBand;
+  Object.assign(fields, formatOf("up"));
   return fields;
 }
 
@@ -341,6 +359,7 @@ export async function loadChoices() {
       $("#up-color").append(new Option(fix, fix));
     }
     for (const band of limits.low_bands) $("#up-low-band").append(new Option(band, band));
+    for (const id of ["#gen-quality", "#up-quality"]) $(id).value = String(limits.default_quality);
     for (const id of ["#gen-steps", "#up-steps"]) $(id).max = String(limits.max_steps);
     const defaults = Object.entries(limits.defaults)
       .map(([stage, run]) => `${stage} ${run.steps} ${run.sampler}`)
@@ -371,6 +390,8 @@ export async function loadChoices() {
 export function setUpForms() {
   setUpSeed("gen");
   setUpSeed("up");
+  setUpFormat("gen");
+  setUpFormat("up");
   setUpGenerate();
   setUpUpscale();
 }

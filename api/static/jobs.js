@@ -278,7 +278,8 @@ class JobCard {
     const url = URL.createObjectURL(blob);
     const download = $(".download", this.node);
     download.href = url;
-    download.download = `cascade-${this.id}.png`;
+    const extension = { png: "png", webp: "webp", jpeg: "jpg" }[view.request.format] || "png";
+    download.download = `cascade-${this.id}.${extension}`;
     download.hidden = false;
     $(".result", this.node).hidden = false;
     const { width, height } = view.output;

@@ -198,11 +198,12 @@ def test_non_finite_numbers_name_their_field(client: TestClient):
 
 def test_sixteen_bit_grey_png_is_scaled_not_clipped(client: TestClient):
     ramp = np.linspace(0, 65535, 32 * 32).reshape(32, 32).astype(np.uint16)
-    pixels = decode(png16(ramp))
-    expected = ramp.astype(np.float32) / 65535 * 2 - 1
-    assert pixels.shape == (1, 3, 32, 32)
-    np.testing.assert_allclose(pixels[0, 0], expected, atol=1e-5)
-    assert (pixels > 0.99).mean() < 0.01  # was 99.6 % white
+    pixels, carried = decode(png16(ramp))
+    expected = np.round(ramp / 257).astype(np.uint8)  # 65535 -> 255: reduced to 8 bits, rounded
+    assert pixels.shape == (1, 3, 32, 32) and pixels.dtype == np.uint8
+    np.testing.assert_array_equal(pixels[0, 0], expected)
+    assert (pixels == 255).mean() < 0.01  # was 99.6 % white when clipped
+    assert (carried.mode, carried.bits) == ("L", 16)
     response = client.post(
         "/v1/upscales", data={"scale": "4"}, files={"file": ("g.png", png16(ramp), "image/png")}
     )
@@ -211,7 +212,8 @@ def test_sixteen_bit_grey_png_is_scaled_not_clipped(client: TestClient):
 
 def test_sixteen_bit_colour_png_keeps_its_colours():
     rgb = np.random.default_rng(2).integers(0, 65536, (16, 16, 3)).astype(np.uint16)
-    pixels = decode(png16(rgb))
+    pixels, carried = decode(png16(rgb))
     expected = (rgb >> 8).astype(np.uint8)  # the high byte of each channel
     assert pixels.dtype == np.uint8
+    assert (carried.mode, carried.bits) == ("RGB", 16)
     np.testing.assert_array_equal(pixels[0].transpose(1, 2, 0), expected)

@@ -215,7 +215,7 @@ def test_dry_run_of_an_upscale(client: TestClient, redis_server: EmbeddedRedis):
     assert queued_everywhere(redis_server) == before
     quote = response.json()
     assert quote["kind"] == "upscale" and quote["output"] == {"height": 150, "width": 200}
-    assert quote["request"]["input"] == {"height": 45, "width": 60}
+    assert quote["request"]["input"] == {"height": 45, "width": 60, "mode": "RGB", "bits": 8}
     assert [(s["name"], s["height"], s["width"], s["cost"]) for s in quote["stages"]] == [
         ("sr256", 180, 240, 180 * 240 * 4)
     ]

@@ -9,7 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from cascade.images import load_image, load_image_uint8, save_png_bands, to_png, write_png
+from cascade.formats import write_png
+from cascade.images import load_image, load_image_uint8, save_png_bands, to_png
 
 
 def _photo_like(height: int, width: int) -> np.ndarray:

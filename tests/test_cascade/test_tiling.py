@@ -4,6 +4,7 @@ input (the streaming PNG writer is tested in test_images.py)."""
 
 from __future__ import annotations
 
+import io
 import subprocess
 import sys
 
@@ -16,11 +17,12 @@ from PIL import Image
 
 from cascade.checkpoints import load
 from cascade.degradations import bicubic_degrade
-from cascade.images import to_uint8
+from cascade.formats import Output
+from cascade.images import load_image_carried, to_uint8
 from cascade.metrics import border_gradient_ratio, psnr
 from cascade.pipeline import Stage
 from cascade.stages import StageRun
-from cascade.tiled_upscale import tile_count, tiled_upscale
+from cascade.tiled_upscale import tile_count, tiled_upscale, upscale_to_file
 from cascade.tiling import (
     PositionNoise,
     axis_starts,
@@ -199,3 +201,23 @@ def test_peak_memory_grows_by_less_than_one_float_copy_of_the_output(tmp_path) -
         assert image.size == (2048, 2048)
     one_float_copy = 2048 * 2048 * 3 * 4 / 2**20
     assert large - small < one_float_copy, (small, large)
+
+
+def test_tiled_upscale_to_a_file_carries_alpha_band_by_band(tmp_path) -> None:
+    """The CLI's streamed path: an RGBA input upscaled in tiles, written band by band, comes
+    back RGBA with its alpha exactly the LANCZOS resize of the input's (and its parameters)."""
+    y, x = np.mgrid[0:80, 0:72]
+    alpha = np.where((y - 40) ** 2 + (x - 36) ** 2 < 30**2, 255, 0).astype(np.uint8)
+    rgba = np.dstack([np.full((80, 72, 3), 128, np.uint8), alpha])
+    buffer = io.BytesIO()
+    Image.fromarray(rgba, "RGBA").save(buffer, format="PNG")
+    low, carried = load_image_carried(buffer.getvalue())
+    stage = Stage("sr256", load("preset:sr256-tiny"), StageRun("dpmpp_2m", 1))
+    assert stage.tiled(320, 288)
+    output = Output("png", None, carried, {"seed": 0})
+    path = upscale_to_file(stage, low, 0, tmp_path / "out.png", output)
+    expected = np.asarray(Image.fromarray(alpha).resize((288, 320), Image.Resampling.LANCZOS))
+    with Image.open(path) as image:
+        assert image.mode == "RGBA" and image.size == (288, 320)
+        assert np.array_equal(np.asarray(image.getchannel("A")), expected)
+        assert image.text["parameters"] == '{"seed": 0}'

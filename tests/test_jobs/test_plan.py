@@ -125,7 +125,7 @@ def test_upload_conversion_matches_load_image(mode: str):
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     data = buffer.getvalue()
-    ours = bytes_to_tensor(tensor_bytes(decode(data)))  # what the first stage will read
+    ours = bytes_to_tensor(tensor_bytes(decode(data)[0]))  # what the first stage will read
     assert ours.dtype == torch.uint8 and ours.shape == (1, 3, 20, 30)  # decoded once, 8 bits
     torch.testing.assert_close(as_float_image(ours), load_image(data), rtol=0, atol=0)
 
