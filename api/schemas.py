@@ -271,6 +271,14 @@ class ProgressData(BaseModel):
     steps: int
     progress: float = Field(description="the job's progress, 0..1")
     eta_seconds: float | None
+    preview: str | None = Field(
+        None,
+        description="on `CASCADE_PREVIEWS_PER_STAGE` steps of each stage (default 4, evenly "
+        "spaced, the last included) only: the sampler's current clean estimate as a "
+        "`data:image/webp;base64,...` URL, at most 128 px on its longer side and 16 KB; a tiled "
+        "stage shows its current tile",
+        examples=["data:image/webp;base64,UklGRh4AAABXRUJQVlA4TBEAAAAvAAAAAAfQ//73v/+BiOh/AAA="],
+    )
 
 
 class StageFinishedData(BaseModel):
@@ -301,7 +309,8 @@ class StageStartedEvent(BaseModel):
 
 
 class ProgressEvent(BaseModel):
-    """A stage's sampler step (at most every half second, and always its first and last)."""
+    """A stage's sampler step (at most every half second, and always its first and last and
+    those carrying a live preview)."""
 
     id: str
     event: Literal["progress"]

@@ -3,7 +3,9 @@ polling, Server-Sent Events and webhooks all tell.
 
 Job control (`jobs.lifecycle.Jobs`) appends an event at every state change: `queued` when the API
 accepts the job, `stage_started`, `progress` (at most every `PROGRESS_INTERVAL` seconds per
-stage, and always on a stage's first and last step), `stage_finished` with the stage's preview,
+stage, and always on a stage's first and last step and on the `CASCADE_PREVIEWS_PER_STAGE` steps
+whose event carries a live `preview`, a WebP data URL of at most 16 KB of the sampler's current
+estimate), `stage_finished` with the stage's preview,
 `stage_retrying` when a crashed stage is queued again, and exactly one terminal event,
 `succeeded`, `failed` or `canceled`, whose data is the job's view at its end (what webhooks
 post). Nothing follows the terminal event: every other append is refused, in one Lua script,

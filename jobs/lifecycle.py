@@ -204,12 +204,20 @@ class Jobs:
     def handing_back(self) -> bool:
         return self.hand_back_at is not None and time.monotonic() >= self.hand_back_at
 
-    def progress(self, job_ids: Sequence[str], stage: str, step: int, total: int) -> list[str]:
+    def progress(
+        self,
+        job_ids: Sequence[str],
+        stage: str,
+        step: int,
+        total: int,
+        previews: Mapping[str, str] | None = None,
+    ) -> list[str]:
         """Record a finished sampler step of the jobs sampled together (one round trip); the
         ids of those that must stop: ended meanwhile (canceled), taken over by a newer attempt
         (nothing is written for them), or all of them once this process hands its stages back.
-        A progress event is logged for a stage's first and last step, and in between at most
-        every `PROGRESS_INTERVAL` s."""
+        A progress event is logged for a stage's first and last step, for a step with a job's
+        live preview (a data URL, carried in the event only, never in the record), and in
+        between at most every `PROGRESS_INTERVAL` s."""
         if self.handing_back:
             return list(job_ids)
         fields = {f"{stage}.step": step, f"{stage}.total": total, f"{stage}.batch": len(job_ids)}
@@ -223,7 +231,8 @@ class Jobs:
         for job_id in job_ids:
             sent = self._progress_sent.get((job_id, stage))
             due = step <= 1 or step >= total or sent is None or now - sent >= PROGRESS_INTERVAL
-            if job_id in stop or not due:
+            preview = (previews or {}).get(job_id)
+            if job_id in stop or not (due or preview):
                 continue
             if step >= total:
                 self._progress_sent.pop((job_id, stage), None)
@@ -239,6 +248,8 @@ class Jobs:
                     "progress": view["progress"],
                     "eta_seconds": view["eta_seconds"],
                 }
+                if preview:
+                    data["preview"] = preview
                 self._event(job_id, "progress", data)
         return stop
 

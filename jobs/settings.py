@@ -124,6 +124,11 @@ class Settings(BaseSettings):
     # keeps its own seed, so its image is unchanged). 1 disables it. A batch runs under its
     # first job's timeout, so max_batch x one job's time must fit CASCADE_TIMEOUT_<STAGE>.
     max_batch: int = Field(4, ge=1, le=64)
+    # Live previews: a stage's progress events carry a small WebP of the sampler's current
+    # clean estimate this many times per stage, evenly spaced over its steps (the last step
+    # included; a tiled stage counts the steps of all its tiles and shows the current tile).
+    # 0 turns them off. Each costs ~1 ms to encode, at most 16 KB in the event (`workers.previews`).
+    previews_per_stage: int = Field(4, ge=0, le=50)
 
     # Lifetimes in Redis.
     result_ttl: int = Field(7 * 86400, gt=0)  # job records

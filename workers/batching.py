@@ -42,6 +42,7 @@ from cascade.samplers import SamplingCanceled
 from cascade.stages import StageRun
 from jobs.queues import RUN_STAGE
 from jobs.record import JobRecord
+from workers.previews import due, previews
 from workers.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -145,7 +146,8 @@ def _compatible(
 
 
 def sample(runtime: Runtime, stage: Stage, members: list[Member]) -> Tensor:
-    """One `Stage.run` call for every member, checking for cancels after every sampler step."""
+    """One `Stage.run` call for every member, checking for cancels after every sampler step
+    and carrying live previews in the progress events (`workers.previews`)."""
     key = batch_key(members[0].record, stage)
     assert key is not None
     job_ids = [member.job_id for member in members]
@@ -153,8 +155,11 @@ def sample(runtime: Runtime, stage: Stage, members: list[Member]) -> Tensor:
     known = all(item is not None for item in classes)  # Stage.run uses them if its model does
     lows = [member.low_res for member in members]
 
+    count = runtime.settings.previews_per_stage
+
     def check(step: int, total: int, x0: Tensor) -> None:
-        if ended := runtime.jobs.progress(job_ids, stage.name, step, total):
+        shown = previews(job_ids, x0) if due(step, total, count) else None
+        if ended := runtime.jobs.progress(job_ids, stage.name, step, total, shown):
             raise JobsCanceled(ended)
 
     images = stage.run(
