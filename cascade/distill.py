@@ -150,6 +150,17 @@ class Distiller:
         self.wall_time += time.perf_counter() - started
         return value
 
+    def start_from(self, student: Model) -> None:
+        """Start the student (and its average) from an earlier student of the same teacher, with a
+        fresh optimiser: how a run whose state file is gone goes on from its saved weights."""
+        theirs = dataclasses.replace(student.spec, few_step=())
+        ours = dataclasses.replace(self.spec, few_step=())
+        if theirs != ours or student.spec.few_step != self.few_step:
+            raise ValueError("the student to start from was not distilled from this teacher's spec")
+        weights = {key: value.float() for key, value in student.network.state_dict().items()}
+        self.network.load_state_dict(weights)
+        self.ema.load_state_dict(weights)
+
     def state_dict(self) -> dict[str, Any]:
         return {
             "format": STATE_FORMAT,
@@ -204,6 +215,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("--save-every", type=int, default=100)
     parser.add_argument("--max-minutes", type=float, help="stop (saved) after this long")
     parser.add_argument("--resume", action="store_true")
+    parser.add_argument(
+        "--init",
+        help="start from these student weights (fresh optimiser) when there is no state to resume",
+    )
 
 
 def main(args) -> None:
@@ -234,11 +249,14 @@ def main(args) -> None:
     state_file = out / "distill_state.pt"
     if args.resume and state_file.is_file():
         distiller.load_state_dict(torch.load(state_file, weights_only=True))
+    elif args.init:
+        distiller.start_from(load_model(args.init))
     metadata = {
         "distill.teacher": Path(args.teacher).name,
         "distill.data": args.data,
         "distill.pairs": str(len(pairs.get("noise", ()))),
         "distill.degradations": args.degradations,
+        **({"distill.init": Path(args.init).name} if args.init else {}),
     }
     pooled = len(pairs.get("noise", ()))
     if pooled < args.pairs:

@@ -120,3 +120,14 @@ def test_distillation_brings_the_student_towards_the_teachers_default(teacher, t
     stage = Stage("sr256", teacher, student=student)
     out = stage.run(seeds=[0], low_res=low_res[:1], run=StageRun("student", 4))
     assert out.shape == (1, 3, 64, 64) and bool(out.isfinite().all())
+
+    # A run whose state file is gone goes on from the saved student: same weights, fresh Adam.
+    again = Distiller(teacher, "sr256", lr=3e-3, ema=0.0, seed=0)
+    again.start_from(student)
+    for ours, saved in zip(
+        again.network.state_dict().values(), student.network.state_dict().values(), strict=True
+    ):
+        assert torch.equal(ours, saved.float())
+    assert again.step == 0
+    with pytest.raises(ValueError, match="not distilled from this teacher"):
+        again.start_from(teacher)
