@@ -34,11 +34,10 @@ from cascade.datasets import load_image_folder
 from cascade.degradations import DEGRADATIONS
 from cascade.pipeline import Stage
 from cascade.samplers import sample_with_fidelity, student_timesteps, student_trajectory
-from cascade.stages import DEFAULT_RUNS
+from cascade.stages import DEFAULT_RUNS, STUDENT_FALLBACK, STUDENT_STEPS
 
 log = logging.getLogger(__name__)
 
-STUDENT_STEPS = (1, 4)
 STATE_FORMAT = 1
 GRAD_CLIP_NORM = 1.0
 
@@ -46,7 +45,12 @@ GRAD_CLIP_NORM = 1.0
 def teacher_outputs(teacher: Stage, low_res: Tensor, noise: Tensor) -> Tensor:
     """The teacher's default upscale of `low_res` in the diffused variable, its SDEdit restart
     drawing `noise` (what the student is given as x_T)."""
-    run = teacher.effective(DEFAULT_RUNS.get(teacher.name, teacher.defaults))
+    run = DEFAULT_RUNS.get(teacher.name, teacher.defaults)
+    if run.sampler == "student":  # a stage whose default is its student learns from the full run
+        run = dataclasses.replace(
+            run, sampler=STUDENT_FALLBACK.sampler, steps=STUDENT_FALLBACK.steps
+        )
+    run = teacher.effective(run)
     spec = teacher.model.spec
     cond = {"low_res": low_res, "aug_level": torch.zeros(low_res.shape[0])}
     return sample_with_fidelity(

@@ -37,6 +37,7 @@ from cascade.samplers import (
 from cascade.stages import (
     DEFAULT_LOW_BAND,
     STAGES,
+    STUDENT_FALLBACK,
     LowBand,
     Precision,
     StageRun,
@@ -59,8 +60,6 @@ def default_weights(directory: Path = DEMO_WEIGHTS) -> dict[str, str]:
     }
 
 
-# What a stage runs when asked for the sampler "student" and its weights came without one.
-STUDENT_FALLBACK = StageRun("dpmpp_2m", 20)
 
 
 def student_source(source: str) -> str | None:

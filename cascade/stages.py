@@ -90,6 +90,27 @@ DEFAULT_RUNS: dict[str, StageRun] = {
 }
 
 
+# The step counts the project's few-step students are distilled for (`cascade.distill`), and what
+# a stage samples with when a run names the sampler "student" but the weights came without one.
+STUDENT_STEPS = (1, 4)
+STUDENT_FALLBACK = StageRun("dpmpp_2m", 20)
+
+
+def run_sampler(requested: SamplerName | None, default: SamplerName, steps: int) -> SamplerName:
+    """The sampler of a run of `steps` steps: the one asked for, else the stage's default. A
+    default "student" runs only the step counts it was distilled for; other counts (a request's
+    steps, a CASCADE_STEPS_* setting) sample with the fallback's sampler instead. Asking for the
+    student by name with another count is an error (ValueError)."""
+    if requested == "student" and steps not in STUDENT_STEPS:
+        counts = " or ".join(str(count) for count in STUDENT_STEPS)
+        raise ValueError(f"sampler student runs in {counts} steps, not {steps}")
+    if requested is not None:
+        return requested
+    if default == "student" and steps not in STUDENT_STEPS:
+        return STUDENT_FALLBACK.sampler
+    return default
+
+
 def stage_seed(seed: int, stage: str) -> int:
     """The seed a stage uses for an item: stable, distinct per stage, within int64."""
     return (int(seed) + 1_000_003 * STAGES.index(stage)) % (2**63)

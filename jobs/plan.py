@@ -19,6 +19,7 @@ from cascade.stages import (
     SamplerName,
     StageRun,
     generation_stages,
+    run_sampler,
     upscale_stages,
 )
 from jobs.settings import Settings
@@ -127,22 +128,23 @@ def plan_stages(
     if steps is not None and not 1 <= steps <= settings.max_steps:
         raise PlanError(f"steps must be between 1 and {settings.max_steps}, got {steps}")
     height, width = start if start else (None, None)
-    return [
-        PlannedStage(
-            name,
-            h,
-            w,
-            StageRun(
-                sampler or settings.sampler_for(name),
-                steps or settings.steps_for(name),
-                guidance=guidance,
-                color_fix=color_fix,
-                fidelity=fidelity,
-                low_band=low_band,
-            ),
+    planned = []
+    for name, (h, w) in zip(stages, sizes(stages, height, width), strict=True):
+        count = steps or settings.steps_for(name)
+        try:
+            chosen = run_sampler(sampler, settings.sampler_for(name), count)
+        except ValueError as error:
+            raise PlanError(f"stage {name}: {error}") from None
+        run = StageRun(
+            chosen,
+            count,
+            guidance=guidance,
+            color_fix=color_fix,
+            fidelity=fidelity,
+            low_band=low_band,
         )
-        for name, (h, w) in zip(stages, sizes(stages, height, width), strict=True)
-    ]
+        planned.append(PlannedStage(name, h, w, run))
+    return planned
 
 
 def planned_class(class_id: int | None, class_name: str | None, known: list[int] | None) -> int:

@@ -189,3 +189,20 @@ def test_a_generation_class_is_resolved_and_must_be_known():
         plan.planned_class(None, "no such thing", None)
     with pytest.raises(plan.PlanError, match=r"it knows: 1 \(goldfish"):
         plan.planned_class(281, None, [1])
+
+
+def test_a_student_default_runs_only_its_step_counts_else_the_fallback_sampler():
+    settings = Settings(sampler_sr256="student", steps_sr256=4)
+    default = plan.plan_upscale(settings, 64, 64, scale=4).stages[0].run
+    assert (default.sampler, default.steps) == ("student", 4)
+    one = plan.plan_upscale(settings, 64, 64, scale=4, steps=1).stages[0].run
+    assert (one.sampler, one.steps) == ("student", 1)
+    # Steps the student was not distilled for sample with the fallback's sampler, not an error.
+    twenty = plan.plan_upscale(settings, 64, 64, scale=4, steps=20).stages[0].run
+    assert (twenty.sampler, twenty.steps) == ("dpmpp_2m", 20)
+    configured = Settings(sampler_sr256="student", steps_sr256=12)
+    run = plan.plan_upscale(configured, 64, 64, scale=4).stages[0].run
+    assert (run.sampler, run.steps) == ("dpmpp_2m", 12)
+    # Naming the student with a count it does not run is refused, saying which counts it runs.
+    with pytest.raises(plan.PlanError, match="sampler student runs in 1 or 4 steps, not 20"):
+        plan.plan_upscale(settings, 64, 64, scale=4, sampler="student", steps=20)
