@@ -161,6 +161,66 @@ def test_generate_shows_progress_and_the_image(page):
     assert '"seed":' in command
 
 
+# Installed in the page before a job is submitted: every preview the card's live <img> is
+# given (its alt and the start of its src, as each progress event set them), each load or
+# failed load of one (with the decoded size), and every content-policy violation.
+WATCH_PREVIEWS = """() => {
+    window.previewsSet = []; window.previewsLoaded = []; window.violations = [];
+    new MutationObserver((changes) => { for (const change of changes) {
+        const img = change.target;
+        if (img.closest('.live-preview') && img.getAttribute('src'))
+            window.previewsSet.push([img.alt, img.getAttribute('src').slice(0, 23)]);
+    } }).observe(document.body, { subtree: true, attributes: true, attributeFilter: ['src'] });
+    const loaded = (event) => {
+        const img = event.target;
+        if (img instanceof HTMLImageElement && img.closest('.live-preview'))
+            window.previewsLoaded.push([event.type, img.alt, img.naturalWidth, img.naturalHeight]);
+    };
+    document.addEventListener('load', loaded, true);
+    document.addEventListener('error', loaded, true);
+    document.addEventListener('securitypolicyviolation',
+        (event) => window.violations.push(`${event.violatedDirective} ${event.blockedURI}`));
+}"""
+
+
+def test_generate_shows_live_previews_forming_then_the_result(page):
+    """The service's default of 4 previews per stage: a 256 px generation of 24 steps a stage
+    carries them on steps 6, 12, 18 and 24 of base64 (64 px as is) and of sr256 (256 px, shown
+    at 128 px); the card's image takes each in turn and gives way to the result."""
+    page.evaluate(WATCH_PREVIEWS)
+    page.fill("#gen-class", "tabby")
+    page.check("input[name=size][value='256']")
+    page.click("#generate summary")
+    page.fill("#gen-steps", "24")
+    page.click("#generate button[type=submit]")
+    job = newest_job(page)
+    job.locator(".badge").filter(has_text="succeeded").wait_for()
+    after = job.locator("img.after")
+    after.wait_for()
+    page.wait_for_function("() => document.querySelector('#jobs > li .after').naturalWidth === 256")
+    live = job.locator(".live-preview")
+    live.wait_for(state="hidden")  # the result took its place
+    assert live.locator("img").get_attribute("src") is None
+
+    webp = "data:image/webp;base64,"
+    assigned = page.evaluate("window.previewsSet")
+    expected = [
+        (f"Live preview of stage {stage} at step {step} of 24", webp)
+        for stage in ("base64", "sr256")
+        for step in (6, 12, 18, 24)
+    ]
+    assert [tuple(item) for item in assigned] == expected
+    # Each shown preview decoded to its stage's size, none refused (the page's policy lets
+    # data: images in); a quick successor may replace one before it loads.
+    loaded = page.evaluate("window.previewsLoaded")
+    assert loaded, "no live preview was shown"
+    sides = {"base64": 64, "sr256": 128}
+    for kind, alt, width, height in loaded:
+        stage = alt.split()[4]
+        assert (kind, width, height) == ("load", sides[stage], sides[stage]), loaded
+    assert page.evaluate("window.violations") == []
+
+
 def chelsea_crop(path: Path, side: int = 64) -> Path:
     """scikit-image's chelsea (a photo that ships with it): the cat's face, reduced 4x with
     antialiasing as the upscalers' training inputs were, as a PNG."""
