@@ -2,10 +2,11 @@
 
 The core figures come from `bench.models` (network forward latency, sampler quality against
 step count, tiled-upscale memory), the service's from `bench.service` (overhead of HTTP,
-Redis and a worker on one job; throughput with one or two workers and with batching). The JSON
-keeps the same names from run to run so runs compare over time; `bench.report` writes
-its markdown, its plot and BENCHMARKS.md. Comparisons are measured side by side in one run,
-since the machine may be shared and noisy.
+Redis and a worker on one job; throughput with one or two workers and with batching), and what
+live previews add to a stage's time from `bench.previews`. The JSON keeps the same names from
+run to run so runs compare over time; `bench.report` writes its markdown, its plot and
+BENCHMARKS.md. Comparisons are measured side by side in one run, since the machine may be
+shared and noisy.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from typing import Any
 import torch
 
 from bench.models import batch_scaling, forward_latency, held_out_images
+from bench.previews import PREVIEWS, preview_cost
 from bench.quality import (
     generation_time_to_quality,
     sampler_quality,
@@ -73,6 +75,7 @@ class BenchConfig:
     scaling_threads: tuple[int, ...] = (1, 2)
     tiny: bool = False  # tiny random presets everywhere instead of the demo weights (tests)
     tiling_tiny: bool = False  # tiny presets for the tiling part only
+    preview_repeats: int = 3  # generations timed each way (previews on, off): a median of 3
 
 
 def full(device: str) -> BenchConfig:
@@ -273,6 +276,13 @@ def setup(config: BenchConfig, device: str) -> dict[str, dict[str, object]]:
                 "threads": list(config.scaling_threads),
             },
         },
+        "previews": {
+            "request": f"256 px generation, {SAMPLER}, steps base64={config.service_steps[0]} "
+            f"sr256={config.service_steps[1]}, each stage job run in this process",
+            "weights": {name: source[name] for name in ("base64", "sr256")},
+            "previews_per_stage": PREVIEWS,
+            "repeats": config.preview_repeats,
+        },
         "tiling": {
             "request": "cascade sample --upscale PHOTO (4x), a fresh process per size",
             "weights": "tiny presets" if config.tiny or config.tiling_tiny else "demo weights",
@@ -329,6 +339,10 @@ def run(
     if "throughput" in sections and device == "cpu":
         results["throughput"]["per_item_forward_ms"] = batch_scaling(
             weights(config)["base64"], config.scaling_batches, config.scaling_threads
+        )
+    if "previews" in sections:
+        results["previews"] = preview_cost(
+            weights(config), device, config.service_steps, config.preview_repeats
         )
     if "tiling" in sections:
         results["tiling"] = bench_tiling(config, device)

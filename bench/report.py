@@ -15,7 +15,16 @@ log = logging.getLogger(__name__)
 # (hand-written sections: load runs, evaluations).
 KEEP_MARKER = "<!-- cascade bench keeps this line and everything below it -->"
 BATCHING_TARGET = 1.5  # the least speedup worth a batching target (per item, at the largest batch)
-SECTIONS = ("forward", "samplers", "time_to_quality", "service", "throughput", "tiling")
+SECTIONS = (
+    "forward",
+    "samplers",
+    "time_to_quality",
+    "service",
+    "throughput",
+    "previews",
+    "tiling",
+)
+PREVIEW_TARGET = 1.03  # previews on / off, of a stage's time at most
 
 
 def _table(header: list[str], rows: list[list[object]]) -> str:
@@ -251,6 +260,30 @@ def _service(data: dict, given: dict) -> str:
     return "\n".join(lines)
 
 
+def _previews(data: dict, given: dict) -> str:
+    rows = [
+        [name, entry["off_s"], entry["on_s"], entry["ratio"], max(entry["previews"], default=0)]
+        + [entry["preview_chars"]]
+        for name, entry in data["stages"].items()
+    ]
+    rows.append(["both", data["off_s"], data["on_s"], data["ratio"], None, None])
+    return "\n".join(
+        [
+            f"### Live previews: a stage's time with {data['previews_per_stage']} previews a "
+            "stage vs none",
+            "",
+            f"{given.get('request', '')}; medians of {given.get('repeats')} alternating runs "
+            "each way, the same seeds. Each stage job as a worker runs it (input, sampling with "
+            "its progress events, outputs saved); on / off target "
+            f"≤ {PREVIEW_TARGET}. `same`: "
+            + ("yes" if data.get("same_image") else "no")
+            + " (the images with previews equal those without).",
+            "",
+            _table(["stage", "off s", "on s", "on / off", "previews", "largest chars"], rows),
+        ]
+    )
+
+
 def _throughput(data: dict, given: dict) -> str:
     rows = [[name, rate] for name, rate in data["jobs_per_s"].items()]
     rows += [
@@ -336,6 +369,7 @@ RENDERERS: dict[str, Callable[[dict, dict], str]] = {
     "time_to_quality": _time_to_quality,
     "service": _service,
     "throughput": _throughput,
+    "previews": _previews,
     "tiling": _tiling,
 }
 
@@ -415,6 +449,16 @@ def draw(results: dict, path: Path) -> None:
             axis.tick_params(axis="x", labelsize=7, rotation=15)
             axis.set_ylabel("jobs / s")
             title = f"throughput: batching x{data['batching_speedup']:.2f}"
+        elif name == "previews":
+            labels = list(data["stages"])
+            x = np.arange(len(labels))
+            for offset, side in ((-0.2, "off"), (0.2, "on")):
+                values = [data["stages"][label][f"{side}_s"] for label in labels]
+                axis.bar(x + offset, values, 0.4, label=f"previews {side}")
+            axis.set_xticks(x, labels)
+            axis.set_ylabel("seconds per stage job")
+            axis.legend(fontsize=7)
+            title = f"previews: on / off x{data['ratio']:.3f}"
         elif name == "tiling":
             peaks = data["memory"] if "memory" in data else data["peak_rss_mb"]
             sizes = [int(size) for size in peaks]
