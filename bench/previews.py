@@ -3,10 +3,16 @@
 on (`CASCADE_PREVIEWS_PER_STAGE`, the service's default) and off, alternated, the same seeds.
 
 - `stages.<stage>`: `off_s` and `on_s`, the median seconds of the stage job (`run_stage`: the
-  input read, sampling with its progress events, the outputs saved) each way, and `ratio` =
-  on / off (the target is <= 1.03); `previews`, how many of the stage's progress events carried
-  one in each run with them on, and `preview_chars`, the longest such data URL.
-- `ratio`: the same for the two stages together (the medians of their sums).
+  input read, sampling with its progress events, the outputs saved) each way; `ratio` = on /
+  off (the target is <= 1.03); `best_ratio`, the fastest runs' on / off (other work on a shared
+  machine slows some runs by a third: the fastest are the least disturbed).
+- `previews`: how many of the stage's progress events carried one in each run with them on;
+  `preview_chars`, the longest data URL; `log_chars`, all of a run's together (the median
+  run), what they add to the job's event log.
+- `preview_ms`: one preview made alone (`workers.previews.previews` on the stage's own output,
+  on the device, the median of `ENCODES` calls); `preview_share` = previews x preview_ms /
+  off_s, the work previews add as a share of the stage, free of the run-to-run spread.
+- `ratio` and `best_ratio` at the top: the same for the two stages together (their sums).
 - `same_image`: previews leave the result alone (each seed's images equal up to 8-bit rounding).
 """
 
@@ -20,12 +26,14 @@ import uuid
 from pathlib import Path
 
 from bench.service import SAMPLER, _same_pixels, class_ids
+from cascade.images import load_image
 from jobs.connection import EmbeddedRedis
 from jobs.plan import plan_generation
 from jobs.record import NewJob
 from jobs.settings import Settings
-from jobs.store import object_name, result_name
+from jobs.store import object_name, result_name, stage_preview
 from workers import runtime as runtime_module
+from workers.previews import previews
 from workers.runtime import Runtime
 from workers.stage import run_stage
 
@@ -33,6 +41,7 @@ log = logging.getLogger(__name__)
 
 PREVIEWS = Settings.model_fields["previews_per_stage"].default  # the service's default count
 STAGES = ("base64", "sr256")
+ENCODES = 20  # preview encodes timed per stage
 
 
 def preview_cost(
@@ -91,7 +100,9 @@ def _measure(
     runs: dict[str, list[list[float]]] = {"on": [], "off": []}
     shown: dict[str, list[int]] = {name: [] for name in STAGES}
     longest = dict.fromkeys(STAGES, 0)
+    logged: dict[str, list[int]] = {name: [] for name in STAGES}
     same = True
+    last_on = ""
     for repeat in range(repeats):
         seed = 1000 + repeat
         order = ("on", "off") if repeat % 2 == 0 else ("off", "on")
@@ -101,22 +112,30 @@ def _measure(
             runs[way].append(seconds)
             results[way] = with_previews.store.get(object_name(job_id, result_name()))
             if way == "on":
+                last_on = job_id
                 for name in STAGES:
                     urls = _previews(with_previews, job_id, name)
                     shown[name].append(len(urls))
                     longest[name] = max([longest[name], *map(len, urls)])
+                    logged[name].append(sum(map(len, urls)))
         same = same and None not in results.values() and _same_pixels(*results.values())
         log.info("previews: on %s s, off %s s", runs["on"][-1], runs["off"][-1])
     stages = {}
     for index, name in enumerate(STAGES):
         on = statistics.median(seconds[index] for seconds in runs["on"])
         off = statistics.median(seconds[index] for seconds in runs["off"])
+        made = _preview_seconds(with_previews, last_on, name)
         stages[name] = {
             "on_s": on,
             "off_s": off,
             "ratio": on / off,
+            "best_ratio": min(seconds[index] for seconds in runs["on"])
+            / min(seconds[index] for seconds in runs["off"]),
             "previews": shown[name],
             "preview_chars": longest[name],
+            "log_chars": statistics.median(logged[name]),
+            "preview_ms": made * 1000,
+            "preview_share": max(shown[name]) * made / off,
             "on_runs_s": [seconds[index] for seconds in runs["on"]],
             "off_runs_s": [seconds[index] for seconds in runs["off"]],
         }
@@ -128,8 +147,23 @@ def _measure(
         "on_s": on_total,
         "off_s": off_total,
         "ratio": on_total / off_total,
+        "best_ratio": min(map(sum, runs["on"])) / min(map(sum, runs["off"])),
         "same_image": same,
     }
+
+
+def _preview_seconds(runtime: Runtime, job_id: str, stage: str) -> float:
+    """The median seconds of one preview of the stage's stored output, made as a stage makes
+    it (from an estimate on the stage's device)."""
+    stored = runtime.store.get(object_name(job_id, stage_preview(stage)))
+    assert stored is not None, f"the {stage} stage's image is missing"
+    x0 = load_image(stored).to(runtime.device)
+    times = []
+    for _ in range(ENCODES):
+        started = time.perf_counter()
+        previews([job_id], x0)
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
 
 
 def _previews(runtime: Runtime, job_id: str, stage: str) -> list[str]:

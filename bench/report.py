@@ -262,11 +262,16 @@ def _service(data: dict, given: dict) -> str:
 
 def _previews(data: dict, given: dict) -> str:
     rows = [
-        [name, entry["off_s"], entry["on_s"], entry["ratio"], max(entry["previews"], default=0)]
-        + [entry["preview_chars"]]
+        [name, entry["off_s"], entry["on_s"], entry["ratio"], entry.get("best_ratio")]
+        + [max(entry["previews"], default=0), entry["preview_chars"], entry.get("log_chars")]
+        + [entry.get("preview_ms"), entry.get("preview_share")]
         for name, entry in data["stages"].items()
     ]
-    rows.append(["both", data["off_s"], data["on_s"], data["ratio"], None, None])
+    rows.append(["both", data["off_s"], data["on_s"], data["ratio"], data.get("best_ratio")])
+    rows[-1] += [None] * 5
+    header = ["stage", "off s", "on s", "on / off", "fastest on / off", "previews"]
+    header += ["largest chars", "log chars", "preview ms", "share"]
+    same = "yes" if data.get("same_image") else "no"
     return "\n".join(
         [
             f"### Live previews: a stage's time with {data['previews_per_stage']} previews a "
@@ -274,12 +279,14 @@ def _previews(data: dict, given: dict) -> str:
             "",
             f"{given.get('request', '')}; medians of {given.get('repeats')} alternating runs "
             "each way, the same seeds. Each stage job as a worker runs it (input, sampling with "
-            "its progress events, outputs saved); on / off target "
-            f"≤ {PREVIEW_TARGET}. `same`: "
-            + ("yes" if data.get("same_image") else "no")
-            + " (the images with previews equal those without).",
+            f"its progress events, outputs saved); on / off target ≤ {PREVIEW_TARGET}. "
+            "`fastest`: the fastest run each way, the least disturbed by other work on the "
+            "machine. `log chars`: the previews' data URLs in one job's event log. `preview "
+            "ms`: one preview made alone (downscale and WebP encode of the stage's output); "
+            "`share`: the stage's previews × that / off s, the added work without the "
+            f"run-to-run spread. `same`: {same} (the images with previews equal those without).",
             "",
-            _table(["stage", "off s", "on s", "on / off", "previews", "largest chars"], rows),
+            _table(header, rows),
         ]
     )
 
