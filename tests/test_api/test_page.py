@@ -249,7 +249,7 @@ def test_upscale_shows_sizes_and_the_comparison(page, tmp_path: Path):
     canvas = job.locator("canvas.before")
     assert canvas.evaluate("c => [c.width, c.height]") == [256, 256]
     after = job.locator("img.after")
-    assert after.evaluate("img => img.complete && img.naturalWidth") == 256
+    assert after.evaluate("img => img.decode().then(() => img.naturalWidth)") == 256
     # The bicubic half is drawn: not a blank canvas.
     spread = canvas.evaluate(
         "c => { const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;"
