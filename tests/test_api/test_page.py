@@ -131,6 +131,21 @@ def newest_job(page):
     return page.locator("#jobs > li").first
 
 
+# The id of the list's first card once it is not `before` (the card shown before a submit).
+NEW_FIRST_CARD = """before => {
+    const id = document.querySelector('#jobs > li')?.dataset.id;
+    return id && id !== before ? id : null; }"""
+
+
+def submit(page, form: str):
+    """Submit `form` and return the new job's card, by its id: until the API has answered, the
+    list's first card is an earlier job's (which may well have succeeded already)."""
+    before = page.evaluate("document.querySelector('#jobs > li')?.dataset.id ?? null")
+    page.click(f"{form} button[type=submit]")
+    job_id = page.wait_for_function(NEW_FIRST_CARD, arg=before).json_value()
+    return page.locator(f"#jobs > li[data-id='{job_id}']")
+
+
 def test_generate_shows_progress_and_the_image(page):
     page.fill("#gen-class", "tabby")
     page.check("input[name=size][value='64']")
@@ -138,8 +153,7 @@ def test_generate_shows_progress_and_the_image(page):
     if not SCREENSHOTS:
         page.fill("#gen-steps", "40")  # long enough to see it running
     page.locator("#gen-quote").get_by_text("Quote: base64 64×64").wait_for()
-    page.click("#generate button[type=submit]")
-    job = newest_job(page)
+    job = submit(page, "#generate")
     badge = job.locator(".badge")
     badge.filter(has_text="succeeded").wait_for()
     assert job.locator(".overall progress").evaluate("node => node.value") == 1
@@ -192,8 +206,7 @@ def test_generate_shows_live_previews_forming_then_the_result(page):
     page.check("input[name=size][value='256']")
     page.click("#generate summary")
     page.fill("#gen-steps", "24")
-    page.click("#generate button[type=submit]")
-    job = newest_job(page)
+    job = submit(page, "#generate")
     job.locator(".badge").filter(has_text="succeeded").wait_for()
     after = job.locator("img.after")
     after.wait_for()
@@ -242,8 +255,7 @@ def test_upscale_shows_sizes_and_the_comparison(page, tmp_path: Path):
         page.click("#upscale details.advanced summary")
         page.select_option("#up-low-band", "sample")  # an option the limits listed
     page.select_option("#up-color", "wavelet")
-    page.click("#upscale button[type=submit]")
-    job = newest_job(page)
+    job = submit(page, "#upscale")
     job.locator(".badge").filter(has_text="succeeded").wait_for()
     job.locator("figure.compare").wait_for()
     canvas = job.locator("canvas.before")
@@ -281,8 +293,7 @@ def test_cancel_a_running_job(page):
     page.check("input[name=size][value='256']")
     page.click("#generate summary")
     page.fill("#gen-steps", "1000")  # still running when the cancel comes
-    page.click("#generate button[type=submit]")
-    job = newest_job(page)
+    job = submit(page, "#generate")
     job.locator(".badge").filter(has_text="running").wait_for()
     job.locator("button.cancel").click()
     job.locator(".badge").filter(has_text="canceled").wait_for()
@@ -319,8 +330,7 @@ def test_an_api_key_is_sent_and_the_job_polled(page):
         "request", lambda request: sent.append((request.url, request.headers.get("authorization")))
     )
     page.fill("#gen-class", "goldfish")
-    page.click("#generate button[type=submit]")
-    job = newest_job(page)
+    job = submit(page, "#generate")
     job.locator(".badge").filter(has_text="succeeded").wait_for()
     job_id = job.get_attribute("data-id")
     calls = [(url, auth) for url, auth in sent if "/v1/" in url]
@@ -362,8 +372,7 @@ def test_a_job_made_with_curl_is_listed_and_a_new_card_is_shown(page, server: st
     newest_job(page).wait_for()
     assert listed.count() == 0
     page.fill("#gen-class", "tabby")
-    page.click("#generate button[type=submit]")
-    card = newest_job(page)
+    card = submit(page, "#generate")
     card.locator(".badge").wait_for()
     page.wait_for_function(
         "() => document.activeElement?.closest('#jobs > li')"
