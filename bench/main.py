@@ -79,7 +79,7 @@ class BenchConfig:
 
 
 def full(device: str) -> BenchConfig:
-    """The comparable run: about 20 minutes on an idle 2-core CPU (most of it the samplers'
+    """The comparable run: about 23 minutes on an idle 2-core CPU (most of it the samplers'
     2 x 2,740 network calls), a few on a GPU. `--only`/`--skip` run parts of it separately."""
     cuda = device == "cuda"
     small = (("base64-small", 64), ("sr256-small", 256), ("sr1024-small", 1024))
