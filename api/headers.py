@@ -1,6 +1,7 @@
 """Headers every response carries: no content sniffing and no referrer on any; on the web page
 and its static files a content policy that admits only the service's own script, style,
-requests and images (and blob: previews), in no frame; and on every 503 a `Retry-After`."""
+requests and images (and blob: stage images, data: live previews), in no frame; and on every
+503 a `Retry-After`."""
 
 from __future__ import annotations
 
@@ -9,14 +10,16 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 RETRY_AFTER_SECONDS = 5  # what a 503 tells clients to wait: Redis or the store back, a worker up
 # The page keeps its API key in localStorage, so no script but its own may run: no inline
-# script or handler (api/static has none), no eval, nothing from elsewhere. Previews and
-# downloads are blob: URLs made from fetched PNGs; the comparison is drawn on a canvas.
+# script or handler (api/static has none), no eval, nothing from elsewhere. Stage images and
+# downloads are blob: URLs made from fetched files; the live previews that progress events
+# carry are data: URLs, allowed for images only (an image runs no script); the comparison is
+# drawn on a canvas.
 PAGE_POLICY = "; ".join(
     (
         "default-src 'self'",
         "script-src 'self'",
         "style-src 'self'",
-        "img-src 'self' blob:",
+        "img-src 'self' blob: data:",
         "connect-src 'self'",
         "object-src 'none'",
         "base-uri 'none'",

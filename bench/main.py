@@ -2,10 +2,11 @@
 
 The core figures come from `bench.models` (network forward latency, sampler quality against
 step count, tiled-upscale memory), the service's from `bench.service` (overhead of HTTP,
-Redis and a worker on one job; throughput with one or two workers and with batching). The JSON
-keeps the same names from run to run so runs compare over time; `bench.report` writes
-its markdown, its plot and BENCHMARKS.md. Comparisons are measured side by side in one run,
-since the machine may be shared and noisy.
+Redis and a worker on one job; throughput with one or two workers and with batching), and what
+live previews add to a stage's time from `bench.previews`. The JSON keeps the same names from
+run to run so runs compare over time; `bench.report` writes its markdown, its plot and
+BENCHMARKS.md. Comparisons are measured side by side in one run, since the machine may be
+shared and noisy.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from typing import Any
 import torch
 
 from bench.models import batch_scaling, forward_latency, held_out_images
+from bench.previews import PREVIEWS, preview_cost
 from bench.quality import (
     generation_time_to_quality,
     sampler_quality,
@@ -73,10 +75,11 @@ class BenchConfig:
     scaling_threads: tuple[int, ...] = (1, 2)
     tiny: bool = False  # tiny random presets everywhere instead of the demo weights (tests)
     tiling_tiny: bool = False  # tiny presets for the tiling part only
+    preview_repeats: int = 3  # generations timed each way (previews on, off): a median of 3
 
 
 def full(device: str) -> BenchConfig:
-    """The comparable run: about 20 minutes on an idle 2-core CPU (most of it the samplers'
+    """The comparable run: about 23 minutes on an idle 2-core CPU (most of it the samplers'
     2 x 2,740 network calls), a few on a GPU. `--only`/`--skip` run parts of it separately."""
     cuda = device == "cuda"
     small = (("base64-small", 64), ("sr256-small", 256), ("sr1024-small", 1024))
@@ -102,6 +105,7 @@ def full(device: str) -> BenchConfig:
         ttq_crop=256 if cuda else 128,
         ttq_seeds=(0, 1) if cuda else (0,),
         compile_variant=True,
+        preview_repeats=5,  # a few per cent, measured on a machine that may be shared
     )
 
 
@@ -273,6 +277,13 @@ def setup(config: BenchConfig, device: str) -> dict[str, dict[str, object]]:
                 "threads": list(config.scaling_threads),
             },
         },
+        "previews": {
+            "request": f"256 px generation, {SAMPLER}, steps base64={config.service_steps[0]} "
+            f"sr256={config.service_steps[1]}, each stage job run in this process",
+            "weights": {name: source[name] for name in ("base64", "sr256")},
+            "previews_per_stage": PREVIEWS,
+            "repeats": config.preview_repeats,
+        },
         "tiling": {
             "request": "cascade sample --upscale PHOTO (4x), a fresh process per size",
             "weights": "tiny presets" if config.tiny or config.tiling_tiny else "demo weights",
@@ -329,6 +340,10 @@ def run(
     if "throughput" in sections and device == "cpu":
         results["throughput"]["per_item_forward_ms"] = batch_scaling(
             weights(config)["base64"], config.scaling_batches, config.scaling_threads
+        )
+    if "previews" in sections:
+        results["previews"] = preview_cost(
+            weights(config), device, config.service_steps, config.preview_repeats
         )
     if "tiling" in sections:
         results["tiling"] = bench_tiling(config, device)

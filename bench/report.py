@@ -15,7 +15,16 @@ log = logging.getLogger(__name__)
 # (hand-written sections: load runs, evaluations).
 KEEP_MARKER = "<!-- cascade bench keeps this line and everything below it -->"
 BATCHING_TARGET = 1.5  # the least speedup worth a batching target (per item, at the largest batch)
-SECTIONS = ("forward", "samplers", "time_to_quality", "service", "throughput", "tiling")
+SECTIONS = (
+    "forward",
+    "samplers",
+    "time_to_quality",
+    "service",
+    "throughput",
+    "previews",
+    "tiling",
+)
+PREVIEW_TARGET = 1.03  # previews on / off, of a stage's time at most
 
 
 def _table(header: list[str], rows: list[list[object]]) -> str:
@@ -251,6 +260,37 @@ def _service(data: dict, given: dict) -> str:
     return "\n".join(lines)
 
 
+def _previews(data: dict, given: dict) -> str:
+    rows = [
+        [name, entry["off_s"], entry["on_s"], entry["ratio"], entry.get("best_ratio")]
+        + [max(entry["previews"], default=0), entry["preview_chars"], entry.get("log_chars")]
+        + [entry.get("preview_ms"), entry.get("preview_share")]
+        for name, entry in data["stages"].items()
+    ]
+    rows.append(["both", data["off_s"], data["on_s"], data["ratio"], data.get("best_ratio")])
+    rows[-1] += [None] * 5
+    header = ["stage", "off s", "on s", "on / off", "fastest on / off", "previews"]
+    header += ["largest chars", "log chars", "preview ms", "share"]
+    same = "yes" if data.get("same_image") else "no"
+    return "\n".join(
+        [
+            f"### Live previews: a stage's time with {data['previews_per_stage']} previews a "
+            "stage vs none",
+            "",
+            f"{given.get('request', '')}; medians of {given.get('repeats')} alternating runs "
+            "each way, the same seeds. Each stage job as a worker runs it (input, sampling with "
+            f"its progress events, outputs saved); on / off target ≤ {PREVIEW_TARGET}. "
+            "`fastest`: the fastest run each way, the least disturbed by other work on the "
+            "machine. `log chars`: the previews' data URLs in one job's event log. `preview "
+            "ms`: one preview made alone (downscale and WebP encode of the stage's output); "
+            "`share`: the stage's previews × that / off s, the added work without the "
+            f"run-to-run spread. `same`: {same} (the images with previews equal those without).",
+            "",
+            _table(header, rows),
+        ]
+    )
+
+
 def _throughput(data: dict, given: dict) -> str:
     rows = [[name, rate] for name, rate in data["jobs_per_s"].items()]
     rows += [
@@ -336,6 +376,7 @@ RENDERERS: dict[str, Callable[[dict, dict], str]] = {
     "time_to_quality": _time_to_quality,
     "service": _service,
     "throughput": _throughput,
+    "previews": _previews,
     "tiling": _tiling,
 }
 
@@ -415,6 +456,16 @@ def draw(results: dict, path: Path) -> None:
             axis.tick_params(axis="x", labelsize=7, rotation=15)
             axis.set_ylabel("jobs / s")
             title = f"throughput: batching x{data['batching_speedup']:.2f}"
+        elif name == "previews":
+            labels = list(data["stages"])
+            x = np.arange(len(labels))
+            for offset, side in ((-0.2, "off"), (0.2, "on")):
+                values = [data["stages"][label][f"{side}_s"] for label in labels]
+                axis.bar(x + offset, values, 0.4, label=f"previews {side}")
+            axis.set_xticks(x, labels)
+            axis.set_ylabel("seconds per stage job")
+            axis.legend(fontsize=7)
+            title = f"previews: on / off x{data['ratio']:.3f}"
         elif name == "tiling":
             peaks = data["memory"] if "memory" in data else data["peak_rss_mb"]
             sizes = [int(size) for size in peaks]

@@ -171,6 +171,7 @@ class JobCard {
     } else if (type === "progress" && stage) {
       Object.assign(stage, { status: "running", step: data.step, steps: data.steps });
       Object.assign(view, { status: "running", progress: data.progress, eta_seconds: data.eta_seconds });
+      if (data.preview) this.showForming(stage, data);
     } else if (type === "stage_finished" && stage) {
       Object.assign(stage, { status: "succeeded", step: stage.steps, preview: data.preview, seconds: data.seconds });
     } else if (type === "stage_retrying" && stage) {
@@ -197,6 +198,7 @@ class JobCard {
     }
     $(".error", this.node).textContent = view.error || "";
     $(".cancel", this.node).hidden = TERMINAL.includes(status);
+    if (TERMINAL.includes(status) && status !== "succeeded") this.endForming();
     if (status === "succeeded" && !this.resultShown) {
       this.resultShown = true;
       this.showResult(view);
@@ -267,11 +269,32 @@ class JobCard {
     }
   }
 
+  showForming(stage, data) {
+    // The sampler's current estimate, a small WebP data URL on a few progress events per stage
+    // (a tiled stage's is its current tile), replaced by each newer one until the result shows.
+    const figure = $(".live-preview", this.node);
+    const img = $("img", figure);
+    img.src = data.preview;
+    img.alt = `Live preview of stage ${stage.name} at step ${data.step} of ${data.steps}`;
+    $("figcaption", figure).textContent = `Forming: ${stage.name}, step ${data.step} of ${data.steps}`;
+    figure.hidden = false;
+  }
+
+  endForming() {
+    const figure = $(".live-preview", this.node);
+    figure.hidden = true;
+    const img = $("img", figure);
+    img.removeAttribute("src");
+    img.alt = "";
+    $("figcaption", figure).textContent = "";
+  }
+
   async showResult(view) {
     let blob;
     try {
       blob = await api(view.result);
     } catch (error) {
+      this.endForming();
       this.showError(error.message);
       return;
     }
@@ -290,6 +313,7 @@ class JobCard {
       final.alt = `Result, ${size(width, height)}`;
       if (width < 256) final.classList.add("enlarged"); // shown at 256 px, pixels kept sharp
       final.hidden = false;
+      this.endForming();
       return;
     }
     const bitmap = await createImageBitmap(before.blob);
@@ -303,6 +327,7 @@ class JobCard {
     after.alt = `Result by the model, ${size(width, height)}`;
     $("figcaption", this.node).textContent = `Left of the line: ${before.what} (${size(bitmap.width, bitmap.height)}) enlarged to ${size(width, height)} by bicubic interpolation in this browser. Right: the model's ${size(width, height)} output.`;
     $(".compare", this.node).hidden = false;
+    this.endForming();
   }
 
   async comparisonSource(view) {

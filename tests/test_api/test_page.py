@@ -131,6 +131,21 @@ def newest_job(page):
     return page.locator("#jobs > li").first
 
 
+# The id of the list's first card once it is not `before` (the card shown before a submit).
+NEW_FIRST_CARD = """before => {
+    const id = document.querySelector('#jobs > li')?.dataset.id;
+    return id && id !== before ? id : null; }"""
+
+
+def submit(page, form: str):
+    """Submit `form` and return the new job's card, by its id: until the API has answered, the
+    list's first card is an earlier job's (which may well have succeeded already)."""
+    before = page.evaluate("document.querySelector('#jobs > li')?.dataset.id ?? null")
+    page.click(f"{form} button[type=submit]")
+    job_id = page.wait_for_function(NEW_FIRST_CARD, arg=before).json_value()
+    return page.locator(f"#jobs > li[data-id='{job_id}']")
+
+
 def test_generate_shows_progress_and_the_image(page):
     page.fill("#gen-class", "tabby")
     page.check("input[name=size][value='64']")
@@ -138,8 +153,7 @@ def test_generate_shows_progress_and_the_image(page):
     if not SCREENSHOTS:
         page.fill("#gen-steps", "40")  # long enough to see it running
     page.locator("#gen-quote").get_by_text("Quote: base64 64×64").wait_for()
-    page.click("#generate button[type=submit]")
-    job = newest_job(page)
+    job = submit(page, "#generate")
     badge = job.locator(".badge")
     badge.filter(has_text="succeeded").wait_for()
     assert job.locator(".overall progress").evaluate("node => node.value") == 1
@@ -159,6 +173,65 @@ def test_generate_shows_progress_and_the_image(page):
     command = job.locator(".curl-text").input_value()
     assert "/v1/generations" in command and '"class_name":"tabby"' in command
     assert '"seed":' in command
+
+
+# Installed in the page before a job is submitted: every preview the card's live <img> is
+# given (its alt and the start of its src, as each progress event set them), each load or
+# failed load of one (with the decoded size), and every content-policy violation.
+WATCH_PREVIEWS = """() => {
+    window.previewsSet = []; window.previewsLoaded = []; window.violations = [];
+    new MutationObserver((changes) => { for (const change of changes) {
+        const img = change.target;
+        if (img.closest('.live-preview') && img.getAttribute('src'))
+            window.previewsSet.push([img.alt, img.getAttribute('src').slice(0, 23)]);
+    } }).observe(document.body, { subtree: true, attributes: true, attributeFilter: ['src'] });
+    const loaded = (event) => {
+        const img = event.target;
+        if (img instanceof HTMLImageElement && img.closest('.live-preview'))
+            window.previewsLoaded.push([event.type, img.alt, img.naturalWidth, img.naturalHeight]);
+    };
+    document.addEventListener('load', loaded, true);
+    document.addEventListener('error', loaded, true);
+    document.addEventListener('securitypolicyviolation',
+        (event) => window.violations.push(`${event.violatedDirective} ${event.blockedURI}`));
+}"""
+
+
+def test_generate_shows_live_previews_forming_then_the_result(page):
+    """The service's default of 4 previews per stage: a 256 px generation of 24 steps a stage
+    carries them on steps 6, 12, 18 and 24 of base64 (64 px as is) and of sr256 (256 px, shown
+    at 128 px); the card's image takes each in turn and gives way to the result."""
+    page.evaluate(WATCH_PREVIEWS)
+    page.fill("#gen-class", "tabby")
+    page.check("input[name=size][value='256']")
+    page.click("#generate summary")
+    page.fill("#gen-steps", "24")
+    job = submit(page, "#generate")
+    job.locator(".badge").filter(has_text="succeeded").wait_for()
+    after = job.locator("img.after")
+    after.wait_for()
+    page.wait_for_function("() => document.querySelector('#jobs > li .after').naturalWidth === 256")
+    live = job.locator(".live-preview")
+    live.wait_for(state="hidden")  # the result took its place
+    assert live.locator("img").get_attribute("src") is None
+
+    webp = "data:image/webp;base64,"
+    assigned = page.evaluate("window.previewsSet")
+    expected = [
+        (f"Live preview of stage {stage} at step {step} of 24", webp)
+        for stage in ("base64", "sr256")
+        for step in (6, 12, 18, 24)
+    ]
+    assert [tuple(item) for item in assigned] == expected
+    # Each shown preview decoded to its stage's size, none refused (the page's policy lets
+    # data: images in); a quick successor may replace one before it loads.
+    loaded = page.evaluate("window.previewsLoaded")
+    assert loaded, "no live preview was shown"
+    sides = {"base64": 64, "sr256": 128}
+    for kind, alt, width, height in loaded:
+        stage = alt.split()[4]
+        assert (kind, width, height) == ("load", sides[stage], sides[stage]), loaded
+    assert page.evaluate("window.violations") == []
 
 
 def chelsea_crop(path: Path, side: int = 64) -> Path:
@@ -182,14 +255,13 @@ def test_upscale_shows_sizes_and_the_comparison(page, tmp_path: Path):
         page.click("#upscale details.advanced summary")
         page.select_option("#up-low-band", "sample")  # an option the limits listed
     page.select_option("#up-color", "wavelet")
-    page.click("#upscale button[type=submit]")
-    job = newest_job(page)
+    job = submit(page, "#upscale")
     job.locator(".badge").filter(has_text="succeeded").wait_for()
     job.locator("figure.compare").wait_for()
     canvas = job.locator("canvas.before")
     assert canvas.evaluate("c => [c.width, c.height]") == [256, 256]
     after = job.locator("img.after")
-    assert after.evaluate("img => img.complete && img.naturalWidth") == 256
+    assert after.evaluate("img => img.decode().then(() => img.naturalWidth)") == 256
     # The bicubic half is drawn: not a blank canvas.
     spread = canvas.evaluate(
         "c => { const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;"
@@ -221,8 +293,7 @@ def test_cancel_a_running_job(page):
     page.check("input[name=size][value='256']")
     page.click("#generate summary")
     page.fill("#gen-steps", "1000")  # still running when the cancel comes
-    page.click("#generate button[type=submit]")
-    job = newest_job(page)
+    job = submit(page, "#generate")
     job.locator(".badge").filter(has_text="running").wait_for()
     job.locator("button.cancel").click()
     job.locator(".badge").filter(has_text="canceled").wait_for()
@@ -259,8 +330,7 @@ def test_an_api_key_is_sent_and_the_job_polled(page):
         "request", lambda request: sent.append((request.url, request.headers.get("authorization")))
     )
     page.fill("#gen-class", "goldfish")
-    page.click("#generate button[type=submit]")
-    job = newest_job(page)
+    job = submit(page, "#generate")
     job.locator(".badge").filter(has_text="succeeded").wait_for()
     job_id = job.get_attribute("data-id")
     calls = [(url, auth) for url, auth in sent if "/v1/" in url]
@@ -302,8 +372,7 @@ def test_a_job_made_with_curl_is_listed_and_a_new_card_is_shown(page, server: st
     newest_job(page).wait_for()
     assert listed.count() == 0
     page.fill("#gen-class", "tabby")
-    page.click("#generate button[type=submit]")
-    card = newest_job(page)
+    card = submit(page, "#generate")
     card.locator(".badge").wait_for()
     page.wait_for_function(
         "() => document.activeElement?.closest('#jobs > li')"

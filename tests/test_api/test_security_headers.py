@@ -61,8 +61,10 @@ def test_the_page_forbids_foreign_and_inline_script_and_framing(client: TestClie
     assert policy["script-src"] == ["'self'"]  # no 'unsafe-inline', no 'unsafe-eval'
     assert policy["frame-ancestors"] == ["'none'"] and policy["object-src"] == ["'none'"]
     assert policy["base-uri"] == ["'none'"]
-    # Previews are blob: URLs (URL.createObjectURL in the page's script); nothing else.
-    assert policy["img-src"] == ["'self'", "blob:"]
+    # Stage images are blob: URLs (URL.createObjectURL in the page's script), live previews
+    # data: URLs from the progress events; nothing else, and data: for images only.
+    assert policy["img-src"] == ["'self'", "blob:", "data:"]
+    assert [name for name, sources in policy.items() if "data:" in sources] == ["img-src"]
     assert response.headers["x-frame-options"] == "DENY"
     assert response.headers["x-content-type-options"] == "nosniff"
     assert response.headers["referrer-policy"] == "no-referrer"

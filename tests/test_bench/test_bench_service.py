@@ -131,6 +131,22 @@ def test_minimal_run_has_every_figure(tmp_path: Path, one_thread: None):
     assert set(rates) == {"workers1_batch1", "workers2_batch1", "workers1_batchN"}
     assert all(number(rate) and rate > 0 for rate in rates.values())
     assert number(results["throughput"]["batching_speedup"])
+    previews = results["previews"]
+    assert previews["previews_per_stage"] == 4 and previews["same_image"] is True
+    for name, steps in (("base64", 2), ("sr256", 1)):  # fewer steps than 4: one on each
+        entry = previews["stages"][name]
+        assert entry["previews"] == [steps] * 3 and 0 < entry["preview_chars"] <= 16 * 1024
+        assert 0 < entry["log_chars"] <= steps * entry["preview_chars"]
+        assert len(entry["on_runs_s"]) == len(entry["off_runs_s"]) == 3
+        assert entry["on_s"] == sorted(entry["on_runs_s"])[1]  # the median of 3
+        assert entry["off_s"] == sorted(entry["off_runs_s"])[1] > 0
+        assert entry["ratio"] == entry["on_s"] / entry["off_s"]
+        assert entry["best_ratio"] == min(entry["on_runs_s"]) / min(entry["off_runs_s"])
+        # One preview made alone: its share of the stage is what `steps` of them take.
+        assert 0 < entry["preview_ms"] < 1000 * entry["on_s"]
+        share = steps * entry["preview_ms"] / 1000 / entry["off_s"]
+        assert entry["preview_share"] == pytest.approx(share)
+    assert previews["ratio"] == previews["on_s"] / previews["off_s"]
     memory = results["tiling"]["memory"]["256"]
     assert number(memory["peak_rss_mb"]) and memory["rss_ratio"] == 1.0
     assert number(results["tiling"]["seams"]["psnr_between"])
@@ -150,6 +166,7 @@ def test_minimal_run_has_every_figure(tmp_path: Path, one_thread: None):
     assert text.count("## CPU:") == 2 and "not comparable" in text
     assert "overhead fraction" in text and "![benchmark plot](bench.png)" in text
     assert "Time to quality" in text and "vs reference" in text and "| full_sample |" in text
+    assert "### Live previews" in text and "| stage | off s | on s | on / off |" in text
     assert (tmp_path / "bench.png").stat().st_size > 0 and (tmp_path / "bench.md").is_file()
 
 
