@@ -21,17 +21,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cascade import distill, evaluation, logformat, train_command, upscale_command
+from cascade.formats import Output
 from cascade.stages import EXTENSIONS, SIZES
 from cascade.upscale_command import (
     GLOB_CHARACTERS,
     add_run_arguments,
-    file_output,
     note_random_weights,
     parse_weights,
-    stage_labels,
     stage_runs,
-    upscale_image,
 )
+from cascade.upscale_files import file_output, stage_labels, upscale_image
 
 if TYPE_CHECKING:  # the heavy modules load only for the subcommands that need them
     from tqdm import tqdm
@@ -85,7 +84,10 @@ def _sample(args: argparse.Namespace) -> None:
             for index, image in enumerate(images):
                 request = {"class_id": class_id, "class_name": class_names()[class_id]}
                 request["size"] = args.size
-                output = file_output(args, cascade, runs, made, seeds[index], "generation", request)
+                output = Output(args.format, args.quality)
+                output = file_output(
+                    output, cascade, runs, made, seeds[index], "generation", request
+                )
                 print(save_image(image, _path(args, out, seeds[index], stage), output))
     for bar in bars.values():
         bar.close()
@@ -113,7 +115,7 @@ def _upscale(
     bars: dict[str, tqdm],
     out: Path,
 ) -> None:
-    """Each seed's upscale, one at a time (`cascade.upscale_command.upscale_image`: the input
+    """Each seed's upscale, one at a time (`cascade.upscale_files.upscale_image`: the input
     decoded once to uint8, the last stage encoded straight to its file), every stage's result
     written, with a progress bar over each stage's tiles and steps."""
     from tqdm import tqdm
@@ -130,15 +132,15 @@ def _upscale(
     names = [stage.name for stage in stages]
     labels = stage_labels(stages, *image.shape[-2:])
     request = {"scale": args.scale, "filename": Path(source).name}
+    output = Output(args.format, args.quality, carried)
     for seed in seeds:
         files = {
             name: (
                 _path(args, out, seed, name),
-                file_output(args, cascade, runs, names[: index + 1], seed, "upscale", request,
-                            carried),
+                file_output(output, cascade, runs, names[: index + 1], seed, "upscale", request),
             )
             for index, name in enumerate(names)
-        }  # fmt: skip
+        }
 
         def progress(name: str, step: int, total: int, x0: object, seed: int = seed) -> None:
             key = f"{seed}:{name}"

@@ -1,5 +1,6 @@
-"""`cascade upscale`: images, folders and globs upscaled into one folder under one progress bar,
-and the upscale of one image that it and `cascade sample --upscale` both run (`upscale_image`).
+"""`cascade upscale`: images, folders and globs upscaled into one folder under one progress bar
+(each image as `cascade sample --upscale` upscales it: `cascade.upscale_files.upscale_image`), and
+the arguments the two commands share.
 
 Each input is written as `<stem>_x<scale>.<ext>`, to a temporary name first and then renamed, so
 an interrupted run leaves no half-written file; an existing output is skipped unless
@@ -12,23 +13,18 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import glob
-import math
-import os
 import random
 import sys
 import warnings
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from functools import partial
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
-from torch import Tensor
 from tqdm import tqdm
 
-from cascade.chain import Cascade, StageCallback
-from cascade.formats import Carried, Output, check_output, generation_parameters
-from cascade.images import load_image_carried, save_image
-from cascade.pipeline import Stage
+from cascade.chain import Cascade
+from cascade.formats import Output, check_output
+from cascade.images import load_image_carried
 from cascade.stages import (
     COLOR_FIXES,
     DEFAULT_QUALITY,
@@ -42,7 +38,7 @@ from cascade.stages import (
     StageRun,
     upscale_stages,
 )
-from cascade.tiled_upscale import tile_count, tiled_upscale, upscale_to_file
+from cascade.upscale_files import file_output, stage_labels, stage_window, upscale_image
 
 # What a folder's listing takes as images (a named file is tried whatever its name).
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
@@ -140,109 +136,6 @@ def note_random_weights(cascade: Cascade) -> None:
                 f"note: {stage.name} uses {stage.model.id}: random weights, not a trained model",
                 file=sys.stderr,
             )
-
-
-def file_output(
-    args: argparse.Namespace,
-    cascade: Cascade,
-    runs: Mapping[str, StageRun],
-    stages: Sequence[str],
-    seed: int,
-    kind: str,
-    request: dict[str, object],
-    carried: Carried | None = None,
-) -> Output:
-    """How one file is written: --format and --quality, what the input carries, and the
-    parameters of the stages that made it (each stage's run as it applies to its model)."""
-    made = [
-        (name, cascade.stages[name].model.id, cascade.stages[name].effective(runs[name]))
-        for name in stages
-    ]
-    parameters = generation_parameters(kind, seed, made, **request)
-    return Output(args.format, args.quality, carried or Carried(), parameters)
-
-
-def stage_window(stage: Stage, tile: int | None) -> int | None:
-    """The window side a stage's tiles take under `--tile` (at most its native output size; None:
-    the native size); ValueError when its network cannot run windows of that size."""
-    if tile is None:
-        return None
-    window = min(tile, stage.output_size)
-    multiple = math.lcm(stage.scale, stage.model.network.config.size_multiple)
-    if window % multiple:
-        raise ValueError(
-            f"--tile {tile}: {stage.name} ({stage.model.id}) runs windows in multiples of "
-            f"{multiple} output pixels, up to its native {stage.output_size}"
-        )
-    return window
-
-
-def stage_labels(
-    stages: Sequence[Stage], height: int, width: int, tile: int | None = None
-) -> dict[str, str]:
-    """`sr256 384x384, 4 tiles` by stage: the output size each stage makes of an input of
-    `height` x `width`, and how many windows it runs."""
-    labels = {}
-    for stage in stages:
-        height, width = height * stage.scale, width * stage.scale
-        window = stage_window(stage, tile) or stage.output_size
-        tiles = tile_count(stage, height, width, window) if max(height, width) > window else 1
-        labels[stage.name] = f"{stage.name} {width}x{height}" + (
-            f", {tiles} tiles" if tiles > 1 else ""
-        )
-    return labels
-
-
-def write_atomically(path: Path, write: Callable[[Path], object]) -> Path:
-    """`write(temporary)` beside `path`, renamed to `path` once whole (removed if it fails)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.part")
-    try:
-        write(temporary)
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
-    return path
-
-
-def upscale_image(
-    stages: Sequence[Stage],
-    image: Tensor,
-    seed: int,
-    runs: Mapping[str, StageRun],
-    files: Mapping[str, tuple[Path, Output]],
-    *,
-    tile: int | None = None,
-    callback: StageCallback | None = None,
-) -> Iterator[Path]:
-    """One decoded image (uint8 [1,3,h,w]) upscaled through `stages`, yielding each file as it
-    is written: every stage but the last in float as the service runs it (written when `files`
-    names it), the last encoded straight to its file (`files` must name it) by
-    `cascade.tiled_upscale.upscale_to_file`, in tiles of at most `tile` output pixels when
-    given and band by band. `callback(stage, step, total, x0)` reports each stage's steps."""
-    x = image
-    for index, stage in enumerate(stages):
-        run, window = runs[stage.name], stage_window(stage, tile)
-
-        def progress(step: int, total: int, x0: Tensor, name: str = stage.name) -> None:
-            if callback is not None:
-                callback(name, step, total, x0)
-
-        if index == len(stages) - 1:
-            path, output = files[stage.name]
-            write = partial(upscale_to_file, stage, x, seed, output=output, run=run, tile=window)
-            yield write_atomically(path, partial(write, callback=progress))
-            return
-        height, width = (side * stage.scale for side in x.shape[-2:])
-        if window is not None and max(height, width) > window:
-            tiled = tiled_upscale(stage, x, [seed], run=run, callback=progress, tile=window)
-            assert isinstance(tiled, Tensor)
-            x = tiled
-        else:
-            x = stage.run(seeds=[seed], low_res=x, run=run, callback=progress).cpu()
-        if stage.name in files:
-            path, output = files[stage.name]
-            yield write_atomically(path, partial(save_image, x, output=output))
 
 
 def folder_images(folder: Path, recursive: bool) -> list[Path]:
@@ -459,7 +352,8 @@ def _upscale_all(
             names = [stage.name for stage in stages]
             labels = stage_labels(stages, *image.shape[-2:], args.tile)
             request = {"scale": args.scale, "filename": source.name, "tile": args.tile}
-            output = file_output(args, cascade, runs, names, seed, "upscale", request, carried)
+            output = Output(args.format, args.quality, carried)
+            output = file_output(output, cascade, runs, names, seed, "upscale", request)
 
             def progress(
                 name: str,

@@ -16,7 +16,8 @@ from cascade.checkpoints import load, save_model
 from cascade.cli import main
 from cascade.formats import read_parameters
 from cascade.metrics import psnr
-from cascade.upscale_command import find_inputs, write_atomically
+from cascade.upscale_command import find_inputs
+from cascade.upscale_files import write_atomically
 
 TINY = ["--weights=sr256=preset:sr256-tiny", "--steps", "1", "--fidelity", "1"]  # one call
 
