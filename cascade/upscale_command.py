@@ -17,6 +17,7 @@ import random
 import sys
 import warnings
 from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
@@ -242,9 +243,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--tile",
         type=_tile_size,
         metavar="N",
-        help="at most N x N output pixels per window, in multiples of 64: less memory, the same "
-        "result but for the blend at the seams (default: each stage's native size, 256 for "
-        "sr256, 1024 for sr1024, which N cannot exceed)",
+        help="at most N x N output pixels per window, a multiple of 64 up to a stage's native "
+        "size (256 for sr256, 1024 for sr1024: the default): less memory. An output larger "
+        "than the native size changes only by the blend at the seams; one that fits a native "
+        "window draws other noise when tiled (another sample of the same seed)",
     )
     parser.add_argument(
         "--overwrite", action="store_true", help="replace outputs that exist (default: skip them)"
@@ -355,19 +357,7 @@ def _upscale_all(
             output = Output(args.format, args.quality, carried)
             output = file_output(output, cascade, runs, names, seed, "upscale", request)
 
-            def progress(
-                name: str,
-                step: int,
-                total: int,
-                x0: object,
-                done: int = done,
-                title: str = source.name,
-                names: list[str] = names,
-                labels: dict[str, str] = labels,
-            ) -> None:
-                bar.set_description(f"{title}: {labels[name]}", refresh=False)
-                bar.update(done + (names.index(name) + step / total) / len(names) - bar.n)
-
+            progress = partial(_advance, bar, done, f"{source.name}: ", names, labels)
             files = {names[-1]: (targets[source], output)}
             try:
                 paths = upscale_image(
@@ -380,3 +370,19 @@ def _upscale_all(
                 fail(source, f"{type(error).__name__}: {error}")
             bar.update(done + 1 - bar.n)
     return written
+
+
+def _advance(
+    bar: tqdm,
+    done: int,
+    title: str,
+    names: Sequence[str],
+    labels: Mapping[str, str],
+    name: str,
+    step: int,
+    total: int,
+    x0: object,
+) -> None:
+    """Move the batch's bar to `done` images and the share of this one's stages and steps."""
+    bar.set_description(title + labels[name], refresh=False)
+    bar.update(done + (names.index(name) + step / total) / len(names) - bar.n)

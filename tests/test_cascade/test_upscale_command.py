@@ -96,17 +96,20 @@ def test_bad_inputs_are_reported_and_counted_while_the_others_are_written(tmp_pa
     notes = tmp_path / "notes.txt"
     notes.write_text("hello")
     tiny = _image(tmp_path / "tiny.png", 4, 4)
+    truncated = tmp_path / "truncated.png"
+    truncated.write_bytes(_image(tmp_path / "whole.png", 20, 20).read_bytes()[:400])
     large = _image(tmp_path / "large.png", 30, 30)  # 120 x 120 = 14400 output pixels
-    inputs = [str(path) for path in (garbage, good, notes, tiny, large)]
+    inputs = [str(path) for path in (garbage, good, notes, tiny, large, truncated)]
     out = tmp_path / "out"
     status = _upscale(*inputs, "--out", str(out), "--max-output-pixels", "10000", *TINY)
     error = capsys.readouterr().err
-    assert status == 4
+    assert status == 5
     assert [path.name for path in out.iterdir()] == ["good_x4.png"]
     assert f"failed {garbage}: not an image" in error and f"failed {notes}: not an image" in error
     assert f"failed {tiny}: 4x4 is too small: an input needs at least 8 pixels" in error
     assert f"failed {large}: a 4x upscale of 30x30 would be 120x120 = 14400 pixels" in error
-    assert "1 written, 0 skipped, 4 failed of 5 inputs" in error
+    assert f"failed {truncated}: cannot decode it: image file is truncated" in error
+    assert "1 written, 0 skipped, 5 failed of 6 inputs" in error
     assert "Traceback" not in error
 
 
