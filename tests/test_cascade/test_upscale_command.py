@@ -230,3 +230,12 @@ def test_sample_upscale_points_folders_and_several_files_at_cascade_upscale(tmp_
         error = capsys.readouterr().err
         assert "--upscale takes one image" in error and "`cascade upscale " in error
         assert "Traceback" not in error
+
+
+def test_a_batch_image_is_the_image_sample_upscale_makes_of_it(tmp_path) -> None:
+    source = _image(tmp_path / "a.png", 16, 20)
+    assert _upscale(str(source), "--out", str(tmp_path / "batch"), "--seed", "9", *TINY) == 0
+    main(["sample", "--upscale", str(source), "--out", str(tmp_path / "one"), "--seed", "9", *TINY])
+    batch = np.array(Image.open(tmp_path / "batch" / "a_x4.png"))
+    one = np.array(Image.open(tmp_path / "one" / "seed9_sr256.png"))
+    assert batch.shape == (64, 80, 3) and np.array_equal(batch, one)
