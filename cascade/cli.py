@@ -1,4 +1,5 @@
-"""The `cascade` command line: sample, convert, presets, info, classes, demo-data, train, eval.
+"""The `cascade` command line: sample, upscale, convert, presets, info, classes, demo-data, train,
+eval, distill.
 
 Each subcommand owns its arguments (`add_arguments` beside its `main`). Packages above the
 maths add their own subcommands through the `cascade.commands` entry-point group (the service's
@@ -9,7 +10,6 @@ so this package never imports them.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import random
@@ -20,49 +20,26 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from cascade import distill, evaluation, logformat, train_command
-from cascade.stages import (
-    COLOR_FIXES,
-    DEFAULT_QUALITY,
-    EXTENSIONS,
-    LOSSY_FORMATS,
-    LOW_BANDS,
-    OUTPUT_FORMATS,
-    SAMPLER_NAMES,
-    SIZES,
-    STAGES,
+from cascade import distill, evaluation, logformat, train_command, upscale_command
+from cascade.formats import Output
+from cascade.stages import EXTENSIONS, SIZES
+from cascade.upscale_command import (
+    GLOB_CHARACTERS,
+    add_run_arguments,
+    note_random_weights,
+    parse_weights,
+    stage_runs,
 )
+from cascade.upscale_files import file_output, stage_labels, upscale_image
 
 if TYPE_CHECKING:  # the heavy modules load only for the subcommands that need them
     from tqdm import tqdm
 
     from cascade.chain import Cascade
-    from cascade.formats import Carried, Output
     from cascade.stages import StageRun
 
 COMMANDS_GROUP = "cascade.commands"
 log = logging.getLogger(__name__)
-
-
-def _add_stage_weights(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--weights",
-        action="append",
-        default=[],
-        metavar="STAGE=SOURCE",
-        help="checkpoint path or preset:NAME per stage, e.g. sr256=weights/demo/sr256.safetensors "
-        "(default: the demo weights when present, else the tiny random presets)",
-    )
-
-
-def _parse_weights(items: Sequence[str]) -> dict[str, str]:
-    weights = {}
-    for item in items:
-        stage, sep, source = item.partition("=")
-        if not sep or stage not in STAGES:
-            raise SystemExit(f"--weights expects STAGE=SOURCE with STAGE in {STAGES}, got {item!r}")
-        weights[stage] = source
-    return weights
 
 
 def _sample(args: argparse.Namespace) -> None:
@@ -74,23 +51,12 @@ def _sample(args: argparse.Namespace) -> None:
     from cascade.pipeline import default_weights
 
     _check_output(args)
-    weights = {**default_weights(), **_parse_weights(args.weights)}
+    if args.upscale:
+        _check_upscale_source(args.upscale)
+    weights = {**default_weights(), **parse_weights(args.weights)}
     cascade = Cascade.load(weights, device=args.device)
-    for stage in cascade.stages.values():
-        if stage.model.random_weights:
-            print(f"note: {stage.name} uses {stage.model.id}: random weights, not a trained model")
-    runs = {
-        name: dataclasses.replace(
-            stage.defaults,
-            sampler=args.sampler or stage.defaults.sampler,
-            steps=args.steps or stage.defaults.steps,
-            guidance=args.guidance,
-            color_fix=args.color_fix,
-            fidelity=args.fidelity,
-            low_band=args.low_band,
-        )
-        for name, stage in cascade.stages.items()
-    }
+    note_random_weights(cascade)
+    runs = stage_runs(cascade, args)
     seed = args.seed if args.seed is not None else random.randrange(2**31)
     seeds = [seed + i for i in range(args.batch)]
     bars: dict[str, tqdm] = {}
@@ -118,11 +84,27 @@ def _sample(args: argparse.Namespace) -> None:
             for index, image in enumerate(images):
                 request = {"class_id": class_id, "class_name": class_names()[class_id]}
                 request["size"] = args.size
-                output = _output(args, cascade, runs, made, seeds[index], "generation", request)
+                output = Output(args.format, args.quality)
+                output = file_output(
+                    output, cascade, runs, made, seeds[index], "generation", request
+                )
                 print(save_image(image, _path(args, out, seeds[index], stage), output))
     for bar in bars.values():
         bar.close()
     print(f"seed {seed}, {time.perf_counter() - started:.1f} s")
+
+
+def _check_upscale_source(sources: Sequence[str]) -> None:
+    """`sample --upscale` takes one image file; folders, globs and several files are
+    `cascade upscale`'s (ValueError saying so)."""
+    batch = f"`cascade upscale {' '.join(sources)} --out DIR`"
+    if len(sources) > 1:
+        raise ValueError(f"--upscale takes one image, got {len(sources)}: for several use {batch}")
+    source = Path(sources[0])
+    if source.is_dir():
+        raise ValueError(f"--upscale takes one image file; {source} is a folder: use {batch}")
+    if not source.exists() and GLOB_CHARACTERS & set(sources[0]):
+        raise ValueError(f"--upscale takes one image file, not a pattern: for {source} use {batch}")
 
 
 def _upscale(
@@ -133,44 +115,42 @@ def _upscale(
     bars: dict[str, tqdm],
     out: Path,
 ) -> None:
-    """Each seed's upscale, one at a time: the input decoded once to uint8, every stage but the
-    last in float as the service runs it, the last written to its PNG by
-    `cascade.tiled_upscale.upscale_to_png` (in tiles, encoded band by band, when larger than the
-    network), with a progress bar over its tiles and steps."""
+    """Each seed's upscale, one at a time (`cascade.upscale_files.upscale_image`: the input
+    decoded once to uint8, the last stage encoded straight to its file), every stage's result
+    written, with a progress bar over each stage's tiles and steps."""
     from tqdm import tqdm
 
     from cascade.formats import check_output
-    from cascade.images import load_image_carried, save_image
-    from cascade.tiled_upscale import tile_count, upscale_to_file
+    from cascade.images import load_image_carried
 
-    image, carried = load_image_carried(args.upscale)
+    source = args.upscale[0]
+    image, carried = load_image_carried(source)
     check_output(args.format, args.quality, alpha=carried.alpha is not None)
     if carried.bits > 8:
-        log.info("%s: %d-bit input reduced to 8 bits per channel", args.upscale, carried.bits)
+        log.info("%s: %d-bit input reduced to 8 bits per channel", source, carried.bits)
     stages = cascade.plan_upscale(*image.shape[-2:], args.scale)
     names = [stage.name for stage in stages]
-    request = {"scale": args.scale, "filename": Path(args.upscale).name}
+    labels = stage_labels(stages, *image.shape[-2:])
+    request = {"scale": args.scale, "filename": Path(source).name}
+    output = Output(args.format, args.quality, carried)
     for seed in seeds:
-        x = image
-        for index, stage in enumerate(stages):
-            height, width = (side * stage.scale for side in x.shape[-2:])
-            tiles = tile_count(stage, height, width) if stage.tiled(height, width) else 1
-            label = f"{stage.name} {width}x{height}" + (f", {tiles} tiles" if tiles > 1 else "")
-            bar = bars[f"{seed}:{stage.name}"] = tqdm(desc=label, unit="step", leave=True)
+        files = {
+            name: (
+                _path(args, out, seed, name),
+                file_output(output, cascade, runs, names[: index + 1], seed, "upscale", request),
+            )
+            for index, name in enumerate(names)
+        }
 
-            def progress(step: int, total: int, x0: object, bar: tqdm = bar) -> None:
-                bar.total = total
-                bar.update(step - bar.n)
+        def progress(name: str, step: int, total: int, x0: object, seed: int = seed) -> None:
+            key = f"{seed}:{name}"
+            if key not in bars:
+                bars[key] = tqdm(desc=labels[name], unit="step", leave=True)
+            bars[key].total = total
+            bars[key].update(step - bars[key].n)
 
-            path = _path(args, out, seed, stage.name)
-            run = runs[stage.name]
-            made = names[: index + 1]
-            output = _output(args, cascade, runs, made, seed, "upscale", request, carried)
-            if index == len(stages) - 1:
-                print(upscale_to_file(stage, x, seed, path, output, run=run, callback=progress))
-            else:
-                x = stage.run(seeds=[seed], low_res=x, run=run, callback=progress).cpu()
-                print(save_image(x, path, output))
+        for path in upscale_image(stages, image, seed, runs, files, callback=progress):
+            print(path)
 
 
 def _check_output(args: argparse.Namespace) -> None:
@@ -182,28 +162,6 @@ def _check_output(args: argparse.Namespace) -> None:
 
 def _path(args: argparse.Namespace, out: Path, seed: int, stage: str) -> Path:
     return out / f"seed{seed}_{stage}.{EXTENSIONS[args.format]}"
-
-
-def _output(
-    args: argparse.Namespace,
-    cascade: Cascade,
-    runs: dict[str, StageRun],
-    stages: list[str],
-    seed: int,
-    kind: str,
-    request: dict[str, object],
-    carried: Carried | None = None,
-) -> Output:
-    """How one file is written: --format and --quality, what the input carries, and the
-    parameters of the stages that made it (each stage's run as it applies to its model)."""
-    from cascade.formats import Carried, Output, generation_parameters
-
-    made = [
-        (name, cascade.stages[name].model.id, cascade.stages[name].effective(runs[name]))
-        for name in stages
-    ]
-    parameters = generation_parameters(kind, seed, made, **request)
-    return Output(args.format, args.quality, carried or Carried(), parameters)
 
 
 def _convert(args: argparse.Namespace) -> None:
@@ -279,44 +237,29 @@ def build_parser() -> argparse.ArgumentParser:
     sample = commands.add_parser("sample", help="generate or upscale into PNG, WebP or JPEG")
     sample.add_argument("--class", dest="class_id", default="207", help="class id or name")
     sample.add_argument("--size", type=int, default=256, choices=list(SIZES))
-    sample.add_argument("--upscale", metavar="IMAGE", help="upscale this image instead")
-    sample.add_argument("--scale", type=int, default=4, choices=[4, 16])
-    sample.add_argument("--color-fix", default="none", choices=COLOR_FIXES)
     sample.add_argument(
-        "--fidelity",
-        type=float,
-        help="upscales: 1 the most faithful output (the same for every seed) .. 0 the full "
-        "generative sample (default: each stage's default)",
+        "--upscale",
+        metavar="IMAGE",
+        nargs="+",
+        help="upscale this one image instead (several images, folders or globs: cascade upscale)",
     )
-    sample.add_argument(
-        "--low-band",
-        choices=LOW_BANDS,
-        help="upscales: where the frequencies the input carries come from: estimate (fidelity "
-        "1's output; sampling adds only finer detail) or sample (default: estimate for the "
-        "project's upscalers)",
-    )
-    sample.add_argument("--seed", type=int)
     sample.add_argument("--batch", type=int, default=1)
-    sample.add_argument("--steps", type=int)
-    sample.add_argument("--sampler", choices=SAMPLER_NAMES)
     sample.add_argument("--guidance", type=float, default=1.0)
-    sample.add_argument("--device", default="cpu")
     sample.add_argument("--out", default="samples")
-    sample.add_argument(
-        "--format",
-        default="png",
-        choices=OUTPUT_FORMATS,
-        help="file format of every image written; the generation parameters are embedded "
-        "(PNG: an iTXt chunk, WebP and JPEG: XMP). An upscale's alpha, greyscale, ICC profile "
-        "and EXIF carry over (jpeg holds no alpha)",
-    )
-    sample.add_argument(
-        "--quality",
-        type=int,
-        help=f"{' and '.join(LOSSY_FORMATS)} only: 1..100 (default {DEFAULT_QUALITY})",
-    )
-    _add_stage_weights(sample)
+    add_run_arguments(sample)
     sample.set_defaults(run=_sample)
+
+    upscale = commands.add_parser(
+        "upscale",
+        help="upscale images, folders and globs into one folder",
+        description="Upscale every INPUT into DIR as <stem>_x<scale>.<ext> under one progress "
+        "bar (counting images). Existing outputs are skipped unless --overwrite; a bad input "
+        "is reported and skipped. Exit status: the number of inputs that failed (at most "
+        f"{upscale_command.MAX_STATUS}), 0 when all were written or skipped; 2 also for a "
+        "usage error, which writes nothing.",
+    )
+    upscale_command.add_arguments(upscale)
+    upscale.set_defaults(run=upscale_command.main)
 
     convert = commands.add_parser("convert", help="convert released SR3/ADM weights")
     convert.add_argument("family", choices=["sr3", "adm"])

@@ -194,16 +194,18 @@ def upscale_to_file(
     *,
     run: StageRun | None = None,
     callback: Callback | None = None,
+    tile: int | None = None,
 ) -> Path:
     """One image's upscale ([1,3,h,w], uint8 or float) written to `path` as `output` says
-    (`cascade.formats.encode`): larger than the network, in tiles with each finished band
-    encoded as it comes for a PNG (the output never exists whole, in float or uint8; WebP and
-    JPEG assemble its uint8 pixels once); else in one window, as `Stage.run` samples it."""
+    (`cascade.formats.encode`): larger than the network (or than `tile` output pixels), in
+    tiles with each finished band encoded as it comes for a PNG (the output never exists whole,
+    in float or uint8; WebP and JPEG assemble its uint8 pixels once); else in one window, as
+    `Stage.run` samples it."""
     height, width = (side * stage.scale for side in low_res.shape[-2:])
-    if not stage.tiled(height, width):
+    if not stage.tiled(height, width) and max(height, width) <= (tile or stage.output_size):
         image = stage.run(seeds=[seed], low_res=low_res, run=run, callback=callback)
         return save_image(image, path, output)
-    bands = upscale_bands(stage, low_res, [seed], run=run, callback=callback)
+    bands = upscale_bands(stage, low_res, [seed], run=run, callback=callback, tile=tile)
     return save_bands(path, height, width, (to_uint8(band)[0] for band in bands), output)
 
 
