@@ -37,6 +37,7 @@ from cascade.stages import (
     SCALES,
     STAGES,
     StageRun,
+    run_sampler,
     upscale_stages,
 )
 from cascade.upscale_files import file_output, stage_labels, stage_window, upscale_image
@@ -116,18 +117,19 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
 def stage_runs(cascade: Cascade, args: argparse.Namespace) -> dict[str, StageRun]:
     """Each loaded stage's defaults with the sampler, steps, guidance, colour fix, fidelity and
     low band the command line asks for."""
-    return {
-        name: dataclasses.replace(
+    runs = {}
+    for name, stage in cascade.stages.items():
+        steps = args.steps or stage.defaults.steps
+        runs[name] = dataclasses.replace(
             stage.defaults,
-            sampler=args.sampler or stage.defaults.sampler,
-            steps=args.steps or stage.defaults.steps,
+            sampler=run_sampler(args.sampler, stage.defaults.sampler, steps),
+            steps=steps,
             guidance=args.guidance,
             color_fix=args.color_fix,
             fidelity=args.fidelity,
             low_band=args.low_band,
         )
-        for name, stage in cascade.stages.items()
-    }
+    return runs
 
 
 def note_random_weights(cascade: Cascade) -> None:

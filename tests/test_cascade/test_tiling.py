@@ -140,9 +140,12 @@ def test_tiled_upscale_in_uint8_is_the_float_result_quantised(stage: Stage) -> N
     as_uint8 = tiled_upscale(stage, low, [1, 2], tile=128, output="uint8")
     assert isinstance(as_uint8, np.ndarray) and as_uint8.shape == (2, 160, 224, 3)
     assert np.array_equal(as_uint8, to_uint8(as_float))
-    # The batch's items are independent: item 2 alone is the same image.
+    # The batch's items are independent: item 2 alone is the same image, up to the float rounding
+    # of kernels that oneDNN picks per batch size (on some CPUs a level flips where a value sits
+    # on a rounding boundary).
     alone = tiled_upscale(stage, low[:1], [2], tile=128, output="uint8")
-    assert np.array_equal(alone[0], as_uint8[1])
+    apart = np.abs(alone[0].astype(np.int16) - as_uint8[1].astype(np.int16))
+    assert int(apart.max()) <= 1 and float((apart > 0).mean()) < 0.01
 
 
 def test_stage_run_tiles_an_upscale_larger_than_its_network(stage: Stage) -> None:
