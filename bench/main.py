@@ -93,7 +93,7 @@ def full(device: str) -> BenchConfig:
         sampler_images=2,  # both held-out demo photos
         sampler_crop=256 if cuda else 128,
         service_steps=(50, 20),  # the service's default steps per stage
-        service_repeats=5 if cuda else 3,
+        service_repeats=5,  # alternated runs each way: medians of 5
         throughput_jobs=32 if cuda else 16,
         throughput_steps=20 if cuda else 10,
         max_batch=8,

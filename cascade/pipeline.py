@@ -22,10 +22,7 @@ import torch
 from torch import Tensor
 
 from cascade.checkpoints import Model, load
-from cascade.color import apply_color_fix
-from cascade.degradations import noise_augment
 from cascade.denoiser import Denoiser, Parameterization
-from cascade.images import as_float_image
 from cascade.samplers import (
     Callback,
     NoiseSource,
@@ -58,8 +55,6 @@ def default_weights(directory: Path = DEMO_WEIGHTS) -> dict[str, str]:
         name: str(path) if (path := directory / f"{name}.safetensors").is_file() else fallback
         for name, fallback in DEFAULT_WEIGHTS.items()
     }
-
-
 
 
 def student_source(source: str) -> str | None:
@@ -264,47 +259,31 @@ class Stage:
         """Sample this stage for a batch of requests. Item i draws from its own generator,
         seeded from `seeds[i]` and the stage's name (so stages differ and an item's image does
         not depend on its batch); `run` (default: the stage's) applies as `effective` says.
-        An upscale larger than the network's native size runs in tiles
-        (`cascade.tiled_upscale`)."""
+        An upscale runs in windows of the network's native size (`cascade.tiled_upscale`), one
+        when it fits, its noise keyed to absolute position: an image upscaled in smaller tiles
+        (`tile=`) is the same sample up to the seams."""
         spec, device = self.model.spec, self.device
         batch = len(seeds)
+        if spec.task == "upscale":
+            self.check_input(low_res, batch)
+            assert low_res is not None
+            image = tiled_upscale(
+                self, low_res, seeds, run=run, aug_level=aug_level, callback=callback
+            )
+            assert isinstance(image, Tensor)
+            return image.to(device)
         cond: dict[str, Tensor] = {}
         if spec.class_conditional:
             if class_ids is None:
                 raise StageError(f"{self.model.id} is class-conditional: give class ids")
             cond["class_ids"] = self._class_tensor(class_ids, batch)
-        if spec.task == "upscale":
-            self.check_input(low_res, batch)
-            assert low_res is not None
-            height, width = (side * spec.scale for side in low_res.shape[-2:])
-            if self.tiled(height, width):
-                image = tiled_upscale(
-                    self, low_res, seeds, run=run, aug_level=aug_level, callback=callback
-                )
-                assert isinstance(image, Tensor)
-                return image.to(device)
         run = self.effective(run)
         gens = generators([stage_seed(seed, self.name) for seed in seeds], device)
-        if spec.task == "generate":
-            height = width = spec.image_size
-            raw = self._raw_denoiser(run.guidance)
-        else:
-            assert low_res is not None
-            low_res, crop = self.pad_input(as_float_image(low_res).to(device))
-            height, width = (side * spec.scale for side in low_res.shape[-2:])
-            raw = self._raw_denoiser(1.0)
-            levels = self.aug_levels(aug_level, batch)
-            cond["low_res"] = (
-                noise_augment(low_res, levels, gens) if bool(levels.any()) else low_res
-            )
-            cond["aug_level"] = levels
-        denoiser = self.model.parameterize(raw)
+        height = width = spec.image_size
+        denoiser = self.model.parameterize(self._raw_denoiser(run.guidance))
         x = randn_like(torch.empty(batch, 3, height, width, device=device), gens)
         x = self.sample_window(denoiser, x, cond, run, gens, None, callback)
-        if spec.task == "generate":
-            return x.float().clamp(-1, 1)
-        x = x[..., : crop[0] * spec.scale, : crop[1] * spec.scale]
-        return apply_color_fix(x, low_res[..., : crop[0], : crop[1]], run.color_fix)
+        return x.float().clamp(-1, 1)
 
     def check_input(self, low_res: Tensor | None, batch: int) -> None:
         """An upscale's input is given, one image per seed."""

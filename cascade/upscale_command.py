@@ -246,9 +246,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=_tile_size,
         metavar="N",
         help="at most N x N output pixels per window, a multiple of 64 up to a stage's native "
-        "size (256 for sr256, 1024 for sr1024: the default): less memory. An output larger "
-        "than the native size changes only by the blend at the seams; one that fits a native "
-        "window draws other noise when tiled (another sample of the same seed)",
+        "size (256 for sr256, 1024 for sr1024: the default): less memory. The result changes "
+        "only by the blend at the seams (every window draws noise keyed to its position)",
     )
     parser.add_argument(
         "--overwrite", action="store_true", help="replace outputs that exist (default: skip them)"

@@ -14,11 +14,11 @@ from cascade.pipeline import STUDENT_FALLBACK, Stage, StageError, load_stage
 from cascade.samplers import (
     STUDENT_LOWEST_STEP,
     denoise_once,
-    generators,
     randn_like,
     student_timesteps,
 )
 from cascade.stages import StageRun, stage_seed
+from cascade.tiling import PositionNoise
 
 
 @pytest.fixture(scope="module")
@@ -52,9 +52,10 @@ def test_one_step_student_is_its_clean_estimate_from_the_items_noise(teacher):
     low_res = torch.rand(2, 3, 16, 16) * 2 - 1
     out = stage.run(seeds=[3, 4], low_res=low_res, run=StageRun("student", 1))
     assert out.shape == (2, 3, 64, 64)
-    # By hand: the item's noise (its stage seed's first draw), one clean estimate at the top.
+    # By hand: the item's noise (its stage seed's first draw, keyed to position), one clean
+    # estimate at the top.
     noise = randn_like(
-        torch.empty(2, 3, 64, 64), generators([stage_seed(s, "sr256") for s in (3, 4)])
+        torch.empty(2, 3, 64, 64), PositionNoise([stage_seed(s, "sr256") for s in (3, 4)], 0, 0)
     )
     cond = {"low_res": low_res, "aug_level": torch.zeros(2)}
     denoiser = stage.upscale_denoiser()

@@ -180,6 +180,23 @@ def test_tile_sets_the_window_within_the_seam_tolerance_of_the_default(tmp_path,
         assert read_parameters(image)["tile"] == 64
 
 
+def test_tile_leaves_an_output_that_fits_one_window_the_same_sample(tmp_path, sr128):
+    """A 128 px output (one native window) against four 64 px tiles at fidelity 0, where the
+    result is drawn from the noise: the tiles draw the window's noise where they lie, so it is
+    the same sample up to the seams, and another seed is another sample."""
+    photo = Image.fromarray(skimage.data.astronaut()).resize((32, 32), Image.LANCZOS)
+    photo.save(tmp_path / "photo.png")
+    common = [str(tmp_path / "photo.png"), "--steps", "2", "--fidelity", "0"]
+    common.append(f"--weights=sr256={sr128}")
+    for name, extra in (("one", []), ("tiled", ["--tile", "64"]), ("other", [])):
+        seed = ["--seed", "4" if name == "other" else "3"]
+        assert _upscale(*common, *seed, *extra, "--out", str(tmp_path / name)) == 0
+    one, tiled, other = (_pixels(tmp_path / n / "photo_x4.png") for n in ("one", "tiled", "other"))
+    assert one.shape == tiled.shape == (1, 3, 128, 128)
+    assert psnr(tiled, one) >= 38.0
+    assert psnr(other, one) < psnr(tiled, one) - 6.0
+
+
 def test_bad_tiles_collisions_and_no_match_are_usage_errors(tmp_path, capsys) -> None:
     source = _image(tmp_path / "a" / "x.png")
     out = ["--out", str(tmp_path / "out")]
