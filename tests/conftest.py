@@ -1,5 +1,6 @@
 """Shared test fixtures and helpers: the parity fixture root, CPU determinism, a real Redis per
-module, free loopback ports, waiting on a condition or for a server to listen."""
+module, free loopback ports, waiting on a condition or for a server to listen; one CPU thread
+per test process."""
 
 from __future__ import annotations
 
@@ -17,6 +18,12 @@ import torch
 
 from jobs.connection import EmbeddedRedis
 from jobs.settings import Settings
+
+# One torch thread per test process, and per process a test starts (they inherit the variable):
+# the suite runs several processes on a few cores, and a thread team larger than the free
+# cores spin-waits, costing many times the work it does (a sampler test file: 12x the CPU).
+os.environ["OMP_NUM_THREADS"] = "1"
+torch.set_num_threads(1)
 
 REPO = Path(__file__).resolve().parents[1]
 CASCADE = str(REPO / ".venv" / "bin" / "cascade")
