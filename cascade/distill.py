@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cascade.checkpoints import Model, load_model, save_model
@@ -103,7 +104,15 @@ def grow_pairs(
 class Distiller:
     """The student, its EMA, Adam, and the pool it learns from."""
 
-    def __init__(self, teacher: Model, stage: str, lr: float, ema: float, seed: int):
+    def __init__(
+        self,
+        teacher: Model,
+        stage: str,
+        lr: float,
+        ema: float,
+        seed: int,
+        fine_weight: float = 0.0,
+    ):
         self.teacher = teacher
         self.stage = stage
         schedule = teacher.spec.schedule.build()
@@ -119,6 +128,7 @@ class Distiller:
             param.requires_grad_(False)
         self.optimizer = torch.optim.Adam(self.network.parameters(), lr=lr)
         self.lr, self.ema_decay = lr, ema
+        self.fine_weight, self.scale = fine_weight, teacher.spec.scale
         self.generator = torch.Generator().manual_seed(seed)
         self.step, self.wall_time, self.last_loss = 0, 0.0, math.nan
         self.schedule = schedule
@@ -137,7 +147,7 @@ class Distiller:
         outputs = [
             student_trajectory(denoiser, noise, self.schedule, kept, cond) for kept in self.few_step
         ]
-        losses = [torch.mean((output - target) ** 2) for output in outputs]
+        losses = [self.loss(output, target) for output in outputs]
         loss = sum(losses) / len(losses)
         value = float(loss.item())
         if not math.isfinite(value):
@@ -152,6 +162,18 @@ class Distiller:
         self.step += 1
         self.last_loss = value
         self.wall_time += time.perf_counter() - started
+        return value
+
+    def loss(self, output: Tensor, target: Tensor) -> Tensor:
+        """L2 on the diffused variable, plus `fine_weight` times L2 on its fine band (above the
+        input's Nyquist: what is left after a box average over `scale` pixels, brought back
+        up), where the detail the student tends to smooth lives."""
+        error = output - target
+        value = torch.mean(error**2)
+        if self.fine_weight:
+            coarse = F.avg_pool2d(error, self.scale)
+            fine = error - F.interpolate(coarse, scale_factor=self.scale, mode="nearest")
+            value = value + self.fine_weight * torch.mean(fine**2)
         return value
 
     def start_from(self, student: Model) -> None:
@@ -220,6 +242,12 @@ def add_arguments(parser) -> None:
     parser.add_argument("--max-minutes", type=float, help="stop (saved) after this long")
     parser.add_argument("--resume", action="store_true")
     parser.add_argument(
+        "--fine-weight",
+        type=float,
+        default=0.0,
+        help="add this times the L2 of the output's fine band (above the input's Nyquist)",
+    )
+    parser.add_argument(
         "--init",
         help="start from these student weights (fresh optimiser) when there is no state to resume",
     )
@@ -249,7 +277,9 @@ def main(args) -> None:
         save_to=pool_file,
         deadline=deadline,
     )
-    distiller = Distiller(teacher, args.stage, args.lr, args.ema, args.seed)
+    distiller = Distiller(
+        teacher, args.stage, args.lr, args.ema, args.seed, fine_weight=args.fine_weight
+    )
     state_file = out / "distill_state.pt"
     if args.resume and state_file.is_file():
         distiller.load_state_dict(torch.load(state_file, weights_only=True))
@@ -261,6 +291,7 @@ def main(args) -> None:
         "distill.pairs": str(len(pairs.get("noise", ()))),
         "distill.degradations": args.degradations,
         **({"distill.init": Path(args.init).name} if args.init else {}),
+        **({"distill.fine_weight": str(args.fine_weight)} if args.fine_weight else {}),
     }
     pooled = len(pairs.get("noise", ()))
     if pooled < args.pairs:

@@ -132,3 +132,17 @@ def test_distillation_brings_the_student_towards_the_teachers_default(teacher, t
     assert again.step == 0
     with pytest.raises(ValueError, match="not distilled from this teacher"):
         again.start_from(teacher)
+
+
+def test_the_fine_band_weight_adds_only_the_error_above_the_inputs_nyquist(teacher):
+    plain = Distiller(teacher, "sr256", lr=1e-3, ema=0.0, seed=0)
+    weighted = Distiller(teacher, "sr256", lr=1e-3, ema=0.0, seed=0, fine_weight=3.0)
+    target = torch.zeros(1, 3, 16, 16)
+    coarse = (
+        torch.arange(16.0).reshape(1, 1, 4, 4).repeat_interleave(4, -1).repeat_interleave(4, -2)
+    )
+    coarse = coarse.expand(1, 3, 16, 16) / 16  # constant over each 4 x 4 block: no fine band
+    torch.testing.assert_close(weighted.loss(coarse, target), plain.loss(coarse, target))
+    checker = (torch.arange(16).reshape(1, 1, 16, 1) + torch.arange(16)) % 2 * 2.0 - 1.0
+    checker = checker.expand(1, 3, 16, 16)  # all fine band, block means zero
+    torch.testing.assert_close(weighted.loss(checker, target), 4.0 * plain.loss(checker, target))
