@@ -13,7 +13,7 @@ STAMP := $(VENV)/.installed
 TORCH_KEY := $(shell printf '%s|%s' '$(TORCH_SPEC)' '$(PIP_TORCH_INDEX)' | cksum | cut -d' ' -f1)
 TORCH_STAMP := $(VENV)/.torch-$(TORCH_KEY)
 
-.PHONY: setup browser serve test lint bench
+.PHONY: setup browser compose serve test lint bench
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,14 @@ browser:
 	   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) || \
 	  echo "no chromium could be installed: the web page's browser test will be skipped"
 
+# The compose file's check runs Debian's docker-compose (`config` needs no Docker engine):
+# installed here where apt-get can; where it cannot, that test skips and says why.
+compose:
+	-@command -v docker-compose >/dev/null 2>&1 || \
+	  (command -v apt-get >/dev/null 2>&1 && apt-get update -qq && \
+	   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-compose >/dev/null) || \
+	  echo "no docker-compose could be installed: the compose file's config test will be skipped"
+
 serve: $(STAMP)
 	$(BIN)/cascade serve
 
@@ -48,7 +56,7 @@ serve: $(STAMP)
 # they start, so more processes than cores still helps. TEST_WORKERS=0 runs them in this one.
 TEST_WORKERS ?= 3
 
-test: $(STAMP) browser
+test: $(STAMP) browser compose
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
 	$(BIN)/pytest -q $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
