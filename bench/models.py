@@ -287,11 +287,14 @@ def batch_scaling(
 
 
 def held_out_images(folder: str | Path, size: int, limit: int) -> list[Tensor]:
-    """Center crops of the held-out photos at the stage's output size."""
+    """Center crops of the held-out photos at the stage's output size: the first `limit` image
+    files under `folder`, subfolders included (the demo's Debian photos sit in one per package),
+    by path, those at least `size` on each side."""
+    from cascade.datasets import find_images
     from cascade.images import load_image
 
     crops = []
-    for path in sorted(Path(folder).iterdir())[:limit]:
+    for path in find_images(folder)[:limit]:
         with contextlib.suppress(OSError):
             image = load_image(path)
             h, w = image.shape[-2:]
