@@ -25,7 +25,7 @@ import time
 import uuid
 from pathlib import Path
 
-from bench.service import SAMPLER, _same_pixels, class_ids
+from bench.service import SAMPLER, class_ids, same_pixels
 from cascade.images import load_image
 from jobs.connection import EmbeddedRedis
 from jobs.plan import plan_generation
@@ -118,7 +118,7 @@ def _measure(
                     shown[name].append(len(urls))
                     longest[name] = max([longest[name], *map(len, urls)])
                     logged[name].append(sum(map(len, urls)))
-        same = same and None not in results.values() and _same_pixels(*results.values())
+        same = same and None not in results.values() and same_pixels(*results.values())
         log.info("previews: on %s s, off %s s", runs["on"][-1], runs["off"][-1])
     stages = {}
     for index, name in enumerate(STAGES):

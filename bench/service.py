@@ -260,7 +260,7 @@ def overhead(
         stage_runs.append(running.stage_seconds(job_id))
         seconds, png = direct(seed, steps)
         direct_runs.append(seconds)
-        same = same and _same_pixels(served, png)
+        same = same and same_pixels(served, png)
         log.info(
             "service: end to end %.3f s (stages %.3f s), direct %.3f s",
             e2e_runs[-1],
@@ -288,7 +288,7 @@ def overhead(
     }
 
 
-def _same_pixels(first: bytes, second: bytes) -> bool:
+def same_pixels(first: bytes, second: bytes) -> bool:
     """Equal images up to 8-bit rounding (the service and the direct call sample the same)."""
     a, b = (np.asarray(Image.open(io.BytesIO(data)), dtype=np.int16) for data in (first, second))
     return a.shape == b.shape and int(np.abs(a - b).max()) <= 1

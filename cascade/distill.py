@@ -35,7 +35,7 @@ from cascade.datasets import load_image_folder
 from cascade.degradations import DEGRADATIONS
 from cascade.pipeline import Stage
 from cascade.samplers import sample_with_fidelity, student_timesteps, student_trajectory
-from cascade.stages import DEFAULT_RUNS, STUDENT_FALLBACK, STUDENT_STEPS
+from cascade.stages import DEFAULT_RUNS, STUDENT_STEPS, without_student
 
 log = logging.getLogger(__name__)
 
@@ -48,9 +48,7 @@ def teacher_outputs(teacher: Stage, low_res: Tensor, noise: Tensor) -> Tensor:
     drawing `noise` (what the student is given as x_T)."""
     run = DEFAULT_RUNS.get(teacher.name, teacher.defaults)
     if run.sampler == "student":  # a stage whose default is its student learns from the full run
-        run = dataclasses.replace(
-            run, sampler=STUDENT_FALLBACK.sampler, steps=STUDENT_FALLBACK.steps
-        )
+        run = without_student(run)
     run = teacher.effective(run)
     spec = teacher.model.spec
     cond = {"low_res": low_res, "aug_level": torch.zeros(low_res.shape[0])}

@@ -34,12 +34,12 @@ from cascade.samplers import (
 from cascade.stages import (
     DEFAULT_LOW_BAND,
     STAGES,
-    STUDENT_FALLBACK,
     LowBand,
     Precision,
     StageRun,
     default_fidelity,
     stage_seed,
+    without_student,
 )
 from cascade.tiled_upscale import tiled_upscale
 
@@ -131,9 +131,7 @@ class Stage:
         run = run or self.defaults
         if run.sampler == "student":
             if self.student is None:  # weights without a student sample as the others do
-                run = dataclasses.replace(
-                    run, sampler=STUDENT_FALLBACK.sampler, steps=STUDENT_FALLBACK.steps
-                )
+                run = without_student(run)
             else:
                 self.student_steps(run.steps)
         if self.model.spec.task == "generate":

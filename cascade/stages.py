@@ -8,7 +8,7 @@ imports it too, so the two sides cannot drift apart.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal, get_args
 
 StageName = Literal["base64", "sr256", "sr1024"]
@@ -94,6 +94,12 @@ DEFAULT_RUNS: dict[str, StageRun] = {
 # a stage samples with when a run names the sampler "student" but the weights came without one.
 STUDENT_STEPS = (1, 4)
 STUDENT_FALLBACK = StageRun("dpmpp_2m", 20)
+
+
+def without_student(run: StageRun) -> StageRun:
+    """`run` as a stage without its student samples it: the fallback's sampler and steps,
+    everything else kept."""
+    return replace(run, sampler=STUDENT_FALLBACK.sampler, steps=STUDENT_FALLBACK.steps)
 
 
 def run_sampler(requested: SamplerName | None, default: SamplerName, steps: int) -> SamplerName:

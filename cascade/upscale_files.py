@@ -116,13 +116,10 @@ def upscale_image(
             )  # fmt: skip
             yield write_atomically(path, write)
             return
-        height, width = (side * stage.scale for side in x.shape[-2:])
-        if window is not None and max(height, width) > window:
-            tiled = tiled_upscale(stage, x, [seed], run=run, callback=progress, tile=window)
-            assert isinstance(tiled, Tensor)
-            x = tiled
-        else:
-            x = stage.run(seeds=[seed], low_res=x, run=run, callback=progress).cpu()
+        # As `Stage.run` samples it (one window when it fits), in windows of at most `window`.
+        tiled = tiled_upscale(stage, x, [seed], run=run, callback=progress, tile=window)
+        assert isinstance(tiled, Tensor)
+        x = tiled
         if stage.name in files:
             path, output = files[stage.name]
             yield write_atomically(path, partial(save_image, x, output=output))

@@ -10,14 +10,14 @@ import torch
 from cascade.chain import Cascade
 from cascade.checkpoints import load_model, model_from_preset, save_model
 from cascade.distill import STUDENT_STEPS, Distiller, teacher_outputs
-from cascade.pipeline import STUDENT_FALLBACK, Stage, StageError, load_stage
+from cascade.pipeline import Stage, StageError, load_stage
 from cascade.samplers import (
     STUDENT_LOWEST_STEP,
     denoise_once,
     randn_like,
     student_timesteps,
 )
-from cascade.stages import StageRun, stage_seed
+from cascade.stages import STUDENT_FALLBACK, StageRun, stage_seed
 from cascade.tiling import PositionNoise
 
 
