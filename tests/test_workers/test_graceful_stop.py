@@ -38,6 +38,7 @@ TINY = {f"weights_{stage}": f"preset:{stage}-tiny" for stage in ("base64", "sr25
 HEARTBEAT_TTL = 60
 SHORT_GRACE, LONG_GRACE = 1.0, 120.0
 RETRIED_WITHIN = 10.0
+CTRL_C_STEPS = 400  # the stage under way when cascade serve gets Ctrl-C
 
 
 @dataclass
@@ -204,7 +205,10 @@ def test_ctrl_c_on_cascade_serve_hands_the_stage_to_the_restarted_service(tmp_pa
     first = serve(env, port, tmp_path / "serve-1.log")
     try:
         wait_for(ready, 120, "the service to be ready")
-        response = http.post("/v1/generations", json={"class_id": 1, "size": 64, "steps": 60})
+        # Long enough to outlast the grace: one torch thread runs the tiny base's 60 steps in
+        # about a second, which the grace let finish.
+        body = {"class_id": 1, "size": 64, "steps": CTRL_C_STEPS}
+        response = http.post("/v1/generations", json=body)
         assert response.status_code == 202, response.text
         job_id = response.json()["id"]
         wait_for(lambda: stage(job_id)["step"] >= 2, 60, "the stage to be under way")
@@ -230,7 +234,7 @@ def test_ctrl_c_on_cascade_serve_hands_the_stage_to_the_restarted_service(tmp_pa
             90,
             "the job to succeed",
         )
-        assert job["stages"][0]["attempts"] == 2 and job["stages"][0]["step"] == 60
+        assert job["stages"][0]["attempts"] == 2 and job["stages"][0]["step"] == CTRL_C_STEPS
     finally:
         again.send_signal(signal.SIGINT)
         assert again.wait(60) == 0
