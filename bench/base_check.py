@@ -20,10 +20,10 @@ import torch
 
 from cascade.checkpoints import load
 from cascade.datasets import load_class_folder
-from cascade.images import to_png
+from cascade.images import save_png
 from cascade.pipeline import Stage
 from cascade.recognition import CropBank, class_recall
-from cascade.stages import StageRun
+from cascade.stages import DEFAULT_RUNS, StageRun
 
 log = logging.getLogger(__name__)
 FLAT_STD = 0.05
@@ -42,7 +42,7 @@ def samples(
     return [c for c, _ in items], torch.cat(images), time.perf_counter() - started
 
 
-def flat_images(
+def check_run(
     stage: Stage,
     classes: list[int],
     seeds: int,
@@ -67,10 +67,9 @@ def flat_images(
     }
     if crops is not None:
         result["class_recall"] = class_recall(asked, images, crops)
-    if grid is not None:
-        rows = images.reshape(len(classes), seeds, *images.shape[1:])
-        sheet = rows.permute(2, 0, 3, 1, 4).reshape(1, 3, rows.shape[0] * rows.shape[3], -1)
-        grid.write_bytes(to_png(sheet))
+    if grid is not None:  # a row of `seeds` samples per class
+        rows = [torch.cat(list(row), dim=-1) for row in images.split(seeds)]
+        save_png(torch.cat(rows, dim=-2), grid)
     return result
 
 
@@ -81,7 +80,7 @@ def main() -> None:
     parser.add_argument(
         "--runs",
         default="ddim:20,dpmpp_2m:20,ddim:50,dpmpp_2m:50",
-        help="SAMPLER:STEPS,... ('default': the stage's default run, guidance included)",
+        help="SAMPLER:STEPS,... ('default': the service's default run for base64)",
     )
     parser.add_argument("--data", help="the training folder (one folder per class): class recall")
     parser.add_argument("--grid", help="write the last run's samples here (PNG, a row per class)")
@@ -91,7 +90,7 @@ def main() -> None:
     torch.manual_seed(0)
     model = load(args.checkpoint)
     classes = list(model.spec.classes) or list(range(1000))
-    stage = Stage("base64", model)
+    stage = Stage("base64", model, DEFAULT_RUNS["base64"])
     crops = None
     if args.data:
         crops = CropBank.from_bank(
@@ -105,7 +104,7 @@ def main() -> None:
             sampler, steps = item.split(":")
             run = StageRun(sampler, int(steps))  # type: ignore[arg-type]
         grid = Path(args.grid) if args.grid and number == len(items) - 1 else None
-        result = flat_images(stage, classes, args.seeds, run, crops, grid)
+        result = check_run(stage, classes, args.seeds, run, crops, grid)
         log.info("%s", json.dumps(result))
         results.append(result)
     report = {"checkpoint": args.checkpoint, "classes": classes, "seeds_per_class": args.seeds}

@@ -8,6 +8,7 @@ which it does is the base's class recall (`python -m bench.base_check CHECKPOINT
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -59,21 +60,18 @@ class CropBank:
 
 
 def class_recall(asked: Sequence[int], images: Tensor, crops: CropBank) -> dict[str, object]:
-    """Per asked class: how many samples' nearest crop is of that class, and the mean MSE."""
+    """Per asked class: how many samples' nearest crop is of that class, the classes the others
+    were nearest to, and the mean nearest MSE."""
     found, mse = crops.nearest(images)
-    per_class: dict[int, dict[str, float]] = {}
+    per_class: dict[int, dict[str, object]] = {}
     for class_id in sorted(set(asked)):
         rows = [i for i, c in enumerate(asked) if c == class_id]
-        hits = sum(int(found[i]) == class_id for i in rows)
-        confused: dict[int, int] = {}
-        for i in rows:
-            if int(found[i]) != class_id:
-                confused[int(found[i])] = confused.get(int(found[i]), 0) + 1
+        nearest = Counter(int(found[i]) for i in rows)
         per_class[class_id] = {
             "samples": len(rows),
-            "recall": hits / len(rows),
+            "recall": nearest.pop(class_id, 0) / len(rows),
             "nearest_mse": float(mse[rows].mean()),
-            "confused_with": confused,
+            "confused_with": dict(nearest),
         }
     hits = sum(int(f) == a for f, a in zip(found.tolist(), asked, strict=True))
     return {"recall": hits / len(asked), "samples": len(asked), "classes": per_class}

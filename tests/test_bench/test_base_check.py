@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from bench.base_check import flat_images
+from bench.base_check import check_run
 from cascade.checkpoints import load
 from cascade.datasets import ImageBank
 from cascade.pipeline import Stage
@@ -23,7 +23,7 @@ def test_base_check_scores_a_real_stage_and_draws_its_grid(tmp_path: Path) -> No
     images = [torch.full((3, size, size + 3), v, dtype=torch.uint8) for v in (0, 255)]
     crops = CropBank.from_bank(ImageBank(images, [Path("a"), Path("b")], [1, 2]), size)
     grid = tmp_path / "grid.png"
-    result = flat_images(stage, [1, 2], 3, StageRun("ddim", 2), crops, grid)
+    result = check_run(stage, [1, 2], 3, StageRun("ddim", 2), crops, grid)
     assert result["images"] == 6 and result["steps"] == 2
     recall = result["class_recall"]
     assert recall["samples"] == 6
