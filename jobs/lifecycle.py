@@ -326,8 +326,9 @@ class Jobs:
         if created is not None:
             record_job(self.connection, ended.kind, status, float(now) - created)
         view = describe(ended, urls=self.urls)
-        self.events.append(job_key(job_id), job_id, status, view, while_active=False)
+        # job.json before the terminal event: a client that waits on the event finds the file.
         self._save_record(ended, view)
+        self.events.append(job_key(job_id), job_id, status, view, while_active=False)
         if ended.webhook_url:
             settings = self.settings or get_settings()
             enqueue_delivery(self.connection, settings, job_id, ended.webhook_url)

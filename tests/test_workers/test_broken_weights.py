@@ -175,7 +175,9 @@ def test_a_job_needing_only_healthy_stages_runs_and_names_its_weights(rig: Rig):
     assert stage["weights"] == expected
     assert stage["model"] == "base64.safetensors"
     assert stage["host"] == socket.gethostname()
-    stored = (rig.root / "store" / view["id"] / "job.json").read_text()
+    record = rig.root / "store" / view["id"] / "job.json"
+    wait_for(record.exists, 10, "job.json")  # written a moment after the end polling sees
+    stored = record.read_text()
     assert json.loads(stored)["weights"] == {"base64": {**expected, "host": socket.gethostname()}}
     assert str(rig.root) not in stored and str(rig.root) not in json.dumps(view)
 

@@ -206,7 +206,10 @@ def test_generate_64_and_256_across_two_workers(service: Service, webhook):
     base, upscaler = job["stages"]
     assert base["worker"] != upscaler["worker"]  # base64 and sr256 ran in different processes
     assert job["progress"] == 1.0 and job["seed"] == 2 and base["seconds"] > 0
-    stored = json.loads((Path(service.settings.store) / medium / "job.json").read_text())
+    # The record's end (which polling sees) comes a moment before job.json is written.
+    record = Path(service.settings.store) / medium / "job.json"
+    wait_for(record.exists, 10, "job.json")
+    stored = json.loads(record.read_text())
     assert stored["seed"] == 2 and stored["request"]["class_id"] == 207
     # Random weights have no file to name; the host that ran each stage is kept.
     assert stored["weights"]["sr256"] == {"file": None, "sha256": None, "host": upscaler["host"]}
