@@ -26,10 +26,10 @@ for fidelity in 0.8 0.5 0.4 0.2 0.0; do
 done
 eval_sr sr256-fidelity0.5-sample sr256 --sampler dpmpp_2m --steps 20 --fidelity 0.5 \
     --low-band sample
-# 256 -> 1024 on the photos large enough for a 1024 crop: the default (and fidelity 1), then
+# 256 -> 1024 on the photos large enough for a 1024 crop: the 20-step run (and fidelity 1), then
 # the fidelity sweep at 512 px crops (a quarter of the time).
-eval_sr sr1024-default sr1024 --sampler dpmpp_2m --steps 20
-eval_sr sr1024-default-sample sr1024 --sampler dpmpp_2m --steps 20 --low-band sample
+eval_sr sr1024-steps20 sr1024 --sampler dpmpp_2m --steps 20 --fidelity 0.95
+eval_sr sr1024-steps20-sample sr1024 --sampler dpmpp_2m --steps 20 --fidelity 0.95 --low-band sample
 for run in 0.95:estimate 0.9:estimate 0.8:estimate 0.7:estimate \
     0.95:sample 0.9:sample 0.8:sample 0.5:sample; do
     fidelity=${run%%:*} band=${run##*:}
@@ -42,9 +42,15 @@ done
 for degradation in jpeg75 jpeg50 noise5 realistic; do
     eval_sr "sr256-$degradation" sr256 --sampler dpmpp_2m --steps 20 --degradation "$degradation"
 done
-for degradation in jpeg75 jpeg50 noise5 realistic; do
-    eval_sr "sr1024-$degradation" sr1024 --sampler dpmpp_2m --steps 20 --crop 512 \
-        --degradation "$degradation"
+# sr1024 at its default run (3 steps from fidelity 0.945), 512 px crops; clean also at 1024 px.
+for degradation in bicubic jpeg75 jpeg50 noise5 realistic; do
+    eval_sr "sr1024-default-$degradation" sr1024 --crop 512 --degradation "$degradation"
 done
+eval_sr sr1024-default-1024 sr1024
+# The cards' grids: per photo, clean and JPEG q75 rows with a 3x zoom of the most detailed window.
+python3 -m bench.card_grid "$weights/sr256.safetensors" --data "$holdout" \
+    --degradations bicubic jpeg75 --out "$out/grid-sr256.png"
+python3 -m bench.card_grid "$weights/sr1024.safetensors" --data "$holdout" --crop 512 \
+    --degradations bicubic jpeg75 --out "$out/grid-sr1024.png"
 # The sampler criteria (each sampler against its own 200-step result and against 1000-step
 # ancestral) are `cascade bench --only samplers --data "$holdout"` (BENCHMARKS.md).
