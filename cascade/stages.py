@@ -39,7 +39,7 @@ SIZES: tuple[int, ...] = tuple(STAGE_OUTPUT.values())
 SCALES: tuple[int, ...] = (4, 16)
 # Upscales' fidelity-realism default per stage (1: the most faithful output, 0: the full sample),
 # chosen by measurement on held-out photos (the sweeps in weights/demo/sr256.md and sr1024.md).
-DEFAULT_FIDELITY: dict[str, float] = {"sr256": 0.3, "sr1024": 0.945}
+DEFAULT_FIDELITY: dict[str, float] = {"sr256": 0.6, "sr1024": 0.945}
 
 
 # Residual upscalers keep their faithful estimate's low band (weights/demo/sr256.md measures it:

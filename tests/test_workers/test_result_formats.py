@@ -111,7 +111,7 @@ def test_rgba_upload_comes_back_rgba_as_webp_with_its_parameters(service):
     assert parameters["scale"] == 4 and parameters["filename"] == "in.png"
     [stage] = parameters["stages"]
     assert stage["name"] == "sr256" and stage["model"] == job["stages"][0]["model"]
-    assert (stage["sampler"], stage["steps"], stage["fidelity"]) == ("dpmpp_2m", 1, 0.3)
+    assert (stage["sampler"], stage["steps"], stage["fidelity"]) == ("dpmpp_2m", 1, 0.6)
 
 
 def test_greyscale_upload_comes_back_one_channel(service):
