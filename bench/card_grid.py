@@ -35,6 +35,7 @@ ZOOM = 3
 COLUMNS = ("input", "bicubic", "default", "fidelity 1", "ground truth")
 LABEL_HEIGHT = 14
 GAP = 4  # white pixels between rows of different photos or inputs
+INPUTS = {"bicubic": "clean", "jpeg75": "JPEG q75", "jpeg50": "JPEG q50", "noise5": "noisy"}
 
 
 def detail_window(target: Tensor, side: int) -> tuple[int, int]:
@@ -87,7 +88,7 @@ def card_grid(results: Sequence[tuple[str, ImageResult]]) -> Image.Image:
     columns."""
     blocks = []
     for kind, result in results:
-        label = f"{Path(result.name).name} - input {kind} | " + " | ".join(COLUMNS)
+        label = f"{Path(result.name).name}, {INPUTS.get(kind, kind)} input: " + ", ".join(COLUMNS)
         blocks.append(labelled(result_rows(result), label))
         blocks.append(np.full((GAP, blocks[-1].shape[1], 3), 255, np.uint8))
     return Image.fromarray(np.concatenate(blocks[:-1]))

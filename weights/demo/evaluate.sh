@@ -49,8 +49,8 @@ done
 eval_sr sr1024-default-1024 sr1024
 # The cards' grids: per photo, clean and JPEG q75 rows with a 3x zoom of the most detailed window.
 python3 -m bench.card_grid "$weights/sr256.safetensors" --data "$holdout" \
-    --degradations bicubic jpeg75 --out "$out/grid-sr256.png"
-python3 -m bench.card_grid "$weights/sr1024.safetensors" --data "$holdout" --crop 512 \
+    --degradations bicubic jpeg75 --limit 3 --out "$out/grid-sr256.png"
+python3 -m bench.card_grid "$weights/sr1024.safetensors" --data "$holdout" --crop 384 --limit 2 \
     --degradations bicubic jpeg75 --out "$out/grid-sr1024.png"
 # The sampler criteria (each sampler against its own 200-step result and against 1000-step
 # ancestral) are `cascade bench --only samplers --data "$holdout"` (BENCHMARKS.md).
