@@ -111,7 +111,7 @@ def test_distillation_brings_the_student_towards_the_teachers_default(teacher, t
     distiller = Distiller(teacher, "sr256", lr=3e-3, ema=0.0, seed=0)
     assert tuple(len(kept) for kept in distiller.few_step) == STUDENT_STEPS
     first = distiller.train_step(pairs, 4)
-    for _ in range(7):
+    for _ in range(11):  # at the default fidelity 0.6: 0.41 -> 0.27 in 12 steps
         last = distiller.train_step(pairs, 4)
     assert last < 0.7 * first
     path = distiller.save(tmp_path, {"distill.teacher": "sr256-tiny"})

@@ -248,13 +248,19 @@ def test_retries_deadline_signing_and_refusal(redis_server: EmbeddedRedis, sende
         # Refused at send time, never retried.
         assert queue.status("elsewhere")["status"] == "refused"
         assert "internal address (127.0.0.2)" in queue.status("elsewhere")["error"]
-        log = senders.log()
-        assert "webhook for job busy failed (HTTP 429); giving up after 2 attempts" in log
-        assert "webhook for job flaky failed (HTTP 500); retrying" in log
-        # /metrics' delivery counters: each attempt counted once by its outcome.
-        after = read_webhooks(connection)
-        counted = {name: after.get(name, 0) - before.get(name, 0) for name in WEBHOOK_OUTCOMES}
-        assert counted == {"sent": 2, "failed": 3, "gave_up": 2, "refused": 1, "skipped": 0}
+        # /metrics' delivery counters: each attempt counted once by its outcome (a delivery's
+        # counter, then its log line, follow its status by a moment).
+        expected = {"sent": 2, "failed": 3, "gave_up": 2, "refused": 1, "skipped": 0}
+
+        def counted() -> dict[str, int]:
+            after = read_webhooks(connection)
+            return {name: after.get(name, 0) - before.get(name, 0) for name in WEBHOOK_OUTCOMES}
+
+        wait_for(lambda: counted() == expected, 10, "the delivery counters")
+        assert counted() == expected
+        giving_up = "webhook for job busy failed (HTTP 429); giving up after 2 attempts"
+        wait_for(lambda: giving_up in senders.log(), 10, "the sender's log")
+        assert "webhook for job flaky failed (HTTP 500); retrying" in senders.log()
     finally:
         for receiver in receivers:
             receiver.close()
