@@ -43,9 +43,9 @@ def detail_window(target: Tensor, side: int) -> tuple[int, int]:
     in [-1, 1]: the luma minus its 5x5 box blur, squared, summed over the window."""
     luma = (target * torch.tensor([0.299, 0.587, 0.114])[:, None, None]).sum(0)[None, None]
     fine = luma - F.avg_pool2d(F.pad(luma, (2, 2, 2, 2), mode="replicate"), 5, stride=1)
-    energy = F.avg_pool2d(fine.square(), side, stride=max(1, side // 4))
-    row, column = divmod(int(energy.flatten().argmax()), energy.shape[-1])
     stride = max(1, side // 4)
+    energy = F.avg_pool2d(fine.square(), side, stride=stride)
+    row, column = divmod(int(energy.flatten().argmax()), energy.shape[-1])
     return row * stride, column * stride
 
 
@@ -76,7 +76,7 @@ def result_rows(result: ImageResult) -> Tensor:
 
 def labelled(rows: Tensor, label: str) -> np.ndarray:
     """HWC uint8 of the rows under a one-line label."""
-    image = tensor_to_image(rows.clamp(-1, 1))
+    image = tensor_to_image(rows)
     canvas = Image.new("RGB", (image.width, image.height + LABEL_HEIGHT), "white")
     canvas.paste(image, (0, LABEL_HEIGHT))
     ImageDraw.Draw(canvas).text((2, 1), label, fill="black")
@@ -110,9 +110,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
     model = load(args.checkpoint)
-    stage_name = args.stage or next(
-        name for name, size in STAGE_OUTPUT.items() if size == model.spec.image_size
-    )
+    by_size = {size: name for name, size in STAGE_OUTPUT.items() if name != "base64"}
+    stage_name = args.stage or by_size.get(model.spec.image_size)
+    if stage_name is None:
+        upscalers = "/".join(by_size.values())
+        parser.error(f"{args.checkpoint} is not an {upscalers} upscaler: give --stage")
     stage = Stage(stage_name, model)
     default = DEFAULT_RUNS[stage_name]
     run = stage.effective(dataclasses.replace(default, steps=args.steps or default.steps))
