@@ -119,7 +119,8 @@ class UpscaleForm(BaseModel):
         ge=0,
         le=1,
         allow_inf_nan=False,
-        description="1: the most faithful output (the same for every seed); 0: the full "
+        description="1: the most faithful output (the same for every seed: the clean "
+        "estimate averaged over the input's eight flips and rotations); 0: the full "
         "generative sample; between: more generated detail and less fidelity as it falls "
         "(default: each stage's own; for the project's upscalers "
         + ", ".join(f"{stage} {value}" for stage, value in DEFAULT_FIDELITY.items())
@@ -128,8 +129,9 @@ class UpscaleForm(BaseModel):
     low_band: LowBand | None = Field(
         None,
         description="where the output's coarse structure (the frequencies the input itself "
-        "carries) comes from: estimate, the most faithful output (fidelity 1's), so sampling "
-        "adds only the finer detail the input cannot carry; or sample, the sampled image as is "
+        "carries) comes from: estimate, the model's clean estimate (fidelity 1's, in one "
+        "view), so sampling adds only the finer detail the input cannot carry; or sample, the "
+        "sampled image as is "
         "(default: estimate for the project's upscalers, sample for released eps weights)",
     )
     class_id: ClassId | None = Field(None, description="for class-conditional upscalers only")

@@ -129,19 +129,23 @@ class Stage:
         fix, fidelity and low band only when upscaling (resolved to the stage's defaults).
         Equal results sample identically, which is what cross-request batching compares."""
         run = run or self.defaults
+        if self.model.spec.task == "generate":
+            run = dataclasses.replace(run, color_fix="none", fidelity=None, low_band=None)
+        else:
+            run = dataclasses.replace(
+                run,
+                guidance=1.0,
+                fidelity=self.default_fidelity if run.fidelity is None else run.fidelity,
+                low_band=run.low_band or self.default_low_band,
+            )
         if run.sampler == "student":
-            if self.student is None:  # weights without a student sample as the others do
+            # Weights without a student, and runs at a fidelity the student was not distilled
+            # for, sample as the others do (the record then names what ran).
+            if self.student is None or not self.student_serves(run.fidelity):
                 run = without_student(run)
             else:
                 self.student_steps(run.steps)
-        if self.model.spec.task == "generate":
-            return dataclasses.replace(run, color_fix="none", fidelity=None, low_band=None)
-        return dataclasses.replace(
-            run,
-            guidance=1.0,
-            fidelity=self.default_fidelity if run.fidelity is None else run.fidelity,
-            low_band=run.low_band or self.default_low_band,
-        )
+        return run
 
     def attach_student(self, student: Model) -> None:
         """Serve the sampler "student" with `student`, a distillation of this stage's model."""
@@ -152,6 +156,24 @@ class Stage:
                 "network and schedule and a few_step list: cascade distill writes one)"
             )
         self.student = student
+
+    @property
+    def student_restart(self) -> int | None:
+        """The schedule index the student's teacher restarted from (its multi-call modes start
+        there after the top step), None for a one-call-only student or none."""
+        if self.student is None:
+            return None
+        longest = max(self.student.spec.few_step, key=len)
+        return longest[1] if len(longest) > 1 else None
+
+    def student_serves(self, fidelity: float | None) -> bool:
+        """Whether the student reproduces a run at `fidelity`: the one its teacher's default
+        ran at (the same restart index), which is all it was distilled for."""
+        restart = self.student_restart
+        if restart is None or fidelity is None:
+            return True
+        top = len(self.model.spec.schedule.build()) - 1
+        return round((1.0 - fidelity) * top) == restart
 
     def student_steps(self, steps: int) -> tuple[int, ...]:
         """The schedule indices the student evaluates in `steps` calls (StageError if it has

@@ -74,6 +74,37 @@ def test_without_a_student_the_sampler_student_runs_the_fallback(teacher):
     torch.testing.assert_close(out, stage.run(seeds=[0], low_res=low_res, run=STUDENT_FALLBACK))
 
 
+def test_the_student_serves_only_the_fidelity_it_was_distilled_at(teacher):
+    schedule = teacher.spec.schedule.build()
+    top = len(schedule) - 1
+    fidelity = Stage("sr256", teacher).default_fidelity
+    restart = round((1.0 - fidelity) * top)
+    few_step = tuple(student_timesteps(schedule, n, restart) for n in STUDENT_STEPS)
+    stage = Stage("sr256", teacher, student=student_of(teacher, few_step))
+    assert stage.student_restart == restart
+    # Its own fidelity (named or the default): the student runs.
+    assert stage.effective(StageRun("student", 4)).sampler == "student"
+    assert stage.effective(StageRun("student", 4, fidelity=fidelity)).sampler == "student"
+    # Another fidelity: the run samples as a stage without a student does, and says so.
+    for other in (1.0, fidelity - 0.2, 0.0):
+        run = stage.effective(StageRun("student", 4, fidelity=other))
+        assert (run.sampler, run.steps, run.fidelity) == (
+            STUDENT_FALLBACK.sampler,
+            STUDENT_FALLBACK.steps,
+            other,
+        )
+    low_res = torch.rand(1, 3, 16, 16) * 2 - 1
+    asked = StageRun("student", 4, fidelity=1.0)
+    torch.testing.assert_close(
+        stage.run(seeds=[0], low_res=low_res, run=asked),
+        Stage("sr256", teacher).run(seeds=[0], low_res=low_res, run=StageRun(fidelity=1.0)),
+    )
+    # A one-call-only student has no restart to compare: it serves every run.
+    one = Stage("sr256", teacher, student=student_of(teacher, ((top,),)))
+    assert one.student_restart is None
+    assert one.effective(StageRun("student", 1, fidelity=0.9)).sampler == "student"
+
+
 def test_student_sampler_refuses_step_counts_and_students_that_do_not_fit(teacher):
     low_res = torch.zeros(1, 3, 16, 16)
     stage = Stage("sr256", teacher, student=student_of(teacher, ((1999,),)))

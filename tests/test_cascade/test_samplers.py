@@ -219,3 +219,87 @@ def test_dpmpp_2m_error_falls_with_steps(schedule_name):
         errors.append(float((out - exact).square().mean().sqrt()))
     assert errors == sorted(errors, reverse=True), errors
     assert errors[-1] < 5e-3, errors
+
+
+def test_the_self_ensemble_is_the_mean_of_eight_views_and_exactly_equivariant(sr_model):
+    """`ensemble_estimate` averages the clean estimates of the input's eight flips and
+    rotations, each turned back: so turning the input turns its result, to float rounding,
+    which a single estimate of a network with no such symmetry does not do."""
+    from cascade.samplers import DIHEDRAL, denoise_once, ensemble_estimate
+
+    schedule = sr_model.spec.schedule.build()
+    gen = torch.Generator().manual_seed(0)
+    low_res = torch.rand(1, 3, 16, 24, generator=gen) * 2 - 1  # not square: turns swap sides
+    x = torch.randn(1, 3, 64, 96, generator=gen)
+    cond = {"low_res": low_res, "aug_level": torch.zeros(1)}
+    model = sr_model.denoiser
+    ens = ensemble_estimate(model, x, schedule, cond=cond)
+    assert ens.shape == x.shape and len(set(DIHEDRAL)) == 8
+    by_hand = torch.zeros_like(x)
+    for turns, flip in DIHEDRAL:
+
+        def view(t, turns=turns, flip=flip):
+            t = torch.rot90(t, turns, (-2, -1))
+            return t.flip(-1) if flip else t
+
+        turned = {"low_res": view(low_res), "aug_level": cond["aug_level"]}
+        out = denoise_once(model, view(x), schedule, cond=turned)
+        out = out.flip(-1) if flip else out
+        by_hand += torch.rot90(out, -turns, (-2, -1))
+    torch.testing.assert_close(ens, by_hand / 8, atol=1e-5, rtol=0)
+
+    def turn(t):
+        return torch.rot90(t, 1, (-2, -1))
+
+    turned = {"low_res": turn(low_res), "aug_level": cond["aug_level"]}
+    torch.testing.assert_close(
+        ensemble_estimate(model, turn(x), schedule, cond=turned), turn(ens), atol=1e-5, rtol=0
+    )
+    single = denoise_once(model, x, schedule, cond=cond)
+    single_turned = denoise_once(model, turn(x), schedule, cond=turned)
+    assert (single_turned - turn(single)).abs().max() > 1e-3
+
+
+def test_fidelity_one_is_the_self_ensembled_estimate_and_other_fidelities_the_single_one(
+    sr_model,
+):
+    from cascade.samplers import denoise_once, ensemble_estimate, sample_with_fidelity
+
+    schedule = sr_model.spec.schedule.build()
+    low_res = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    cond = {"low_res": low_res, "aug_level": torch.zeros(1)}
+    model = sr_model.denoiser
+    x_top = randn_like(torch.empty(1, 3, 64, 64), generators([0]))
+    calls = []
+
+    def counted(*args):
+        calls.append(1)
+        return model(*args)
+
+    out = sample_with_fidelity(
+        counted,
+        torch.empty(1, 3, 64, 64),
+        schedule,
+        StageRun("ddim", 4),
+        1.0,
+        cond=cond,
+        generator=generators([5]),
+    )
+    assert len(calls) == 8
+    torch.testing.assert_close(out, ensemble_estimate(model, x_top, schedule, cond=cond))
+    # Below fidelity 1 the restart (and the low band) start from the one-call estimate.
+    calls.clear()
+    sample_with_fidelity(
+        counted,
+        torch.empty(1, 3, 64, 64),
+        schedule,
+        StageRun("ddim", 4),
+        0.5,
+        cond=cond,
+        generator=generators([5]),
+    )
+    assert len(calls) == 1 + 4
+    assert not torch.allclose(
+        denoise_once(model, x_top, schedule, cond=cond),
+        ensemble_estimate(model, x_top, schedule, cond=cond),
+    )
