@@ -361,11 +361,22 @@ def _tiling(data: dict, given: dict) -> str:
                 [
                     ["tiled", seam["psnr_tiled"], seam["border_ratio_tiled"]],
                     ["one window", seam["psnr_untiled"], seam["border_ratio_untiled"]],
+                    *(
+                        [["the photo", "–", seam["border_ratio_photo"]]]
+                        if "border_ratio_photo" in seam
+                        else []
+                    ),
                 ],
             ),
             "",
             f"PSNR between them {seam['psnr_between']:.1f} dB; gap against the photo "
-            f"{seam['psnr_gap']:.3f} dB.",
+            f"{seam['psnr_gap']:.3f} dB."
+            + (
+                f" Tiled over one window at the border lines: {seam['border_excess']:.3f} "
+                "(1: the tiles add no seam)."
+                if "border_excess" in seam
+                else ""
+            ),
         ]
     return "\n".join(parts)
 

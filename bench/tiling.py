@@ -8,7 +8,8 @@ GPU) is the figure. The input is a photo resized to a quarter of the output side
 Seams: one photo upscaled as shipped, in the stage's tiles, against one window over the whole
 image with the same position-keyed noise (what the tiles would be without tiling): PSNR of
 both against the photo, PSNR between them, and the border gradient ratio at the tile edges of
-both (`cascade.metrics.border_gradient_ratio`).
+both and of the photo itself (its own structure at those lines), and the tiled output's ratio
+over the one window's (`border_excess`: 1, no seam the tiles add).
 """
 
 from __future__ import annotations
@@ -118,7 +119,10 @@ def seams(device: str, tiny: bool, steps: int | None) -> dict[str, object]:
         "psnr_between": psnr(tiled, whole),
         "border_ratio_tiled": border_gradient_ratio(tiled[0], edges, edges),
         "border_ratio_untiled": border_gradient_ratio(whole[0], edges, edges),
+        # The photo's own structure at those lines: what a seamless output is expected to show.
+        "border_ratio_photo": border_gradient_ratio(target[0], edges, edges),
     }
+    figures["border_excess"] = figures["border_ratio_tiled"] / figures["border_ratio_untiled"]
     figures["psnr_gap"] = float(np.abs(figures["psnr_tiled"] - figures["psnr_untiled"]))
     log.info("tile seams: %s", json.dumps(figures))
     return figures

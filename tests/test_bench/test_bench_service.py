@@ -18,7 +18,8 @@ from bench.main import BenchConfig, keep_earlier, run
 from bench.quality import upscale_time_to_quality
 from bench.report import KEEP_MARKER, write_reports
 from cascade.checkpoints import model_from_preset
-from cascade.stages import DEFAULT_FIDELITY
+from cascade.samplers import student_timesteps
+from cascade.stages import DEFAULT_FIDELITY, STUDENT_STEPS
 
 pytestmark = pytest.mark.service
 
@@ -149,7 +150,10 @@ def test_minimal_run_has_every_figure(tmp_path: Path, one_thread: None):
     assert previews["ratio"] == previews["on_s"] / previews["off_s"]
     memory = results["tiling"]["memory"]["256"]
     assert number(memory["peak_rss_mb"]) and memory["rss_ratio"] == 1.0
-    assert number(results["tiling"]["seams"]["psnr_between"])
+    seam = results["tiling"]["seams"]
+    assert number(seam["psnr_between"])
+    assert seam["border_excess"] == seam["border_ratio_tiled"] / seam["border_ratio_untiled"]
+    assert 0 < seam["border_ratio_photo"] < 10
 
     path = tmp_path / "bench.json"
     path.write_text(json.dumps(results))
@@ -166,6 +170,7 @@ def test_minimal_run_has_every_figure(tmp_path: Path, one_thread: None):
     assert text.count("## CPU:") == 2 and "not comparable" in text
     assert "overhead fraction" in text and "![benchmark plot](bench.png)" in text
     assert "Time to quality" in text and "vs reference" in text and "| full_sample |" in text
+    assert "| the photo |" in text and "Tiled over one window at the border lines" in text
     assert "### Live previews" in text and "| stage | off s | on s | on / off |" in text
     assert (tmp_path / "bench.png").stat().st_size > 0 and (tmp_path / "bench.md").is_file()
 
@@ -219,7 +224,12 @@ def test_report_command_carries_no_path_of_this_machine():
 
 def test_time_to_quality_times_a_students_one_call_mode(one_thread: None):
     teacher = model_from_preset("sr256-tiny")
-    spec = dataclasses.replace(teacher.spec, few_step=((1999,), (1999, 1400, 400, 60)))
+    schedule = teacher.spec.schedule.build()
+    # Distilled at the stage's default fidelity, as `cascade distill` does (a student serves
+    # only that fidelity).
+    restart = round((1 - DEFAULT_FIDELITY["sr256"]) * (len(schedule) - 1))
+    few_step = tuple(student_timesteps(schedule, n, restart) for n in STUDENT_STEPS)
+    spec = dataclasses.replace(teacher.spec, few_step=few_step)
     student = dataclasses.replace(teacher, spec=spec, network=copy.deepcopy(teacher.network))
     photo = torch.rand(1, 3, 64, 64) * 2 - 1
     result = upscale_time_to_quality(teacher, [photo], reference_steps=6, student=student)
