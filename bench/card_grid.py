@@ -26,8 +26,8 @@ from cascade.datasets import find_images
 from cascade.degradations import DEGRADATIONS
 from cascade.evaluation import ImageResult, evaluate_image, load_targets
 from cascade.images import tensor_to_image
-from cascade.pipeline import Stage
-from cascade.stages import DEFAULT_RUNS, STAGE_OUTPUT
+from cascade.pipeline import Stage, student_source
+from cascade.stages import DEFAULT_RUNS, STAGE_OUTPUT, run_sampler
 
 log = logging.getLogger(__name__)
 
@@ -116,8 +116,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         upscalers = "/".join(by_size.values())
         parser.error(f"{args.checkpoint} is not an {upscalers} upscaler: give --stage")
     stage = Stage(stage_name, model)
+    if student := student_source(args.checkpoint):  # the default run as the service has it
+        stage.attach_student(load(student))
     default = DEFAULT_RUNS[stage_name]
-    run = stage.effective(dataclasses.replace(default, steps=args.steps or default.steps))
+    steps = args.steps or default.steps
+    sampler = run_sampler(None, default.sampler, steps)
+    run = stage.effective(dataclasses.replace(default, sampler=sampler, steps=steps))
     images, names = load_targets(find_images(args.data), args.crop or STAGE_OUTPUT[stage_name])
     images, names = images[: args.limit], names[: args.limit]
     if not images:

@@ -33,7 +33,7 @@ from cascade.datasets import center_crop, find_images, read_image, to_float
 from cascade.degradations import DEGRADATIONS, upsample_condition
 from cascade.images import save_png
 from cascade.metrics import image_metrics
-from cascade.pipeline import Stage, default_weights
+from cascade.pipeline import Stage, default_weights, student_source
 from cascade.stages import (
     COLOR_FIXES,
     DEFAULT_RUNS,
@@ -43,6 +43,7 @@ from cascade.stages import (
     STAGE_OUTPUT,
     ColorFix,
     StageRun,
+    run_sampler,
 )
 
 log = logging.getLogger(__name__)
@@ -264,7 +265,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--student",
-        help="a distilled student of the checkpoint (`cascade distill`), run by --sampler student",
+        help="a distilled student of the checkpoint (`cascade distill`), run by --sampler "
+        "student (default: NAME.student.safetensors beside the checkpoint, if there is one)",
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--limit", type=int, help="evaluate at most N images")
@@ -308,12 +310,16 @@ def main(args: argparse.Namespace) -> None:
             f"need readable images of at least {size}x{size})"
         )
     stage = Stage(args.stage, model)
-    if getattr(args, "student", None):
-        stage.student = load(args.student, args.device)
+    # The student named, else the one shipped beside the weights (as the service loads it).
+    student = getattr(args, "student", None) or student_source(source)
+    if student:
+        stage.attach_student(load(student, args.device))
+    default = DEFAULT_RUNS[args.stage]
+    steps = args.steps or default.steps
     run = stage.effective(
         StageRun(
-            args.sampler or DEFAULT_RUNS[args.stage].sampler,
-            args.steps or DEFAULT_RUNS[args.stage].steps,
+            run_sampler(args.sampler, default.sampler, steps),  # as a request's are resolved
+            steps,
             fidelity=getattr(args, "fidelity", None),
             low_band=getattr(args, "low_band", None),
         )

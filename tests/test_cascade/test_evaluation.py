@@ -215,3 +215,51 @@ def test_cli_eval_degradation_writes_every_method_and_metric(tmp_path: Path) -> 
         assert picture.size == (6 * 64, 2 * 64)
     with pytest.raises(SystemExit):  # argparse names the choices
         cli.main([*args, "--degradation", "blur"])
+
+
+def test_cli_eval_runs_the_student_shipped_beside_the_weights(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """As the service does, eval loads NAME.student.safetensors beside the checkpoint: the
+    default run (or --sampler student) is the student's; other step counts fall back."""
+    import dataclasses
+
+    from cascade.checkpoints import model_from_preset, save_model
+    from cascade.samplers import student_timesteps
+    from cascade.stages import DEFAULT_RUNS, STUDENT_FALLBACK, STUDENT_STEPS
+
+    teacher = model_from_preset("sr256-tiny")
+    schedule = teacher.spec.schedule.build()
+    restart = round((1 - DEFAULT_FIDELITY["sr256"]) * (len(schedule) - 1))
+    few_step = tuple(student_timesteps(schedule, n, restart) for n in STUDENT_STEPS)
+    weights = tmp_path / "sr256.safetensors"
+    save_model(weights, teacher.spec, teacher.network.state_dict())
+    student_spec = dataclasses.replace(teacher.spec, few_step=few_step)
+    save_model(tmp_path / "sr256.student.safetensors", student_spec, teacher.network.state_dict())
+    data = tmp_path / "data"
+    data.mkdir()
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), np.uint8)).save(
+        data / "0.png"
+    )
+    base = ["eval", "--stage", "sr256", "--data", str(data), "--crop", "64"]
+    base += ["--checkpoint", str(weights)]
+
+    def report(*flags: str) -> dict:
+        out = tmp_path / f"out{len(list(tmp_path.glob('out*')))}"
+        cli.main([*base, "--out", str(out), *flags])
+        return json.loads((out / "eval.json").read_text())
+
+    named = report("--sampler", "student", "--steps", "4")
+    assert (named["sampler"], named["steps"]) == ("student", 4)
+    other = report("--steps", "2")  # a count the student was not distilled for
+    assert other["sampler"] == (
+        STUDENT_FALLBACK.sampler if DEFAULT_RUNS["sr256"].sampler == "student" else "dpmpp_2m"
+    )
+    default = report()
+    assert (default["sampler"], default["steps"]) == (
+        DEFAULT_RUNS["sr256"].sampler,
+        DEFAULT_RUNS["sr256"].steps,
+    )
+    with pytest.raises(SystemExit):  # the CLI's error exit, its message on stderr
+        report("--sampler", "student", "--steps", "3")
+    assert "sampler student runs in 1 or 4 steps, not 3" in capsys.readouterr().err
