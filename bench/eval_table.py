@@ -29,7 +29,8 @@ def rows(path: Path) -> list[str]:
     run = f"{report['sampler']} {report['steps']}, {len(report['images'])} photos"
     degradation = report.get("degradation", "bicubic")
     fidelities = {"bicubic": "–", "lanczos": "–", "model": f"{report['fidelity']:g}"}
-    fidelities["fidelity1"] = "1"
+    views = report.get("fidelity1_views", 1)  # reports before the self-ensemble: one view
+    fidelities["fidelity1"] = "1" if views == 1 else f"1 (×{views})"
     bands = {"model": report.get("low_band", "sample")}
     lines = []
     for method, fidelity in fidelities.items():

@@ -34,6 +34,7 @@ from cascade.degradations import DEGRADATIONS, upsample_condition
 from cascade.images import save_png
 from cascade.metrics import image_metrics
 from cascade.pipeline import Stage, default_weights, student_source
+from cascade.samplers import DIHEDRAL
 from cascade.stages import (
     COLOR_FIXES,
     DEFAULT_RUNS,
@@ -344,6 +345,7 @@ def main(args: argparse.Namespace) -> None:
         "low_band": run.low_band,
         "color_fix": color_fix,
         "degradation": degradation,
+        "fidelity1_views": len(DIHEDRAL),  # fidelity 1 self-ensembles its input's views
         "seed": args.seed,
         "size": size,
         **summarize(results),

@@ -52,3 +52,10 @@ def test_rows_of_a_report_from_before_the_degradations(tmp_path: Path):
     assert {row[1] for row in table} == {"bicubic"}
     assert {row[-1] for row in table} == {"–"}
     assert table[1][4] == "sample"
+
+
+def test_a_self_ensembled_fidelity_one_says_how_many_views(tmp_path: Path):
+    table = [
+        cells(line) for line in rows(report(tmp_path, degradation="bicubic", fidelity1_views=8))
+    ]
+    assert table[3][2:4] == ["fidelity1", "1 (×8)"]

@@ -251,6 +251,7 @@ def test_cli_eval_runs_the_student_shipped_beside_the_weights(
 
     named = report("--sampler", "student", "--steps", "4")
     assert (named["sampler"], named["steps"]) == ("student", 4)
+    assert named["fidelity1_views"] == 8  # fidelity 1 self-ensembles
     other = report("--steps", "2")  # a count the student was not distilled for
     assert other["sampler"] == (
         STUDENT_FALLBACK.sampler if DEFAULT_RUNS["sr256"].sampler == "student" else "dpmpp_2m"
