@@ -30,7 +30,16 @@ __all__ = ["JobView", "Links", "StageView", "StageWeights"]
 MAX_SEED = 2**63 - 1  # stage seeds are taken modulo 2**63 (cascade.pipeline.stage_seed)
 
 Seed = Annotated[int, Field(ge=0, le=MAX_SEED, description="reproduces the image when reused")]
-Steps = Annotated[int, Field(ge=1, le=1000, description="sampler steps for every stage")]
+Steps = Annotated[
+    int,
+    Field(
+        ge=1,
+        le=1000,
+        description="sampler steps for every stage (default: each stage's own, GET /v1/limits). "
+        "1 is the fastest setting: a stage with a distilled student (sr256's demo weights) "
+        "runs it in one network call",
+    ),
+]
 ClassId = Annotated[int, Field(ge=0, le=999, description="ImageNet class index")]
 PRIORITY = (
     "each stage's queue serves high before normal before low; within a priority, jobs of "

@@ -365,6 +365,9 @@ export async function loadChoices() {
       .map(([stage, run]) => `${stage} ${run.steps} ${run.sampler}`)
       .join(", ");
     $("#gen-steps-hint").textContent = `1 to ${limits.max_steps}, for every stage. The service's defaults: ${defaults}.`;
+    $("#up-steps-hint").textContent =
+      `1 to ${limits.max_steps}. 1 is the fastest: a stage with a distilled student runs it in ` +
+      `one network call. The service's defaults: ${defaults}.`;
     $("#up-fidelity").value = String(limits.default_fidelity);
     $("#up-fidelity-value").value = limits.default_fidelity.toFixed(2);
     const side = Math.floor(Math.sqrt(limits.max_input_pixels));

@@ -250,6 +250,8 @@ def test_upscale_shows_sizes_and_the_comparison(page, tmp_path: Path):
     page.locator("#up-sizes").get_by_text("Input 64×64 → output 256×256").wait_for()
     page.locator("#up-quote").get_by_text("Quote: sr256 256×256").wait_for()
     assert "Limits: files up to" in page.inner_text("#up-limits")
+    steps_hint = page.locator("#up-steps-hint").text_content()
+    assert "1 is the fastest" in steps_hint and "sr256 " in steps_hint
     if not SCREENSHOTS:  # the demo weights keep their own fidelity default (their model card)
         page.fill("#up-fidelity", "0.8")
         page.click("#upscale details.advanced summary")
