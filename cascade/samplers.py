@@ -269,19 +269,26 @@ DIHEDRAL = tuple((turns, flip) for turns in range(4) for flip in (False, True))
 
 
 @torch.inference_mode()
-def ensemble_estimate(model: Denoiser, x: Tensor, schedule: Schedule, *, cond: Cond) -> Tensor:
+def ensemble_estimate(
+    model: Denoiser, noises: Sequence[Tensor], schedule: Schedule, *, cond: Cond
+) -> Tensor:
     """`denoise_once` averaged over the eight flips and rotations of its input (the geometric
     self-ensemble of Timofte et al. 2016, "Seven ways to improve example-based single image
-    super resolution", and EDSR+, Lim et al. 2017): each turns x_T and every image in the
-    condition, the estimate is turned back. An L2 estimate's errors differ between the eight
-    views, so their mean is closer to E[x_0 | condition]; eight network calls for one."""
-    total = torch.zeros_like(x)
-    for turns, flip in DIHEDRAL:
+    super resolution", and EDSR+, Lim et al. 2017), view k from its own x_T, `noises[k]`: each
+    view turns its x_T and every image in the condition, and its estimate is turned back. The
+    estimate's errors differ between views and between x_T draws (at the top step x_T still
+    carries a little signal the network reads), so their mean is nearer E[x_0 | condition].
+    Eight network calls for one; with one x_T for every view the result is exactly
+    equivariant to the eight symmetries."""
+    if len(noises) != len(DIHEDRAL):
+        raise ValueError(f"{len(DIHEDRAL)} views need {len(DIHEDRAL)} x_T, got {len(noises)}")
+    total = torch.zeros_like(noises[0])
+    for (turns, flip), noise in zip(DIHEDRAL, noises, strict=True):
         turned = {
             key: _dihedral(value, turns, flip) if value.dim() == 4 else value
             for key, value in cond.items()
         }
-        estimate = denoise_once(model, _dihedral(x, turns, flip), schedule, cond=turned)
+        estimate = denoise_once(model, _dihedral(noise, turns, flip), schedule, cond=turned)
         total += _undo_dihedral(estimate, turns, flip)
     return total / len(DIHEDRAL)
 
@@ -392,7 +399,8 @@ def sample_with_fidelity(
 
     fidelity 1: the model's clean estimate at the noisiest step from a fixed x_T, so the same
     output for every seed (for an L2-trained model, the MMSE estimate: the highest PSNR),
-    averaged over the input's eight flips and rotations (`ensemble_estimate`: eight calls).
+    averaged over the input's eight flips and rotations, each from its own fixed x_T
+    (`ensemble_estimate`: eight calls).
     fidelity 0: the full generative sample from pure noise. In between: that estimate is noised
     to the trained step (1 - fidelity)(T - 1) with the item's own noise and sampled from there
     with `run` (steps capped at the truncated length). Lower fidelity restarts from more
@@ -416,7 +424,10 @@ def sample_with_fidelity(
     x_top = randn_like(x, fixed_noise)
     start = round((1.0 - fidelity) * (len(schedule) - 1))
     if start == 0:  # the most faithful output: the estimate, self-ensembled
-        mean = ensemble_estimate(model, x_top, schedule, cond=cond)
+        # Each further view draws its own x_T from the same fixed source (keyed to position
+        # for a tile, so overlapping tiles still agree).
+        x_tops = [x_top] + [randn_like(x, fixed_noise) for _ in DIHEDRAL[1:]]
+        mean = ensemble_estimate(model, x_tops, schedule, cond=cond)
         if callback is not None:
             callback(1, 1, mean)
         return mean

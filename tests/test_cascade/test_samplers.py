@@ -221,39 +221,47 @@ def test_dpmpp_2m_error_falls_with_steps(schedule_name):
     assert errors[-1] < 5e-3, errors
 
 
-def test_the_self_ensemble_is_the_mean_of_eight_views_and_exactly_equivariant(sr_model):
+def test_the_self_ensemble_is_the_mean_of_eight_views_each_from_its_own_noise(sr_model):
     """`ensemble_estimate` averages the clean estimates of the input's eight flips and
-    rotations, each turned back: so turning the input turns its result, to float rounding,
-    which a single estimate of a network with no such symmetry does not do."""
+    rotations, view k from its own x_T, each turned back; given one x_T for every view, turning
+    the input turns its result (to float rounding), which a single estimate of a network with
+    no such symmetry does not do."""
     from cascade.samplers import DIHEDRAL, denoise_once, ensemble_estimate
 
     schedule = sr_model.spec.schedule.build()
     gen = torch.Generator().manual_seed(0)
     low_res = torch.rand(1, 3, 16, 24, generator=gen) * 2 - 1  # not square: turns swap sides
-    x = torch.randn(1, 3, 64, 96, generator=gen)
+    noises = [torch.randn(1, 3, 64, 96, generator=gen) for _ in range(8)]
     cond = {"low_res": low_res, "aug_level": torch.zeros(1)}
     model = sr_model.denoiser
-    ens = ensemble_estimate(model, x, schedule, cond=cond)
-    assert ens.shape == x.shape and len(set(DIHEDRAL)) == 8
-    by_hand = torch.zeros_like(x)
-    for turns, flip in DIHEDRAL:
+    ens = ensemble_estimate(model, noises, schedule, cond=cond)
+    assert ens.shape == noises[0].shape and len(set(DIHEDRAL)) == 8
+    by_hand = torch.zeros_like(ens)
+    for (turns, flip), noise in zip(DIHEDRAL, noises, strict=True):
 
         def view(t, turns=turns, flip=flip):
             t = torch.rot90(t, turns, (-2, -1))
             return t.flip(-1) if flip else t
 
         turned = {"low_res": view(low_res), "aug_level": cond["aug_level"]}
-        out = denoise_once(model, view(x), schedule, cond=turned)
+        out = denoise_once(model, view(noise), schedule, cond=turned)
         out = out.flip(-1) if flip else out
         by_hand += torch.rot90(out, -turns, (-2, -1))
     torch.testing.assert_close(ens, by_hand / 8, atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="8 views need 8 x_T"):
+        ensemble_estimate(model, noises[:1], schedule, cond=cond)
 
     def turn(t):
         return torch.rot90(t, 1, (-2, -1))
 
+    x = noises[0]
+    shared = ensemble_estimate(model, [x] * 8, schedule, cond=cond)
     turned = {"low_res": turn(low_res), "aug_level": cond["aug_level"]}
     torch.testing.assert_close(
-        ensemble_estimate(model, turn(x), schedule, cond=turned), turn(ens), atol=1e-5, rtol=0
+        ensemble_estimate(model, [turn(x)] * 8, schedule, cond=turned),
+        turn(shared),
+        atol=1e-5,
+        rtol=0,
     )
     single = denoise_once(model, x, schedule, cond=cond)
     single_turned = denoise_once(model, turn(x), schedule, cond=turned)
@@ -269,37 +277,31 @@ def test_fidelity_one_is_the_self_ensembled_estimate_and_other_fidelities_the_si
     low_res = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(1)) * 2 - 1
     cond = {"low_res": low_res, "aug_level": torch.zeros(1)}
     model = sr_model.denoiser
-    x_top = randn_like(torch.empty(1, 3, 64, 64), generators([0]))
+    fixed = generators([0])  # the fixed x_T's source: its first eight draws, one per view
+    x_tops = [randn_like(torch.empty(1, 3, 64, 64), fixed) for _ in range(8)]
     calls = []
 
     def counted(*args):
         calls.append(1)
         return model(*args)
 
-    out = sample_with_fidelity(
-        counted,
-        torch.empty(1, 3, 64, 64),
-        schedule,
-        StageRun("ddim", 4),
-        1.0,
-        cond=cond,
-        generator=generators([5]),
-    )
+    def run(fidelity):
+        return sample_with_fidelity(
+            counted,
+            torch.empty(1, 3, 64, 64),
+            schedule,
+            StageRun("ddim", 4),
+            fidelity,
+            cond=cond,
+            generator=generators([5]),
+        )
+
+    out = run(1.0)
     assert len(calls) == 8
-    torch.testing.assert_close(out, ensemble_estimate(model, x_top, schedule, cond=cond))
-    # Below fidelity 1 the restart (and the low band) start from the one-call estimate.
+    torch.testing.assert_close(out, ensemble_estimate(model, x_tops, schedule, cond=cond))
+    # Below fidelity 1 the restart (and the low band) start from the one-call estimate, from
+    # the first draw.
     calls.clear()
-    sample_with_fidelity(
-        counted,
-        torch.empty(1, 3, 64, 64),
-        schedule,
-        StageRun("ddim", 4),
-        0.5,
-        cond=cond,
-        generator=generators([5]),
-    )
+    run(0.5)
     assert len(calls) == 1 + 4
-    assert not torch.allclose(
-        denoise_once(model, x_top, schedule, cond=cond),
-        ensemble_estimate(model, x_top, schedule, cond=cond),
-    )
+    assert not torch.allclose(denoise_once(model, x_tops[0], schedule, cond=cond), out)
