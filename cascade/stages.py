@@ -80,12 +80,14 @@ class StageRun:
 
 
 # Per-stage defaults when a request names no sampler or steps (the service's CASCADE_SAMPLER_* and
-# CASCADE_STEPS_* settings start from these). Residual v-prediction upscalers converge in 20
-# DPM-Solver++ steps; sr1024's short restart (fidelity 0.945) needs 3, four network calls with its
-# estimate, for the 20-step run's PSNR, detail and grain (weights/demo/sr1024.md measures it).
+# CASCADE_STEPS_* settings start from these). sr256 runs its distilled student in four calls
+# (`cascade.distill`: trajectory distillation of its 20-step DPM-Solver++ run), weights without
+# one the 20 steps (`STUDENT_FALLBACK`); sr1024's short restart (fidelity 0.945) needs 3
+# DPM-Solver++ steps, four network calls with its estimate, for the 20-step run's PSNR, detail
+# and grain. The model cards measure both (weights/demo/sr256.md, sr1024.md).
 DEFAULT_RUNS: dict[str, StageRun] = {
     "base64": StageRun("ddim", 50),
-    "sr256": StageRun("dpmpp_2m", 20),
+    "sr256": StageRun("student", 4),
     "sr1024": StageRun("dpmpp_2m", 3),
 }
 
