@@ -17,9 +17,16 @@ eval_sr() {  # NAME STAGE [cascade eval flags...]
         --out "$out/$name" "$@" > "$out/$name.txt" 2>&1
     grep -E "^MEAN|PSNR:" "$out/$name.txt" | sed "s/^/$name: /"
 }
-# The service default (dpmpp_2m, 20 steps, the stage's default fidelity and low band) and
-# fidelity 1.
+# The 20-step run (dpmpp_2m, the stage's default fidelity and low band) and fidelity 1 (the
+# self-ensemble of eight views).
 eval_sr sr256-default sr256 --sampler dpmpp_2m --steps 20
+# The service default: the student beside the weights in four calls, and its one-call mode.
+for degradation in bicubic jpeg75 jpeg50 noise5; do
+    eval_sr "sr256-student4-$degradation" sr256 --degradation "$degradation"
+done
+for degradation in bicubic jpeg75; do
+    eval_sr "sr256-student1-$degradation" sr256 --steps 1 --degradation "$degradation"
+done
 # Fidelity sweep (the default is chosen from it), and the sample as is beside the low band.
 for fidelity in 0.8 0.5 0.4 0.2 0.0; do
     eval_sr "sr256-fidelity$fidelity" sr256 --sampler dpmpp_2m --steps 20 --fidelity "$fidelity"
