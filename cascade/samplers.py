@@ -436,6 +436,9 @@ def sample_with_fidelity(
         schedule = Schedule(schedule.alphas_cumprod[: start + 1], schedule.timesteps[: start + 1])
         acp = float(schedule.alphas_cumprod[-1])
         x = acp**0.5 * mean + (1 - acp) ** 0.5 * randn_like(x, generator)
-        run = dataclasses.replace(run, steps=min(run.steps, len(schedule)))
+        steps = min(run.steps, len(schedule))
+        if steps == 1:  # one step from the restart itself: a respacing to one keeps step 0 only
+            schedule = Schedule(schedule.alphas_cumprod[-1:], schedule.timesteps[-1:])
+        run = dataclasses.replace(run, steps=steps)
     out = sample(model, x, schedule, run, cond=cond, generator=generator, callback=callback)
     return out if band_scale is None else keep_low_band(mean, out, band_scale)

@@ -305,3 +305,33 @@ def test_fidelity_one_is_the_self_ensembled_estimate_and_other_fidelities_the_si
     run(0.5)
     assert len(calls) == 1 + 4
     assert not torch.allclose(denoise_once(model, x_tops[0], schedule, cond=cond), out)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_one_step_from_a_restart_is_taken_at_the_restart(sr_model, name):
+    """steps=1 below fidelity 1: the one step denoises from the restart's noise level (a plain
+    respacing to one step would keep only step 0 and return the noised estimate)."""
+    from cascade.samplers import sample_with_fidelity
+
+    schedule = sr_model.spec.schedule.build()
+    low_res = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(2)) * 2 - 1
+    cond = {"low_res": low_res, "aug_level": torch.zeros(1)}
+    seen = []
+
+    def recording(x, t, sched, c):
+        seen.append(int(sched.timesteps[t[0]]) if len(sched) != len(schedule) else int(t[0]))
+        return sr_model.denoiser(x, t, sched, c)
+
+    for fidelity in (0.5, 0.945):
+        seen.clear()
+        sample_with_fidelity(
+            recording,
+            torch.empty(1, 3, 64, 64),
+            schedule,
+            StageRun(name, 1),
+            fidelity,
+            cond=cond,
+            generator=generators([3]),
+        )
+        restart = round((1 - fidelity) * (len(schedule) - 1))
+        assert seen == [len(schedule) - 1, restart], seen
