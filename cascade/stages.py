@@ -100,8 +100,10 @@ STUDENT_FALLBACK = StageRun("dpmpp_2m", 20)
 
 def without_student(run: StageRun) -> StageRun:
     """`run` as a stage without its student samples it: the fallback's sampler and steps,
-    everything else kept."""
-    return replace(run, sampler=STUDENT_FALLBACK.sampler, steps=STUDENT_FALLBACK.steps)
+    everything else kept; a one-call run keeps its one step (the fastest setting stays the
+    fastest)."""
+    steps = 1 if run.steps == 1 else STUDENT_FALLBACK.steps
+    return replace(run, sampler=STUDENT_FALLBACK.sampler, steps=steps)
 
 
 def run_sampler(requested: SamplerName | None, default: SamplerName, steps: int) -> SamplerName:

@@ -70,6 +70,9 @@ def test_without_a_student_the_sampler_student_runs_the_fallback(teacher):
     low_res = torch.rand(1, 3, 16, 16) * 2 - 1
     stage = Stage("sr256", teacher)
     assert stage.effective(StageRun("student", 4)).sampler == STUDENT_FALLBACK.sampler
+    assert stage.effective(StageRun("student", 4)).steps == STUDENT_FALLBACK.steps
+    one = stage.effective(StageRun("student", 1))  # the fastest setting stays one step
+    assert (one.sampler, one.steps) == (STUDENT_FALLBACK.sampler, 1)
     out = stage.run(seeds=[0], low_res=low_res, run=StageRun("student", 4))
     torch.testing.assert_close(out, stage.run(seeds=[0], low_res=low_res, run=STUDENT_FALLBACK))
 
