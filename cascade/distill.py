@@ -99,6 +99,27 @@ def grow_pairs(
     return pairs
 
 
+def fine_band(x: Tensor, scale: int) -> Tensor:
+    """What is above the input's Nyquist: `x` less its box average over `scale` pixels."""
+    coarse = F.avg_pool2d(x, scale)
+    return x - F.interpolate(coarse, scale_factor=scale, mode="nearest")
+
+
+def fine_energy_error(output: Tensor, target: Tensor, scale: int, eps: float = 1e-6) -> Tensor:
+    """Mean squared difference of the fine band's local RMS (per channel, over windows of
+    2 * `scale` pixels) between `output` and `target`. Unlike L2 it does not reward a student for
+    averaging away detail whose phase it cannot predict: a window as busy as the target's costs
+    nothing here wherever its detail sits, a smooth one (or a grainier one) costs its missing
+    (or extra) energy. A statistic matched per window, not a pixel target: the texture losses'
+    idea (Gatys et al. 2015; Sajjadi et al. 2017, EnhanceNet) on the simplest statistic."""
+    window = 2 * scale
+
+    def local_rms(x: Tensor) -> Tensor:
+        return torch.sqrt(F.avg_pool2d(fine_band(x, scale) ** 2, window) + eps)
+
+    return torch.mean((local_rms(output) - local_rms(target)) ** 2)
+
+
 class Distiller:
     """The student, its EMA, Adam, and the pool it learns from."""
 
@@ -110,6 +131,7 @@ class Distiller:
         ema: float,
         seed: int,
         fine_weight: float = 0.0,
+        energy_weight: float = 0.0,
     ):
         self.teacher = teacher
         self.stage = stage
@@ -127,6 +149,7 @@ class Distiller:
         self.optimizer = torch.optim.Adam(self.network.parameters(), lr=lr)
         self.lr, self.ema_decay = lr, ema
         self.fine_weight, self.scale = fine_weight, teacher.spec.scale
+        self.energy_weight = energy_weight
         self.generator = torch.Generator().manual_seed(seed)
         self.step, self.wall_time, self.last_loss = 0, 0.0, math.nan
         self.schedule = schedule
@@ -165,13 +188,14 @@ class Distiller:
     def loss(self, output: Tensor, target: Tensor) -> Tensor:
         """L2 on the diffused variable, plus `fine_weight` times L2 on its fine band (above the
         input's Nyquist: what is left after a box average over `scale` pixels, brought back
-        up), where the detail the student tends to smooth lives."""
+        up), where the detail the student tends to smooth lives, plus `energy_weight` times the
+        mismatch of the fine band's local RMS (`fine_energy_error`)."""
         error = output - target
         value = torch.mean(error**2)
         if self.fine_weight:
-            coarse = F.avg_pool2d(error, self.scale)
-            fine = error - F.interpolate(coarse, scale_factor=self.scale, mode="nearest")
-            value = value + self.fine_weight * torch.mean(fine**2)
+            value = value + self.fine_weight * torch.mean(fine_band(error, self.scale) ** 2)
+        if self.energy_weight:
+            value = value + self.energy_weight * fine_energy_error(output, target, self.scale)
         return value
 
     def start_from(self, student: Model) -> None:
@@ -246,6 +270,12 @@ def add_arguments(parser) -> None:
         help="add this times the L2 of the output's fine band (above the input's Nyquist)",
     )
     parser.add_argument(
+        "--energy-weight",
+        type=float,
+        default=0.0,
+        help="add this times the mismatch of the fine band's local RMS (8 px windows at 4x)",
+    )
+    parser.add_argument(
         "--init",
         help="start from these student weights (fresh optimiser) when there is no state to resume",
     )
@@ -276,7 +306,13 @@ def main(args) -> None:
         deadline=deadline,
     )
     distiller = Distiller(
-        teacher, args.stage, args.lr, args.ema, args.seed, fine_weight=args.fine_weight
+        teacher,
+        args.stage,
+        args.lr,
+        args.ema,
+        args.seed,
+        fine_weight=args.fine_weight,
+        energy_weight=args.energy_weight,
     )
     state_file = out / "distill_state.pt"
     if args.resume and state_file.is_file():
@@ -290,6 +326,7 @@ def main(args) -> None:
         "distill.degradations": args.degradations,
         **({"distill.init": Path(args.init).name} if args.init else {}),
         **({"distill.fine_weight": str(args.fine_weight)} if args.fine_weight else {}),
+        **({"distill.energy_weight": str(args.energy_weight)} if args.energy_weight else {}),
     }
     pooled = len(pairs.get("noise", ()))
     if pooled < args.pairs:

@@ -9,7 +9,7 @@ import torch
 
 from cascade.chain import Cascade
 from cascade.checkpoints import load_model, model_from_preset, save_model
-from cascade.distill import STUDENT_STEPS, Distiller, teacher_outputs
+from cascade.distill import STUDENT_STEPS, Distiller, fine_energy_error, teacher_outputs
 from cascade.pipeline import Stage, StageError, load_stage
 from cascade.samplers import (
     STUDENT_LOWEST_STEP,
@@ -180,3 +180,26 @@ def test_the_fine_band_weight_adds_only_the_error_above_the_inputs_nyquist(teach
     checker = (torch.arange(16).reshape(1, 1, 16, 1) + torch.arange(16)) % 2 * 2.0 - 1.0
     checker = checker.expand(1, 3, 16, 16)  # all fine band, block means zero
     torch.testing.assert_close(weighted.loss(checker, target), 4.0 * plain.loss(checker, target))
+
+
+def test_the_energy_weight_costs_missing_detail_not_where_it_sits(teacher):
+    plain = Distiller(teacher, "sr256", lr=1e-3, ema=0.0, seed=0)
+    weighted = Distiller(teacher, "sr256", lr=1e-3, ema=0.0, seed=0, energy_weight=2.0)
+    checker = (torch.arange(16).reshape(1, 1, 16, 1) + torch.arange(16)) % 2 * 2.0 - 1.0
+    target = checker.expand(1, 3, 16, 16) * 0.5  # all fine band, RMS 0.5 in every window
+    # The same detail one pixel over: L2 pays for the phase, the energy term nothing.
+    shifted = torch.roll(target, 1, dims=-1)
+    assert float(fine_energy_error(shifted, target, 4)) < 1e-8
+    torch.testing.assert_close(weighted.loss(shifted, target), plain.loss(shifted, target))
+    # A smooth output (L2's answer to detail it cannot place) pays its missing RMS (0.5) squared.
+    flat = torch.zeros_like(target)
+    torch.testing.assert_close(
+        fine_energy_error(flat, target, 4), torch.tensor(0.25), atol=1e-3, rtol=0
+    )
+    torch.testing.assert_close(
+        weighted.loss(flat, target), plain.loss(flat, target) + 2.0 * 0.25, atol=2e-3, rtol=0
+    )
+    # So does a grainier one, and only in the windows where it differs (one of the four).
+    busier = target.clone()
+    busier[..., :8, :8] *= 3.0
+    assert abs(float(fine_energy_error(busier, target, 4)) - 1.0 / 4) < 1e-3
