@@ -45,14 +45,35 @@ for stage in sr256 sr1024 base64; do
     ship "$out/run-$stage/model.safetensors" "$out/$stage.safetensors"
 done
 # sr256's default run, the shipped weights' 20-step run at fidelity 0.6, distilled into a
-# student of 4 and 1 deterministic calls (`cascade distill`: its outputs on 1,024 crops of the
-# same photos, clean and JPEG q75 / q50 inputs, then the student), both CPU threads.
-resume=()
-[ -f "$out/distill-sr256/distill_state.pt" ] && resume=(--resume)
-OMP_NUM_THREADS=2 cascade distill --stage sr256 --teacher "$out/sr256.safetensors" \
-    --data "$data/sr/train" --out "$out/distill-sr256" --batch-size 8 --steps 3000 \
-    --max-minutes "$minutes" "${resume[@]}" >> "$out/distill-sr256.log" 2>&1
-# (a run whose time ran out while pooling has no student yet: run the script again)
-if [ -f "$out/distill-sr256/model.safetensors" ]; then
-    ship "$out/distill-sr256/model.safetensors" "$out/sr256.student.safetensors"
+# student of 4 and 1 deterministic calls (`cascade distill`), both CPU threads, in two runs:
+# 1. its outputs on 1,024 64² crops of the same photos (clean and JPEG q75 / q50 inputs), then
+#    600 steps of L2 (trajectory distillation);
+# 2. from there, its outputs on 768 128² crops, then 400 steps with the fine band's local RMS
+#    matched as well (`--energy-weight 10`): the detail the first run's student smooths away.
+distill() {  # NAME STEPS [cascade distill flags...]: start, or resume from the saved state
+    local name=$1 steps=$2 resume=()
+    shift 2
+    [ -f "$out/$name/distill_state.pt" ] && resume=(--resume)
+    OMP_NUM_THREADS=2 cascade distill --stage sr256 --teacher "$out/sr256.safetensors" \
+        --data "$data/sr/train" --out "$out/$name" --steps "$steps" --max-minutes "$minutes" \
+        "${resume[@]}" "$@" >> "$out/$name.log" 2>&1
+}
+finished() {  # MODEL STEPS: has this student been trained for STEPS steps?
+    [ -f "$1" ] && python3 - "$1" "$2" <<'PY'
+import sys
+
+from cascade.checkpoints import read_spec
+
+_, metadata = read_spec(sys.argv[1])
+sys.exit(0 if int(metadata.get("distill.step", 0)) >= int(sys.argv[2]) else 1)
+PY
+}
+distill distill-sr256 600 --batch-size 8
+# (a run whose time ran out, while pooling or training, is taken up by running the script again)
+if finished "$out/distill-sr256/model.safetensors" 600; then
+    distill distill-sr256-detail 400 --crop 128 --pairs 768 --batch-size 4 --energy-weight 10 \
+        --init "$out/distill-sr256/model.safetensors"
+fi
+if finished "$out/distill-sr256-detail/model.safetensors" 400; then
+    ship "$out/distill-sr256-detail/model.safetensors" "$out/sr256.student.safetensors"
 fi
