@@ -168,6 +168,12 @@ def test_distillation_brings_the_student_towards_the_teachers_default(teacher, t
         again.start_from(teacher)
 
 
+def _checker() -> torch.Tensor:
+    """A 16 x 16 three-channel checkerboard of +-1: all of it above a 4x input's Nyquist."""
+    checker = (torch.arange(16).reshape(1, 1, 16, 1) + torch.arange(16)) % 2 * 2.0 - 1.0
+    return checker.expand(1, 3, 16, 16)
+
+
 def test_the_fine_band_weight_adds_only_the_error_above_the_inputs_nyquist(teacher):
     plain = Distiller(teacher, "sr256", lr=1e-3, ema=0.0, seed=0)
     weighted = Distiller(teacher, "sr256", lr=1e-3, ema=0.0, seed=0, fine_weight=3.0)
@@ -177,16 +183,14 @@ def test_the_fine_band_weight_adds_only_the_error_above_the_inputs_nyquist(teach
     )
     coarse = coarse.expand(1, 3, 16, 16) / 16  # constant over each 4 x 4 block: no fine band
     torch.testing.assert_close(weighted.loss(coarse, target), plain.loss(coarse, target))
-    checker = (torch.arange(16).reshape(1, 1, 16, 1) + torch.arange(16)) % 2 * 2.0 - 1.0
-    checker = checker.expand(1, 3, 16, 16)  # all fine band, block means zero
+    checker = _checker()  # all fine band, block means zero
     torch.testing.assert_close(weighted.loss(checker, target), 4.0 * plain.loss(checker, target))
 
 
 def test_the_energy_weight_costs_missing_detail_not_where_it_sits(teacher):
     plain = Distiller(teacher, "sr256", lr=1e-3, ema=0.0, seed=0)
     weighted = Distiller(teacher, "sr256", lr=1e-3, ema=0.0, seed=0, energy_weight=2.0)
-    checker = (torch.arange(16).reshape(1, 1, 16, 1) + torch.arange(16)) % 2 * 2.0 - 1.0
-    target = checker.expand(1, 3, 16, 16) * 0.5  # all fine band, RMS 0.5 in every window
+    target = _checker() * 0.5  # all fine band, RMS 0.5 in every window
     # The same detail one pixel over: L2 pays for the phase, the energy term nothing.
     shifted = torch.roll(target, 1, dims=-1)
     assert float(fine_energy_error(shifted, target, 4)) < 1e-8
