@@ -26,7 +26,7 @@ from cascade.datasets import find_images
 from cascade.degradations import DEGRADATIONS
 from cascade.evaluation import ImageResult, evaluate_image, load_targets
 from cascade.images import tensor_to_image
-from cascade.pipeline import Stage, student_source
+from cascade.pipeline import Stage, attach_beside
 from cascade.stages import DEFAULT_RUNS, STAGE_OUTPUT, run_sampler
 
 log = logging.getLogger(__name__)
@@ -115,9 +115,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if stage_name is None:
         upscalers = "/".join(by_size.values())
         parser.error(f"{args.checkpoint} is not an {upscalers} upscaler: give --stage")
-    stage = Stage(stage_name, model)
-    if student := student_source(args.checkpoint):  # the default run as the service has it
-        stage.attach_student(load(student))
+    stage = attach_beside(Stage(stage_name, model), args.checkpoint, "cpu")  # as the service has it
     default = DEFAULT_RUNS[stage_name]
     steps = args.steps or default.steps
     sampler = run_sampler(None, default.sampler, steps)

@@ -27,6 +27,8 @@ def rows(path: Path) -> list[str]:
     degradation, Lanczos and flat_grain existed read as bicubic input, no Lanczos row, a dash."""
     report = json.loads(path.read_text())
     run = f"{report['sampler']} {report['steps']}, {len(report['images'])} photos"
+    if report.get("preclean"):  # the model's JPEG inputs were cleaned first
+        run += ", pre-clean"
     degradation = report.get("degradation", "bicubic")
     fidelities = {"bicubic": "–", "lanczos": "–", "model": f"{report['fidelity']:g}"}
     views = report.get("fidelity1_views", 1)  # reports before the self-ensemble: one view

@@ -88,9 +88,12 @@ class Cascade:
         class_ids: Sequence[int] | None = None,
         runs: Mapping[str, StageRun] | None = None,
         callback: StageCallback | None = None,
+        jpeg_quality: int | None = None,
     ) -> CascadeResult:
-        """Upscale images ([B,3,H,W] in [-1,1]) by 4 or 16."""
+        """Upscale images ([B,3,H,W] in [-1,1]) by 4 or 16; JPEG ones (`jpeg_quality` from
+        their file) cleaned first by the first stage's pre-clean (`Stage.prepare_input`)."""
         stages = self.plan_upscale(*image.shape[-2:], scale)
+        image = stages[0].prepare_input(image, jpeg_quality)
         return self._loop(stages, seeds, class_ids, image, runs, callback)
 
     @staticmethod

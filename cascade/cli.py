@@ -1,5 +1,5 @@
 """The `cascade` command line: sample, upscale, convert, presets, info, classes, demo-data, train,
-eval, distill.
+eval, distill, train-deblock.
 
 Each subcommand owns its arguments (`add_arguments` beside its `main`). Packages above the
 maths add their own subcommands through the `cascade.commands` entry-point group (the service's
@@ -20,7 +20,7 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from cascade import distill, evaluation, logformat, train_command, upscale_command
+from cascade import deblock_train, distill, evaluation, logformat, train_command, upscale_command
 from cascade.formats import Output
 from cascade.stages import EXTENSIONS, SIZES
 from cascade.upscale_command import (
@@ -149,7 +149,10 @@ def _upscale(
             bars[key].total = total
             bars[key].update(step - bars[key].n)
 
-        for path in upscale_image(stages, image, seed, runs, files, callback=progress):
+        paths = upscale_image(
+            stages, image, seed, runs, files, callback=progress, jpeg_quality=carried.jpeg_quality
+        )
+        for path in paths:
             print(path)
 
 
@@ -296,6 +299,9 @@ def build_parser() -> argparse.ArgumentParser:
     distil = commands.add_parser("distill", help="distil an upscaler into a few-step student")
     distill.add_arguments(distil)
     distil.set_defaults(run=distill.main)
+    deblock = commands.add_parser("train-deblock", help="train the JPEG pre-clean network")
+    deblock_train.add_arguments(deblock)
+    deblock.set_defaults(run=deblock_train.main)
 
     _plugins(commands)
     return parser

@@ -257,6 +257,16 @@ DEGRADATIONS: dict[str, Degradation] = {
 }
 
 
+def file_jpeg_quality(degradation: str) -> int | None:
+    """The JPEG quality of the file a degradation ends in, as the service would read it from an
+    upload's tables: jpeg75 -> 75, jpeg50 -> 50; None for the others (bicubic and noise inputs
+    are not JPEGs, and the random recipes resize after their last JPEG or may)."""
+    entry = DEGRADATIONS.get(degradation)
+    if isinstance(entry, functools.partial) and entry.func is jpeg_degrade:
+        return int(entry.keywords["quality"])
+    return None
+
+
 def noise_augment(
     condition: Tensor,
     level: Tensor,

@@ -30,10 +30,10 @@ from torch import Tensor
 from cascade.checkpoints import load
 from cascade.color import apply_color_fix
 from cascade.datasets import center_crop, find_images, read_image, to_float
-from cascade.degradations import DEGRADATIONS, upsample_condition
+from cascade.degradations import DEGRADATIONS, file_jpeg_quality, upsample_condition
 from cascade.images import save_png
 from cascade.metrics import image_metrics
-from cascade.pipeline import Stage, default_weights, student_source
+from cascade.pipeline import Stage, attach_beside, default_weights
 from cascade.samplers import DIHEDRAL
 from cascade.stages import (
     COLOR_FIXES,
@@ -69,6 +69,8 @@ class Upscaler(Protocol):
         low_res: Tensor,
         run: StageRun | None = None,
     ) -> Tensor: ...
+
+    def prepare_input(self, low_res: Tensor, jpeg_quality: int | None) -> Tensor: ...
 
 
 @dataclass
@@ -132,8 +134,10 @@ def evaluate_image(
     # Fidelity 1 is the model's own estimate (a student's sampler has no fidelity to set).
     sampler = "dpmpp_2m" if run.sampler == "student" else run.sampler
     faithful = dataclasses.replace(run, sampler=sampler, fidelity=1.0)
+    # The model sees what the service would make of the file: a JPEG cleaned first.
+    model_input = stage.prepare_input(low_res, file_jpeg_quality(degradation))
     for method, method_run in (("model", run), ("fidelity1", faithful)):
-        output = stage.run(seeds=[seed], low_res=low_res, run=method_run)
+        output = stage.run(seeds=[seed], low_res=model_input, run=method_run)
         output = apply_color_fix(output.float().cpu(), low_res, color_fix).clamp(-1, 1)
         if output.shape != target.shape:
             raise ValueError(
@@ -269,6 +273,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="a distilled student of the checkpoint (`cascade distill`), run by --sampler "
         "student (default: NAME.student.safetensors beside the checkpoint, if there is one)",
     )
+    parser.add_argument(
+        "--preclean",
+        help="the JPEG pre-clean (`cascade train-deblock`) the model's JPEG inputs pass "
+        "through, or 'none' (default: deblock.safetensors beside the checkpoint, if there is one)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--limit", type=int, help="evaluate at most N images")
     parser.add_argument("--out", default="runs/eval")
@@ -311,10 +320,15 @@ def main(args: argparse.Namespace) -> None:
             f"need readable images of at least {size}x{size})"
         )
     stage = Stage(args.stage, model)
-    # The student named, else the one shipped beside the weights (as the service loads it).
-    student = getattr(args, "student", None) or student_source(source)
-    if student:
-        stage.attach_student(load(student, args.device))
+    # The student and pre-clean named, else those shipped beside the weights (as the service
+    # loads them).
+    attach_beside(
+        stage,
+        source,
+        args.device,
+        getattr(args, "student", None),
+        getattr(args, "preclean", None),
+    )
     default = DEFAULT_RUNS[args.stage]
     steps = args.steps or default.steps
     run = stage.effective(
@@ -345,6 +359,8 @@ def main(args: argparse.Namespace) -> None:
         "low_band": run.low_band,
         "color_fix": color_fix,
         "degradation": degradation,
+        # The model's JPEG inputs pass through this pre-clean first (None: inputs as given).
+        "preclean": stage.deblocker_weights if file_jpeg_quality(degradation) else None,
         "fidelity1_views": len(DIHEDRAL),  # fidelity 1 self-ensembles its input's views
         "seed": args.seed,
         "size": size,

@@ -55,6 +55,7 @@ class Carried:
     icc_profile: bytes | None = field(default=None, repr=False)
     exif: bytes | None = field(default=None, repr=False)
     bits: int = 8
+    jpeg_quality: int | None = None  # a JPEG input's quality, from its tables (`jpeg_quality`)
 
     @property
     def output_mode(self) -> str:
@@ -75,11 +76,15 @@ class Carried:
             described["icc_profile"] = True
         if self.exif:
             described["exif"] = True
+        if self.jpeg_quality is not None:
+            described["jpeg_quality"] = self.jpeg_quality
         return described
 
     def to_bytes(self) -> bytes:
         """safetensors bytes: the alpha plane as a tensor, the rest as metadata."""
         metadata = {"mode": self.mode, "bits": str(self.bits)}
+        if self.jpeg_quality is not None:
+            metadata["jpeg_quality"] = str(self.jpeg_quality)
         for name in ("icc_profile", "exif"):
             value = getattr(self, name)
             if value:
@@ -99,7 +104,14 @@ class Carried:
             if name in metadata
         }
         mode = "L" if metadata.get("mode") == "L" else "RGB"
-        return cls(mode, arrays.get("alpha"), bits=int(metadata.get("bits", 8)), **binary)
+        quality = int(metadata["jpeg_quality"]) if "jpeg_quality" in metadata else None
+        return cls(
+            mode,
+            arrays.get("alpha"),
+            bits=int(metadata.get("bits", 8)),
+            jpeg_quality=quality,
+            **binary,
+        )
 
 
 def _metadata(data: bytes) -> dict[str, str]:
@@ -132,12 +144,14 @@ def read_image(source: str | Path | bytes) -> tuple[np.ndarray, Carried]:
         bits = 16 if opened.mode in SIXTEEN_BIT_GREY else _png_bits(data)
         image = ImageOps.exif_transpose(opened)  # a loaded copy, turned upright
         exif = _exif(opened)  # after the turn: it resets the tag the turn reads
+        quality = jpeg_quality(opened)
     alpha = None
     mode: Literal["RGB", "L"] = "RGB"
     if image.mode in SIXTEEN_BIT_GREY:
         wide = np.clip(np.asarray(image, dtype=np.int64), 0, 65535)
         grey = ((wide * 255 + 32767) // 65535).astype(np.uint8)  # 65535 -> 255, rounded
         return np.repeat(grey[..., None], 3, axis=-1), Carried("L", None, icc_profile, exif, 16)
+    # (16-bit files are PNG or TIFF, never JPEG: no quality to carry.)
     if image.mode not in ACCEPTED_MODES:
         raise ImageModeError(
             f"images in PIL mode {image.mode} are not accepted: send 8- or 16-bit RGB or "
@@ -151,7 +165,36 @@ def read_image(source: str | Path | bytes) -> tuple[np.ndarray, Carried]:
     if image.mode in ("RGBA", "LA"):
         alpha = np.array(image.getchannel("A"))
     rgb = np.array(image.convert("RGB"))  # writable: torch may share its memory
-    return rgb, Carried(mode, alpha, icc_profile, exif, bits)
+    return rgb, Carried(mode, alpha, icc_profile, exif, bits, quality)
+
+
+# The IJG's (libjpeg's) base tables, ITU-T T.81 Annex K, row-major: quality q scales them by
+# 5000 / q below 50 and by 200 - 2q from 50, each entry rounded and kept within 1..255.
+JPEG_LUMA_TABLE = (
+    16, 11, 10, 16, 24, 40, 51, 61, 12, 12, 14, 19, 26, 58, 60, 55,
+    14, 13, 16, 24, 40, 57, 69, 56, 14, 17, 22, 29, 51, 87, 80, 62,
+    18, 22, 37, 56, 68, 109, 103, 77, 24, 35, 55, 64, 81, 104, 113, 92,
+    49, 64, 78, 87, 103, 121, 120, 101, 72, 92, 95, 98, 112, 100, 103, 99,
+)  # fmt: skip
+
+
+def ijg_table(quality: int) -> list[int]:
+    """The luminance quantisation table libjpeg writes at `quality` (1..100)."""
+    scale = 5000 // quality if quality < 50 else 200 - 2 * quality
+    return [min(255, max(1, (entry * scale + 50) // 100)) for entry in JPEG_LUMA_TABLE]
+
+
+def jpeg_quality(image: Image.Image) -> int | None:
+    """A JPEG's quality on libjpeg's 1..100 scale, from its luminance quantisation table: the
+    quality whose IJG table has the nearest sum (order-free, so zigzag or row-major tables
+    agree; a camera's own tables get the IJG quality that quantises as coarsely). None for
+    other formats or a JPEG without tables."""
+    tables = getattr(image, "quantization", None) if image.format == "JPEG" else None
+    if not tables:
+        return None
+    luma_table = tables[min(tables)]
+    total = sum(luma_table) * 64 / max(1, len(luma_table))
+    return min(range(1, 101), key=lambda q: (abs(sum(ijg_table(q)) - total), -q))
 
 
 def luma(rgb: np.ndarray) -> np.ndarray:

@@ -19,9 +19,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from torch import Tensor
 
-from cascade.checkpoints import Model, load
+from cascade import deblock
+from cascade.checkpoints import CheckpointError, Model, load
 from cascade.denoiser import Denoiser, Parameterization
 from cascade.samplers import (
     Callback,
@@ -67,16 +69,52 @@ def student_source(source: str) -> str | None:
     return str(student) if student.is_file() else None
 
 
+DEBLOCK_FILE = "deblock.safetensors"
+
+
+def deblock_source(source: str) -> str | None:
+    """The JPEG pre-clean network shipped in an upscaler's folder (`deblock.safetensors` beside
+    `NAME.safetensors`, written by `cascade train-deblock`), if there is one."""
+    path = Path(source)
+    if path.suffix != ".safetensors":
+        return None
+    network = path.with_name(DEBLOCK_FILE)
+    return str(network) if network.is_file() else None
+
+
 def load_stage(
     name: str, source: str, device: torch.device | str, defaults: StageRun, compile: bool = False
 ) -> Stage:
-    """A stage from its weights, with the student beside them when there is one, on the fast
+    """A stage from its weights, with what ships beside them (`attach_beside`), on the fast
     path for `device`."""
     stage = Stage(name, load(source, device, stage=name), defaults)
-    student = student_source(source)
-    if student is not None:
-        stage.attach_student(load(student, device, stage=name))
+    attach_beside(stage, source, device)
     return stage.optimize(compile)
+
+
+def attach_beside(
+    stage: Stage,
+    source: str,
+    device: torch.device | str,
+    student: str | None = None,
+    preclean: str | None = None,
+) -> Stage:
+    """Attach to an upscaler what ships beside its weights `source`, as the service runs it:
+    its distilled student (`student` when given) and the JPEG pre-clean of its folder
+    (`preclean` when given; "none" for none). A broken pre-clean is a CheckpointError."""
+    student = student or student_source(source)
+    if student is not None:
+        stage.attach_student(load(student, device, stage=stage.name))
+    if stage.model.spec.task != "upscale" or preclean == "none":
+        return stage
+    cleaner = preclean or deblock_source(source)
+    if cleaner is not None:
+        try:
+            stage.deblocker = deblock.load(cleaner, device)
+        except (ValueError, OSError, SafetensorError) as error:  # broken: the stage stays out
+            raise CheckpointError(f"JPEG pre-clean {cleaner}: {error}") from None
+        stage.deblocker_weights = Path(cleaner).name
+    return stage
 
 
 class StageError(ValueError):
@@ -99,6 +137,10 @@ class Stage:
     # A distilled student of this stage's model (`cascade.distill`), run by the sampler "student"
     # in the step counts its spec's `few_step` lists; the model itself serves every other run.
     student: Model | None = None
+    # The JPEG pre-clean (`cascade.deblock`) an upscale's JPEG input passes through first, told
+    # the file's quality (`prepare_input`); None: inputs run as given.
+    deblocker: deblock.Deblocker | None = None
+    deblocker_weights: str | None = None
 
     @property
     def device(self) -> torch.device:
@@ -214,6 +256,11 @@ class Stage:
                     "steps": sorted(len(kept) for kept in self.student.spec.few_step),
                     "weights": self.student.weights,
                 }
+            if self.deblocker is not None:
+                description["jpeg_preclean"] = {
+                    "weights": self.deblocker_weights,
+                    "qualities": list(deblock.QUALITY_RANGE),
+                }
         if spec.class_conditional:
             description["classes"] = list(spec.classes)  # empty: every ImageNet class
         return description
@@ -304,6 +351,15 @@ class Stage:
         x = randn_like(torch.empty(batch, 3, height, width, device=device), gens)
         x = self.sample_window(denoiser, x, cond, run, gens, None, callback)
         return x.float().clamp(-1, 1)
+
+    def prepare_input(self, low_res: Tensor, jpeg_quality: int | None) -> Tensor:
+        """An upscale's input as the upload gave it, made ready for the model: a JPEG (its
+        `jpeg_quality` from the file's tables, `cascade.formats.jpeg_quality`) cleaned by the
+        stage's pre-clean network, in the input's dtype; anything else as it is. Only the first
+        stage of an upscale sees a file: later stages take the previous stage's output."""
+        if self.deblocker is None or not deblock.applies(jpeg_quality):
+            return low_res
+        return deblock.clean(self.deblocker, low_res.to(self.device), jpeg_quality)
 
     def check_input(self, low_res: Tensor | None, batch: int) -> None:
         """An upscale's input is given, one image per seed."""

@@ -362,8 +362,9 @@ def _upscale_all(
             files = {names[-1]: (targets[source], output)}
             try:
                 paths = upscale_image(
-                    stages, image, seed, runs, files, tile=args.tile, callback=progress
-                )
+                    stages, image, seed, runs, files, tile=args.tile, callback=progress,
+                    jpeg_quality=carried.jpeg_quality,
+                )  # fmt: skip
                 for path in paths:
                     tqdm.write(str(path), file=sys.stdout)
                 written += 1

@@ -94,13 +94,16 @@ def upscale_image(
     *,
     tile: int | None = None,
     callback: StageCallback | None = None,
+    jpeg_quality: int | None = None,
 ) -> Iterator[Path]:
     """One decoded image (uint8 [1,3,h,w]) upscaled through `stages`, yielding each file as it
     is written: every stage but the last in float as the service runs it (written when `files`
     names it), the last encoded straight to its file (`files` must name it) by
     `cascade.tiled_upscale.upscale_to_file`, in tiles of at most `tile` output pixels when
-    given and band by band. `callback(stage, step, total, x0)` reports each stage's steps."""
-    x = image
+    given and band by band. `callback(stage, step, total, x0)` reports each stage's steps.
+    A JPEG input (`jpeg_quality` from its file) is cleaned first as the service cleans it
+    (`Stage.prepare_input`)."""
+    x = stages[0].prepare_input(image, jpeg_quality) if stages else image
     for index, stage in enumerate(stages):
         run, window = runs[stage.name], stage_window(stage, tile)
 

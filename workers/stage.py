@@ -176,26 +176,32 @@ def start(runtime: Runtime, job_id: str, stage: Stage, worker: str) -> Member | 
         fail(runtime.connection, jobs, job_id, name, refusal)
         return None
     try:
-        return Member(record, load_input(runtime, record, name))
+        return Member(record, load_input(runtime, record, stage))
     except InputMissing as error:
         fail(runtime.connection, jobs, job_id, name, str(error))
         return None
 
 
-def load_input(runtime: Runtime, record: JobRecord, stage: str) -> Tensor | None:
-    """The stage's input: the previous stage's float output, an upscale's upload, or None."""
+def load_input(runtime: Runtime, record: JobRecord, stage: Stage) -> Tensor | None:
+    """The stage's input: the previous stage's float output, an upscale's upload (a JPEG one
+    cleaned for its quality first: `Stage.prepare_input`), or None."""
     names = [planned.name for planned in record.plan]
-    index = names.index(stage)
+    index = names.index(stage.name)
     if record.kind != "upscale" and index == 0:
         return None
     source = names[index - 1] if index > 0 else "input"
     data = runtime.jobs.get_tensor(record.id, source)
     if data is None:
         raise InputMissing(
-            f"the input of stage {stage} ({source} output) expired before the stage ran; "
+            f"the input of stage {stage.name} ({source} output) expired before the stage ran; "
             "submit the job again"
         )
-    return bytes_to_tensor(data)
+    tensor = bytes_to_tensor(data)
+    if index == 0:
+        described = record.request.get("input")
+        quality = described.get("jpeg_quality") if isinstance(described, dict) else None
+        tensor = stage.prepare_input(tensor, quality if isinstance(quality, int) else None)
+    return tensor
 
 
 def finish(

@@ -170,3 +170,27 @@ def test_jpeg_of_an_image_with_alpha_is_refused(service):
     response = client.post("/v1/upscales", data={"format": "jpeg"}, files={"file": ("a.png", data)})
     assert response.status_code == 422
     assert "alpha channel, which jpeg cannot hold: ask for png or webp" in response.json()["error"]
+
+
+def test_a_jpeg_upload_is_cleaned_for_its_quality_before_the_upscaler(service):
+    """The file's quality (from its tables) reaches the job's record, and the first stage's
+    pre-clean sees it; the same pixels sent as PNG run as they are."""
+    from cascade.deblock import DeblockConfig, Deblocker
+
+    client, runtime = service
+    brighten = Deblocker(DeblockConfig(width=8, blocks=1))
+    with torch.no_grad():
+        brighten.tail.bias.fill_(0.5)  # +0.5 of [-1, 1]: about 64 grey levels, plain to see
+    runtime.stage("sr256").deblocker = brighten.eval()
+    buffer = io.BytesIO()
+    Image.fromarray(photo(24, 32) // 2).save(buffer, format="JPEG", quality=70)
+    jpeg_bytes = buffer.getvalue()
+    decoded = np.asarray(Image.open(io.BytesIO(jpeg_bytes)).convert("RGB"))
+    jpeg_job, jpeg_result = upscale(client, runtime, jpeg_bytes, seed=3)
+    png_job, png_result = upscale(client, runtime, png(Image.fromarray(decoded)), seed=3)
+    assert jpeg_job["request"]["input"]["jpeg_quality"] == 70
+    assert "jpeg_quality" not in png_job["request"]["input"]
+    cleaned = np.asarray(Image.open(io.BytesIO(jpeg_result.content)), dtype=np.float64)
+    plain = np.asarray(Image.open(io.BytesIO(png_result.content)), dtype=np.float64)
+    assert cleaned.shape == plain.shape == (96, 128, 3)
+    assert 40 < cleaned.mean() - plain.mean() < 80

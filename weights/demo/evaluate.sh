@@ -27,6 +27,10 @@ done
 for degradation in bicubic jpeg75; do
     eval_sr "sr256-student1-$degradation" sr256 --steps 1 --degradation "$degradation"
 done
+# JPEG inputs without the pre-clean beside the weights (deblock.safetensors), as before it.
+for degradation in jpeg75 jpeg50; do
+    eval_sr "sr256-student4-$degradation-raw" sr256 --degradation "$degradation" --preclean none
+done
 # Fidelity sweep (the default is chosen from it), and the sample as is beside the low band.
 for fidelity in 0.8 0.5 0.4 0.2 0.0; do
     eval_sr "sr256-fidelity$fidelity" sr256 --sampler dpmpp_2m --steps 20 --fidelity "$fidelity"
