@@ -24,7 +24,7 @@ from cascade.corruptions import jpeg
 from cascade.datasets import find_images, read_image, to_float
 from cascade.deblock import QUALITY_RANGE, DeblockConfig, Deblocker, parameter_count, save
 from cascade.degradations import bicubic_degrade
-from cascade.samplers import DIHEDRAL, _dihedral
+from cascade.samplers import DIHEDRAL, dihedral
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ def draw_batch(
         top = int(torch.randint(h - crop + 1, (), generator=gen))
         left = int(torch.randint(w - crop + 1, (), generator=gen))
         turns, flip = DIHEDRAL[int(torch.randint(len(DIHEDRAL), (), generator=gen))]
-        target = _dihedral(photo[None, :, top : top + crop, left : left + crop], turns, flip)[0]
+        target = dihedral(photo[None, :, top : top + crop, left : left + crop], turns, flip)[0]
         quality = int(torch.randint(QUALITY_RANGE[0], QUALITY_RANGE[1] + 1, (), generator=gen))
         inputs.append(compress(target, quality))
         targets.append(target)

@@ -254,12 +254,12 @@ def denoise_once(model: Denoiser, x: Tensor, schedule: Schedule, *, cond: Cond) 
     return predict_x0(model(x, t, schedule, cond), x, t, _Tables(schedule, x), clip=True)
 
 
-def _dihedral(x: Tensor, turns: int, flip: bool) -> Tensor:
+def dihedral(x: Tensor, turns: int, flip: bool) -> Tensor:
     x = torch.rot90(x, turns, (-2, -1))
     return x.flip(-1) if flip else x
 
 
-def _undo_dihedral(x: Tensor, turns: int, flip: bool) -> Tensor:
+def undo_dihedral(x: Tensor, turns: int, flip: bool) -> Tensor:
     x = x.flip(-1) if flip else x
     return torch.rot90(x, -turns, (-2, -1))
 
@@ -285,11 +285,11 @@ def ensemble_estimate(
     total = torch.zeros_like(noises[0])
     for (turns, flip), noise in zip(DIHEDRAL, noises, strict=True):
         turned = {
-            key: _dihedral(value, turns, flip) if value.dim() == 4 else value
+            key: dihedral(value, turns, flip) if value.dim() == 4 else value
             for key, value in cond.items()
         }
-        estimate = denoise_once(model, _dihedral(noise, turns, flip), schedule, cond=turned)
-        total += _undo_dihedral(estimate, turns, flip)
+        estimate = denoise_once(model, dihedral(noise, turns, flip), schedule, cond=turned)
+        total += undo_dihedral(estimate, turns, flip)
     return total / len(DIHEDRAL)
 
 

@@ -233,3 +233,18 @@ def test_eval_gives_the_model_what_the_service_makes_of_the_file(degradation, qu
     images = [torch.from_numpy(texture(64)).permute(2, 0, 1).float() / 127.5 - 1]
     evaluate(stage, images, ["a"], seed=0, run=StageRun("ddim", 1), degradation=degradation)
     assert stage.qualities == [quality]
+
+
+def test_the_self_ensemble_commutes_with_flips_and_turns():
+    torch.manual_seed(2)
+    network = Deblocker(DeblockConfig(width=8, blocks=1))
+    for parameter in network.parameters():
+        torch.nn.init.normal_(parameter, std=0.1)
+    x = torch.rand(1, 3, 32, 24) * 2 - 1  # whole 8 px blocks: every view keeps the grid
+    cleaned = clean(network, x, 50)
+    assert torch.allclose(clean(network, x.flip(-1), 50), cleaned.flip(-1), atol=1e-5)
+    turned = torch.rot90(x, 1, (-2, -1))
+    assert torch.allclose(clean(network, turned, 50), torch.rot90(cleaned, 1, (-2, -1)), atol=1e-5)
+    # One view is the plain network, which is not symmetric.
+    single = clean(network, x, 50, views=1)
+    assert not torch.allclose(clean(network, x.flip(-1), 50, views=1), single.flip(-1), atol=1e-4)
