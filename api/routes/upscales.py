@@ -38,7 +38,9 @@ def create_upscale(
     idempotency_key: IdempotencyKeyDep = None,
 ) -> JobAccepted | JSONResponse:
     """Queue an upscale of `file` (PNG, JPEG or WebP); poll `links.self` for progress, or
-    follow `links.events`. With `dry_run`, queue nothing and answer what it would run and
+    follow `links.events`. A JPEG's quality (from its tables) is kept in the job's
+    `request.input.jpeg_quality`, and the upscaler's JPEG pre-clean cleans it for that quality
+    first where the weights ship one. With `dry_run`, queue nothing and answer what it would run and
     cost (the file is checked as for a real upscale)."""
     data = form.file.file.read(settings.max_upload_bytes + 1)
     if len(data) > settings.max_upload_bytes:
